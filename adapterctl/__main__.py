@@ -1,0 +1,3 @@
+from adapterctl.cli.main import main
+
+main()

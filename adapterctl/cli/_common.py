@@ -1,0 +1,120 @@
+"""What every command group shares: the workspace of the invocation, options, and output."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any, Callable, Iterator, Sequence
+
+import typer
+
+from adapterctl.config import Settings, load_settings
+from adapterctl.workspace import Workspace
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document and nothing else.")]
+
+
+@dataclass
+class Invocation:
+    """The global flags of one command line; the workspace opens on first use."""
+
+    home: str | None = None
+    db_url: str | None = None
+    user: str | None = None
+    _workspace: Workspace | None = None
+
+    def settings(self) -> Settings:
+        return load_settings(home=self.home, db_url=self.db_url, user=self.user)
+
+    def workspace(self) -> Workspace:
+        if self._workspace is None:
+            self._workspace = Workspace(self.settings())
+        return self._workspace
+
+    def close(self) -> None:
+        if self._workspace is not None:
+            self._workspace.close()
+
+
+def workspace(ctx: typer.Context) -> Workspace:
+    return ctx.find_root().obj.workspace()
+
+
+def settings(ctx: typer.Context) -> Settings:
+    return ctx.find_root().obj.settings()
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, title: str | None = None, empty: str = "nothing to show") -> None:
+    if not rows:
+        typer.echo(empty)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, title=title, show_edge=False, header_style="bold")
+    for row in rows:
+        table.add_row(*(_cell(row.get(column)) for column in columns))
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "-"
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def print_fields(values: dict[str, Any]) -> None:
+    """A record as 'key: value' lines, nested values as JSON."""
+    width = max(len(key) for key in values)
+    for key, value in values.items():
+        shown = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else ("-" if value is None else value)
+        typer.echo(f"{key:<{width}}  {shown}")
+
+
+@contextmanager
+def byte_progress(total: int, description: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr (only on a terminal); yields a function to call with bytes done."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    from rich.console import Console
+
+    with Progress(*columns, console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda done: progress.advance(task, done)
+
+
+_RELATIVE = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(value: str | None) -> datetime | None:
+    """'7d', '12h', '30m' ago, or an ISO 8601 date/time (UTC when no zone is given)."""
+    if value is None:
+        return None
+    if match := _RELATIVE.fullmatch(value.strip()):
+        return datetime.now(timezone.utc) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is neither a duration like 7d/12h/30m nor an ISO 8601 date") from None
+    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
+
+
+def display_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,81 @@
+"""`adapterctl line …`: create and inspect lines."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from adapterctl import lines
+from adapterctl.cli._common import JsonOption, print_fields, print_json, print_table, workspace
+from adapterctl.lines import GateThresholds, LineSettings
+
+app = typer.Typer(help="Lines: named streams of adapters on one base model.", no_args_is_help=True)
+defaults = LineSettings()
+
+
+@app.command()
+def create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Line name, e.g. support-bot.")],
+    base: Annotated[str, typer.Option("--base", help="Registered base model the line's adapters sit on.")],
+    description: Annotated[Optional[str], typer.Option(help="What the line is for.")] = None,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank r.")] = defaults.lora_rank,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha (scaling numerator).")] = defaults.lora_alpha,
+    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout during training.")] = defaults.lora_dropout,
+    target_modules: Annotated[
+        Optional[str], typer.Option(help="Comma-separated module names for LoRA [default: every linear projection].")
+    ] = None,
+    approvals: Annotated[int, typer.Option(help="Distinct reviewer approvals a candidate needs.")] = defaults.approvals_required,
+    min_examples: Annotated[int, typer.Option(help="Fewest new examples for which training runs.")] = defaults.min_examples,
+    max_source_share: Annotated[float, typer.Option(help="Largest share of a run's examples from one source.")] = defaults.max_source_share,
+    max_suite_drop: Annotated[float, typer.Option(help="Gate: largest allowed drop of a regression suite score.")] = defaults.gate.max_suite_drop,
+    max_forgetting_increase: Annotated[
+        float, typer.Option(help="Gate: largest allowed relative increase of reference-set loss.")
+    ] = defaults.gate.max_forgetting_increase,
+    min_heldout_gain: Annotated[float, typer.Option(help="Gate: smallest required held-out exact-match gain.")] = defaults.gate.min_heldout_gain,
+    json_output: JsonOption = False,
+) -> None:
+    """Create a line on a registered base model."""
+    settings = LineSettings(
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=tuple(m.strip() for m in target_modules.split(",") if m.strip()) if target_modules is not None else None,
+        approvals_required=approvals,
+        min_examples=min_examples,
+        max_source_share=max_source_share,
+        gate=GateThresholds(max_suite_drop=max_suite_drop, max_forgetting_increase=max_forgetting_increase, min_heldout_gain=min_heldout_gain),
+    )
+    ws = workspace(ctx)
+    with ws.transaction() as session:
+        result = lines.as_dict(lines.create_line(session, name=name, base=base, actor=ws.user, settings=settings, description=description))
+    if json_output:
+        print_json(result)
+    else:
+        typer.echo(f"created line {name} on base model {base}")
+
+
+@app.command("list")
+def list_(ctx: typer.Context, json_output: JsonOption = False) -> None:
+    """List lines."""
+    with workspace(ctx).transaction() as session:
+        rows = [lines.as_dict(line) for line in lines.list_lines(session)]
+    if json_output:
+        print_json(rows)
+    else:
+        print_table(rows, ["name", "base_model", "description", "created_by", "created_at"], empty="no lines; create one with `adapterctl line create`")
+
+
+@app.command()
+def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Line name.")], json_output: JsonOption = False) -> None:
+    """Show a line and its settings (LoRA, approvals, gate thresholds)."""
+    with workspace(ctx).transaction() as session:
+        result = lines.as_dict(lines.get_line(session, name))
+    if json_output:
+        print_json(result)
+        return
+    flat = {k: v for k, v in result.items() if k != "settings"}
+    flat.update({k: v for k, v in result["settings"].items() if k != "gate"})
+    flat.update({f"gate.{k}": v for k, v in result["settings"]["gate"].items()})
+    print_fields(flat)

@@ -1,0 +1,77 @@
+"""`adapterctl`: the root command, its global flags, and the mapping of errors to exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from adapterctl import __version__
+from adapterctl.cli import audit, base, db, feedback, line
+from adapterctl.cli._common import Invocation
+from adapterctl.errors import AdapterctlError
+
+app = typer.Typer(
+    name="adapterctl",
+    help="Improve a served LLM from feedback through evaluated, approved, versioned, revocable LoRA adapters.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"adapterctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    home: Annotated[Optional[str], typer.Option("--home", help="adapterctl home folder [env: ADAPTERCTL_HOME; default: ~/.adapterctl]")] = None,
+    db_url: Annotated[Optional[str], typer.Option("--db-url", help="Database URL [env: ADAPTERCTL_DB_URL; default: SQLite in the home]")] = None,
+    user: Annotated[Optional[str], typer.Option("--user", help="Act as this person [env: ADAPTERCTL_USER; default: OS login]")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    ctx.obj = Invocation(home=home, db_url=db_url, user=user)
+    ctx.call_on_close(ctx.obj.close)
+
+
+app.command("init", help="Create or upgrade the database and the home folder.")(db.init)
+app.add_typer(db.app, name="db")
+app.add_typer(base.app, name="base")
+app.add_typer(line.app, name="line")
+app.add_typer(feedback.app, name="feedback")
+app.add_typer(audit.app, name="audit")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI: known errors become one line on stderr and an exit code; ADAPTERCTL_DEBUG=1 shows tracebacks."""
+    from sqlalchemy.exc import OperationalError
+
+    debug = os.environ.get("ADAPTERCTL_DEBUG") == "1"
+    try:
+        code = app(args=argv, prog_name="adapterctl", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.Abort:
+        typer.echo("adapterctl: aborted", err=True)
+        code = 130
+    except AdapterctlError as exc:
+        if debug:
+            raise
+        typer.echo(f"adapterctl: {exc}", err=True)
+        code = exc.exit_code
+    except OperationalError as exc:
+        if debug:
+            raise
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        typer.echo(f"adapterctl: database error: {reason}", err=True)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

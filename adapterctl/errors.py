@@ -1,0 +1,49 @@
+"""Typed errors raised by the library; the CLI and the HTTP layer turn them into exit codes and messages."""
+
+
+class AdapterctlError(Exception):
+    """Base class of every error adapterctl raises on purpose."""
+
+    exit_code = 1
+
+
+class InvalidInput(AdapterctlError):
+    """A value given by the user is malformed or out of range; nothing was written."""
+
+    exit_code = 2
+
+
+class NotFound(AdapterctlError):
+    """A line, base model, feedback record or other named thing does not exist."""
+
+    exit_code = 2
+
+
+class AlreadyExists(AdapterctlError):
+    """A thing with that name exists already."""
+
+    exit_code = 2
+
+
+class InvalidTransition(AdapterctlError):
+    """The requested state change is not allowed from the current state."""
+
+
+class IntegrityError(AdapterctlError):
+    """Stored data failed a consistency check (hash chain, artifact hash)."""
+
+
+class SchemaError(AdapterctlError):
+    """The database is missing, not initialised, or at another schema version than this adapterctl."""
+
+
+class ConfigError(AdapterctlError):
+    """The configuration file or an environment variable holds an invalid setting."""
+
+    exit_code = 2
+
+
+class LockHeld(AdapterctlError):
+    """Another job holds the lock for this work; try again later."""
+
+    exit_code = 75

@@ -1,0 +1,125 @@
+"""Lines: named streams of adapters on one base model, each with its own typed settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from adapterctl import audit
+from adapterctl.base_models import get_base_model
+from adapterctl.db.models import Line
+from adapterctl.errors import AlreadyExists, InvalidInput, NotFound
+from adapterctl.names import check_name
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    """What a candidate must meet before a reviewer sees it (the evaluation gate)."""
+
+    max_suite_drop: float = 0.0
+    """Largest allowed drop of any regression suite's score against the active version (0.0: no drop)."""
+    max_forgetting_increase: float = 0.05
+    """Largest allowed relative increase of the reference-set loss against the base model (0.05 = 5%)."""
+    min_heldout_gain: float = 0.0
+    """Smallest required improvement of held-out exact match over the active version."""
+
+
+@dataclass(frozen=True)
+class LineSettings:
+    """How a line trains, what its gate demands and how many people approve a version."""
+
+    lora_rank: int = 8
+    """LoRA rank r of every adapter the line trains."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator; the update is scaled by alpha / r."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input during training."""
+    target_modules: tuple[str, ...] | None = None
+    """Module names LoRA wraps; None: every linear projection layer of the model."""
+    approvals_required: int = 1
+    """Distinct reviewers who must approve a candidate before it becomes a version."""
+    min_examples: int = 8
+    """Fewest new eligible feedback examples for which `adapterctl train` trains at all."""
+    max_source_share: float = 0.2
+    """Largest share of one run's examples that one feedback source may contribute."""
+    gate: GateThresholds = field(default_factory=GateThresholds)
+    """Thresholds of the evaluation gate."""
+
+    def problems(self) -> list[str]:
+        checks = [
+            (1 <= self.lora_rank <= 1024, f"lora_rank must be between 1 and 1024 (got {self.lora_rank})"),
+            (self.lora_alpha >= 1, f"lora_alpha must be at least 1 (got {self.lora_alpha})"),
+            (0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1) (got {self.lora_dropout})"),
+            (self.target_modules is None or len(self.target_modules) > 0, "target_modules must name at least one module"),
+            (1 <= self.approvals_required <= 20, f"approvals_required must be between 1 and 20 (got {self.approvals_required})"),
+            (self.min_examples >= 1, f"min_examples must be at least 1 (got {self.min_examples})"),
+            (0.0 < self.max_source_share <= 1.0, f"max_source_share must be in (0, 1] (got {self.max_source_share})"),
+            (self.gate.max_suite_drop >= 0.0, f"gate.max_suite_drop must be >= 0 (got {self.gate.max_suite_drop})"),
+            (self.gate.max_forgetting_increase >= 0.0, f"gate.max_forgetting_increase must be >= 0 (got {self.gate.max_forgetting_increase})"),
+        ]
+        return [message for ok, message in checks if not ok]
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["target_modules"] = list(self.target_modules) if self.target_modules else None
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LineSettings:
+        """Settings as stored; keys a newer adapterctl added are ignored, missing keys take defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in values.items() if k in known and k != "gate"}
+        if kwargs.get("target_modules") is not None:
+            kwargs["target_modules"] = tuple(kwargs["target_modules"])
+        gate_known = {f.name for f in dataclasses.fields(GateThresholds)}
+        gate = GateThresholds(**{k: v for k, v in (values.get("gate") or {}).items() if k in gate_known})
+        return cls(**kwargs, gate=gate)
+
+
+def create_line(
+    session: Session, *, name: str, base: str, actor: str, settings: LineSettings | None = None, description: str | None = None
+) -> Line:
+    check_name(name, "line")
+    settings = settings or LineSettings()
+    if problems := settings.problems():
+        raise InvalidInput("; ".join(problems))
+    base_model = get_base_model(session, base)
+    if session.scalar(select(Line.id).where(Line.name == name)) is not None:
+        raise AlreadyExists(f"line {name!r} exists already; see `adapterctl line show {name}`")
+    line = Line(name=name, base_model=base_model, description=description, settings=settings.to_dict(), created_by=actor)
+    session.add(line)
+    session.flush()
+    audit.record(session, actor=actor, action="line.create", subject=f"line:{name}",
+                 payload={"base_model": base_model.name, "base_model_hash": base_model.content_hash, "settings": settings.to_dict()})
+    return line
+
+
+def get_line(session: Session, name: str) -> Line:
+    line = session.scalar(select(Line).where(Line.name == name))
+    if line is None:
+        raise NotFound(f"line {name!r} does not exist; see `adapterctl line list` or create it with `adapterctl line create`")
+    return line
+
+
+def list_lines(session: Session) -> list[Line]:
+    return list(session.scalars(select(Line).order_by(Line.name)))
+
+
+def settings_of(line: Line) -> LineSettings:
+    return LineSettings.from_dict(line.settings)
+
+
+def as_dict(line: Line) -> dict[str, Any]:
+    return {
+        "name": line.name,
+        "base_model": line.base_model.name,
+        "base_model_hash": line.base_model.content_hash,
+        "description": line.description,
+        "settings": settings_of(line).to_dict(),
+        "created_at": line.created_at.isoformat(),
+        "created_by": line.created_by,
+    }

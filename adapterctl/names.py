@@ -1,0 +1,18 @@
+"""Names of lines and base models: they appear in paths of the artifact store and in `line@vN` model names."""
+
+from __future__ import annotations
+
+import re
+
+from adapterctl.errors import InvalidInput
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+
+
+def check_name(name: str, what: str) -> str:
+    """Return `name` if it is a valid name for a `what` (line, base model), else raise InvalidInput."""
+    if not _NAME.fullmatch(name or ""):
+        raise InvalidInput(
+            f"invalid {what} name {name!r}: use 1-63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name

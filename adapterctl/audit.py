@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterator
 
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from adapterctl.db.models import AuditEvent
@@ -31,22 +31,26 @@ def event_hash(*, seq: int, created_at: datetime, actor: str, action: str, subje
     return hashlib.sha256("\x1f".join(fields).encode("utf-8")).hexdigest()
 
 
-def record(session: Session, *, actor: str, action: str, subject: str, payload: dict[str, Any] | None = None) -> AuditEvent:
-    """Append one event to the chain, inside the caller's transaction."""
+_EVENTS = AuditEvent.__table__
+_TAIL = select(_EVENTS.c.seq, _EVENTS.c.hash).order_by(_EVENTS.c.seq.desc()).limit(1)
+_LOCK_CHAIN = text(f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK_KEY})")
+
+
+def record(session: Session, *, actor: str, action: str, subject: str, payload: dict[str, Any] | None = None) -> str:
+    """Append one event to the chain, inside the caller's transaction; return its hash."""
     if session.get_bind().dialect.name == "postgresql":
         # SQLite transactions already hold the write lock (BEGIN IMMEDIATE); PostgreSQL needs one so
         # that two writers never both extend the same tail.
-        session.execute(text(f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK_KEY})"))
-    tail = session.execute(select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)).first()
+        session.execute(_LOCK_CHAIN)
+    tail = session.execute(_TAIL).first()
     seq, prev_hash = (tail.seq + 1, tail.hash) if tail else (1, GENESIS_HASH)
-    event = AuditEvent(
-        seq=seq, created_at=utcnow(), actor=actor, action=action, subject=subject,
-        payload=canonical_json(payload or {}), prev_hash=prev_hash,
-    )
-    event.hash = _hash_of(event)
-    session.add(event)
-    session.flush()
-    return event
+    event = {
+        "seq": seq, "created_at": utcnow(), "actor": actor, "action": action, "subject": subject,
+        "payload": canonical_json(payload or {}), "prev_hash": prev_hash,
+    }
+    event["hash"] = event_hash(**event)
+    session.execute(insert(_EVENTS), event)
+    return event["hash"]
 
 
 def _hash_of(event: AuditEvent) -> str:

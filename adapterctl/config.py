@@ -5,7 +5,7 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -39,10 +39,6 @@ class Settings:
     def config_file(self) -> Path:
         return self.home / CONFIG_FILE_NAME
 
-    @property
-    def uses_default_database(self) -> bool:
-        return self.db_url == default_db_url(self.home)
-
 
 # Settings the config file and the environment may set, with their environment variable.
 _FILE_KEYS = {"db_url": "ADAPTERCTL_DB_URL", "user": "ADAPTERCTL_USER", "max_field_bytes": "ADAPTERCTL_MAX_FIELD_BYTES"}
@@ -62,25 +58,16 @@ def load_settings(
     """Resolve settings from flags (the arguments), the environment, the config file and defaults."""
     env = os.environ if environ is None else environ
     home_path = Path(home or env.get("ADAPTERCTL_HOME") or Path.home() / ".adapterctl").expanduser().absolute()
-    file_values = _read_config_file(home_path / CONFIG_FILE_NAME)
-    flags = {"db_url": db_url, "user": user}
-    problems: list[str] = []
-
-    def pick(key: str) -> Any:
-        if flags.get(key):
-            return flags[key]
-        if env.get(_FILE_KEYS[key]):
-            return env[_FILE_KEYS[key]]
-        return file_values.get(key)
-
-    max_field_bytes = _positive_int(pick("max_field_bytes"), "max_field_bytes", problems)
-    if problems:
-        raise ConfigError("; ".join(problems))
+    values = _read_config_file(home_path / CONFIG_FILE_NAME)
+    for key, variable in _FILE_KEYS.items():
+        if env.get(variable):
+            values[key] = env[variable] if key != "max_field_bytes" else _positive_int(env[variable], variable)
+    values.update({key: value for key, value in (("db_url", db_url), ("user", user)) if value})
     return Settings(
         home=home_path,
-        db_url=pick("db_url") or default_db_url(home_path),
-        user=pick("user") or _login_name(),
-        **({"max_field_bytes": max_field_bytes} if max_field_bytes is not None else {}),
+        db_url=values.get("db_url") or default_db_url(home_path),
+        user=values.get("user") or _login_name(),
+        max_field_bytes=values.get("max_field_bytes", Settings.max_field_bytes),
     )
 
 
@@ -91,27 +78,22 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    problems = [f"{path}: unknown setting {key!r} (known: {', '.join(_FILE_KEYS)})" for key in values if key not in _FILE_KEYS]
-    problems += [
-        f"{path}: setting {key!r} must be a string" for key in ("db_url", "user") if key in values and not isinstance(values[key], str)
-    ]
+    problems = [f"unknown setting {key!r} (known: {', '.join(_FILE_KEYS)})" for key in values if key not in _FILE_KEYS]
+    problems += [f"setting {key!r} must be a string" for key in ("db_url", "user") if key in values and not isinstance(values[key], str)]
+    if "max_field_bytes" in values:
+        try:
+            values["max_field_bytes"] = _positive_int(values["max_field_bytes"], "max_field_bytes")
+        except ConfigError as exc:
+            problems.append(str(exc))
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError(f"{path}: " + "; ".join(problems))
     return values
 
 
-def _positive_int(value: Any, name: str, problems: list[str]) -> int | None:
-    if value is None:
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        problems.append(f"{name} must be a positive integer, got {value!r}")
-        return None
-    if number <= 0 or isinstance(value, bool):
-        problems.append(f"{name} must be a positive integer, got {value!r}")
-        return None
-    return number
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit() or int(value) <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _login_name() -> str:
@@ -119,8 +101,3 @@ def _login_name() -> str:
         return getpass.getuser()
     except Exception:  # no login name in some containers
         return f"uid-{os.getuid()}"
-
-
-def describe(settings: Settings) -> dict[str, Any]:
-    """The settings as plain values, for `--json` output and error messages."""
-    return {f.name: str(getattr(settings, f.name)) if isinstance(getattr(settings, f.name), Path) else getattr(settings, f.name) for f in fields(settings)}

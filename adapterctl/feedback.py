@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field, replace
+from functools import cache
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, TextIO
@@ -21,37 +22,48 @@ from adapterctl import audit
 from adapterctl.db.models import Feedback, Line
 from adapterctl.db.types import utcnow
 from adapterctl.errors import InvalidInput, NotFound
-from adapterctl.lines import get_line
+from adapterctl.lines import get_line, line_id_of
 
 ROLES = ("system", "user", "assistant", "tool")
 CONTENT_FIELDS = ("prompt", "response", "rating", "correction", "chosen", "rejected")
 RECORD_FIELDS = ("line", *CONTENT_FIELDS, "source", "tags", "adapter_version", "request_id", "created_at")
+_RECORD_FIELD_SET = frozenset(RECORD_FIELDS)
 DEFAULT_MAX_FIELD_BYTES = 32 * 1024
 MAX_TAGS = 32
 _SHORT_LIMITS = {"source": 256, "adapter_version": 64, "request_id": 128}
 _ACTIVE_ONLY = text("status = 'active'")
+# One encoder for every record: json.dumps with options builds a new encoder on each call.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class FeedbackRecord:
-    """A validated feedback record, ready to store."""
+    """A validated feedback record, ready to store; build it with `parse_record`."""
 
     prompt: list[dict[str, str]]
     response: str
-    rating: float | None = None
-    correction: str | None = None
-    chosen: str | None = None
-    rejected: str | None = None
-    source: str | None = None
-    tags: list[str] = field(default_factory=list)
-    adapter_version: str | None = None
-    request_id: str | None = None
-    created_at: datetime | None = None
+    rating: float | None
+    correction: str | None
+    chosen: str | None
+    rejected: str | None
+    source: str | None
+    tags: list[str]
+    adapter_version: str | None
+    request_id: str | None
+    created_at: datetime | None
+    content_hash: str
+    """sha256 of the content fields; metadata (source, tags, ids, time) does not make a record new."""
 
-    @property
-    def content_hash(self) -> str:
-        content = {name: getattr(self, name) for name in CONTENT_FIELDS}
-        return hashlib.sha256(audit.canonical_json(content).encode("utf-8")).hexdigest()
+
+def content_hash(prompt: list[dict[str, str]], response: str, rating: float | None, correction: str | None,
+                 chosen: str | None, rejected: str | None) -> str:
+    """sha256 of the content fields joined by NUL, which validated text never contains.
+
+    Roles are never empty, so the empty string after the last message ends the prompt unambiguously.
+    """
+    parts = [part for message in prompt for part in (message["role"], message["content"])]
+    parts += ["", response, "" if rating is None else repr(rating), correction or "", chosen or "", rejected or ""]
+    return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------- validation
@@ -61,33 +73,45 @@ def parse_record(raw: Any, *, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES) ->
     """Validate one record as found in a JSONL file or given to `log_feedback`; raise InvalidInput naming the field."""
     if not isinstance(raw, dict):
         raise InvalidInput("record must be a JSON object")
-    unknown = [key for key in raw if key not in RECORD_FIELDS]
-    if unknown:
-        raise InvalidInput(f"unknown field {unknown[0]!r} (known: {', '.join(RECORD_FIELDS)})")
-    text_field = lambda name: _text(raw.get(name), name, max_field_bytes)  # noqa: E731
-    record = FeedbackRecord(
-        prompt=_prompt(raw.get("prompt"), max_field_bytes),
-        response=_required(text_field("response"), "response"),
-        rating=_rating(raw.get("rating")),
-        correction=text_field("correction"),
-        chosen=text_field("chosen"),
-        rejected=text_field("rejected"),
-        source=_short_text(raw.get("source"), "source"),
-        tags=_tags(raw.get("tags")),
-        adapter_version=_short_text(raw.get("adapter_version"), "adapter_version"),
-        request_id=_short_text(raw.get("request_id"), "request_id"),
-        created_at=_timestamp(raw.get("created_at")),
-    )
-    if (record.chosen is None) != (record.rejected is None):
+    if not _RECORD_FIELD_SET.issuperset(raw):
+        unknown = next(key for key in raw if key not in _RECORD_FIELD_SET)
+        raise InvalidInput(f"unknown field {unknown!r} (known: {', '.join(RECORD_FIELDS)})")
+    get = raw.get
+    prompt = _prompt(get("prompt"), max_field_bytes)
+    response = _text(get("response"), "response", max_field_bytes, required=True)
+    rating = _rating(get("rating"))
+    correction = _text(get("correction"), "correction", max_field_bytes)
+    chosen = _text(get("chosen"), "chosen", max_field_bytes)
+    rejected = _text(get("rejected"), "rejected", max_field_bytes)
+    if (chosen is None) != (rejected is None):
         raise InvalidInput("chosen and rejected must be given together")
-    if record.chosen is not None and record.chosen == record.rejected:
+    if chosen is not None and chosen == rejected:
         raise InvalidInput("chosen and rejected must differ")
-    if record.rating is None and record.correction is None and record.chosen is None:
+    if rating is None and correction is None and chosen is None:
         raise InvalidInput("feedback needs at least one of rating, correction, or chosen+rejected")
-    return record
+    return FeedbackRecord(
+        prompt=prompt,
+        response=response,
+        rating=rating,
+        correction=correction,
+        chosen=chosen,
+        rejected=rejected,
+        source=_short_text(get("source"), "source"),
+        tags=_tags(get("tags")),
+        adapter_version=_short_text(get("adapter_version"), "adapter_version"),
+        request_id=_short_text(get("request_id"), "request_id"),
+        created_at=_timestamp(get("created_at")),
+        content_hash=content_hash(prompt, response, rating, correction, chosen, rejected),
+    )
 
 
-def _check_string(value: str, name: str, max_bytes: int) -> str:
+def _text(value: Any, name: str, max_bytes: int, required: bool = False) -> str | None:
+    if value is None:
+        if required:
+            raise InvalidInput(f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
     if value.isascii():
         size = len(value)
     else:
@@ -99,22 +123,8 @@ def _check_string(value: str, name: str, max_bytes: int) -> str:
         raise InvalidInput(f"{name} is {size} bytes, more than the limit of {max_bytes} bytes")
     if "\x00" in value:
         raise InvalidInput(f"{name} contains a NUL character")
-    return value
-
-
-def _text(value: Any, name: str, max_bytes: int) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
-    if not value.strip():
+    if value.isspace() or not value:
         raise InvalidInput(f"{name} is empty")
-    return _check_string(value, name, max_bytes)
-
-
-def _required(value: str | None, name: str) -> str:
-    if value is None:
-        raise InvalidInput(f"{name} is required")
     return value
 
 
@@ -126,24 +136,22 @@ def _short_text(value: Any, name: str) -> str | None:
 
 
 def _prompt(value: Any, max_bytes: int) -> list[dict[str, str]]:
-    if value is None:
-        raise InvalidInput("prompt is required")
-    if isinstance(value, str):
-        return [{"role": "user", "content": _required(_text(value, "prompt", max_bytes), "prompt")}]
+    if isinstance(value, str) or value is None:
+        return [{"role": "user", "content": _text(value, "prompt", max_bytes, required=True)}]
     if not isinstance(value, list) or not value:
         raise InvalidInput("prompt must be a non-empty string or a non-empty list of chat messages {role, content}")
-    messages = []
+    has_user = False
     for index, message in enumerate(value):
-        where = f"prompt[{index}]"
-        if not isinstance(message, dict) or set(message) != {"role", "content"}:
-            raise InvalidInput(f"{where} must be an object with exactly the keys 'role' and 'content'")
-        if message["role"] not in ROLES:
-            raise InvalidInput(f"{where}.role {message['role']!r} is not one of {', '.join(ROLES)}")
-        content = _required(_text(message["content"], f"{where}.content", max_bytes), f"{where}.content")
-        messages.append({"role": message["role"], "content": content})
-    if not any(m["role"] == "user" for m in messages):
+        if not isinstance(message, dict) or len(message) != 2 or "role" not in message or "content" not in message:
+            raise InvalidInput(f"prompt[{index}] must be an object with exactly the keys 'role' and 'content'")
+        role = message["role"]
+        if role not in ROLES:
+            raise InvalidInput(f"prompt[{index}].role {role!r} is not one of {', '.join(ROLES)}")
+        _text(message["content"], f"prompt[{index}].content", max_bytes, required=True)
+        has_user = has_user or role == "user"
+    if not has_user:
         raise InvalidInput("prompt has no message with role 'user'")
-    return messages
+    return [{"role": message["role"], "content": message["content"]} for message in value]
 
 
 def _rating(value: Any) -> float | None:
@@ -164,7 +172,7 @@ def _tags(value: Any) -> list[str]:
     if len(value) > MAX_TAGS:
         raise InvalidInput(f"tags has {len(value)} entries, more than the limit of {MAX_TAGS}")
     for tag in value:
-        _check_string(tag, "tags", 64)
+        _text(tag, "tags", 64)
     return list(dict.fromkeys(value))
 
 
@@ -204,14 +212,14 @@ def _row(record: FeedbackRecord, line_id: int, actor: str, now: datetime) -> dic
     }
 
 
-def _upsert(session: Session):
+@cache
+def _upsert(dialect: str):
     """INSERT that, for a live duplicate (same line and content hash), adds to its `times_seen` instead."""
-    dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    statement = insert(Feedback)
+    statement = insert(Feedback.__table__)
     return statement.on_conflict_do_update(
         index_elements=[Feedback.line_id, Feedback.content_hash],
         index_where=_ACTIVE_ONLY,
@@ -243,160 +251,12 @@ def log_feedback(
         "adapter_version": adapter_version, "request_id": request_id,
     }
     record = parse_record(raw, max_field_bytes=max_field_bytes)
-    line_row = get_line(session, line)
-    statement = _upsert(session).returning(Feedback.id, Feedback.times_seen)
-    feedback_id, times_seen = session.execute(statement, _row(record, line_row.id, actor, utcnow())).one()
+    line_id = line_id_of(session, line)
+    statement = _upsert(session.get_bind().dialect.name).returning(Feedback.id, Feedback.times_seen)
+    feedback_id, times_seen = session.execute(statement, _row(record, line_id, actor, utcnow())).one()
     audit.record(session, actor=actor, action="feedback.log", subject=f"feedback:{feedback_id}",
                  payload={"line": line, "content_hash": record.content_hash, "duplicate": times_seen > 1})
     return feedback_id
-
-
-@dataclass
-class ImportReport:
-    lines_read: int = 0
-    imported: int = 0
-    """New records stored."""
-    duplicates: int = 0
-    """Records that matched a stored record or an earlier line of the file; counted, not stored again."""
-    skipped: int = 0
-    """Invalid lines left out with `skip_invalid`."""
-    errors: list[str] = field(default_factory=list)
-    """The first invalid lines, as 'FILE:LINE: reason'."""
-
-
-MAX_REPORTED_ERRORS = 20
-
-
-def import_feedback(
-    session: Session,
-    path: Path,
-    *,
-    actor: str,
-    line: str | None = None,
-    skip_invalid: bool = False,
-    max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES,
-    progress: Callable[[int], None] | None = None,
-    chunk_size: int = 5000,
-) -> ImportReport:
-    """Import a JSONL file in the caller's transaction: all of it, or nothing when any line is invalid.
-
-    Invalid lines are all reported (up to MAX_REPORTED_ERRORS) by raising InvalidInput, unless
-    `skip_invalid` is set; then they are left out and listed in the report. `progress` gets bytes read.
-    """
-    report = ImportReport()
-    line_ids = _LineIds(session, default=line)
-    now = utcnow()
-    chunk: dict[tuple[int, str], dict[str, Any]] = {}
-    error_count = 0
-    with _open_binary(path) as handle:
-        for number, raw_line in enumerate(handle, start=1):
-            if progress:
-                progress(len(raw_line))
-            if not raw_line.strip():
-                continue
-            report.lines_read += 1
-            try:
-                raw = _json_line(raw_line)
-                line_id = line_ids.resolve(raw.pop("line", None) if isinstance(raw, dict) else None)
-                record = parse_record(raw, max_field_bytes=max_field_bytes)
-            except InvalidInput as exc:
-                error_count += 1
-                if len(report.errors) < MAX_REPORTED_ERRORS:
-                    report.errors.append(f"{path}:{number}: {exc}")
-                continue
-            if error_count and not skip_invalid:
-                continue  # keep validating to report every bad line, but store nothing
-            key = (line_id, record.content_hash)
-            if key in chunk:
-                chunk[key]["times_seen"] += 1
-            else:
-                chunk[key] = _row(record, line_id, actor, now)
-            if len(chunk) >= chunk_size:
-                _store_chunk(session, chunk, report)
-                chunk = {}
-    if error_count and not skip_invalid:
-        more = f"\n... and {error_count - len(report.errors)} more" if error_count > len(report.errors) else ""
-        raise InvalidInput(f"{error_count} invalid line(s), nothing imported:\n" + "\n".join(report.errors) + more)
-    _store_chunk(session, chunk, report)
-    report.skipped = error_count
-    audit.record(session, actor=actor, action="feedback.import", subject=line_ids.subject(),
-                 payload={"file": path.name, "sha256": _file_sha256(path), "lines_read": report.lines_read,
-                          "imported": report.imported, "duplicates": report.duplicates, "skipped": report.skipped})
-    return report
-
-
-def _store_chunk(session: Session, chunk: dict[tuple[int, str], dict[str, Any]], report: ImportReport) -> None:
-    if not chunk:
-        return
-    existing = set()
-    for line_id in {line_id for line_id, _ in chunk}:
-        hashes = [h for lid, h in chunk if lid == line_id]
-        for start in range(0, len(hashes), 1000):
-            query = select(Feedback.content_hash).where(
-                Feedback.line_id == line_id, Feedback.status == "active", Feedback.content_hash.in_(hashes[start : start + 1000])
-            )
-            existing.update((line_id, h) for h in session.scalars(query))
-    session.execute(_upsert(session), list(chunk.values()))
-    total = sum(row["times_seen"] for row in chunk.values())
-    new = len(chunk) - len(existing)
-    report.imported += new
-    report.duplicates += total - new
-
-
-class _LineIds:
-    """Line names of an import, resolved to ids once each."""
-
-    def __init__(self, session: Session, default: str | None) -> None:
-        self._session = session
-        self._default = default
-        self._ids: dict[str, int] = {}
-        if default is not None:
-            self._ids[default] = get_line(session, default).id
-
-    def resolve(self, name: Any) -> int:
-        name = name if name is not None else self._default
-        if name is None:
-            raise InvalidInput("line is missing (give --line or a 'line' field)")
-        if self._default is not None and name != self._default:
-            raise InvalidInput(f"line {name!r} differs from --line {self._default!r}")
-        if name not in self._ids:
-            if not isinstance(name, str):
-                raise InvalidInput("line must be a string")
-            line_id = self._session.scalar(select(Line.id).where(Line.name == name))
-            if line_id is None:
-                raise InvalidInput(f"line {name!r} does not exist (create it with `adapterctl line create`)")
-            self._ids[name] = line_id
-        return self._ids[name]
-
-    def subject(self) -> str:
-        return f"line:{next(iter(self._ids))}" if len(self._ids) == 1 else "feedback"
-
-
-def _open_binary(path: Path) -> BinaryIO:
-    """Bytes, so that each line is checked for UTF-8 on its own and errors name the line."""
-    try:
-        return path.open("rb")
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _json_line(raw_line: bytes) -> Any:
-    try:
-        decoded = raw_line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"not valid UTF-8 (byte {exc.start + 1})") from None
-    try:
-        return json.loads(decoded)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- reading
@@ -492,28 +352,6 @@ def feedback_stats(session: Session, *, line: str | None = None, by_source: bool
         get_line(session, line)
         query = query.where(Line.name == line)
     return [dict(row._mapping) for row in session.execute(query)]
-
-
-def export_feedback(session: Session, out: TextIO, filters: FeedbackQuery) -> int:
-    """Write active records as JSONL in the import format; return how many were written."""
-    if filters.status not in (None, "active"):
-        raise InvalidInput("only active feedback can be exported; forgotten records have no content")
-    count = 0
-    query = _filtered(session, select(Feedback, Line.name).join(Feedback.line), replace(filters, status="active"))
-    for row, line_name in session.execute(query.order_by(Feedback.id).execution_options(yield_per=2000)):
-        out.write(json.dumps(export_record(row, line_name), ensure_ascii=False) + "\n")
-        count += 1
-    return count
-
-
-def export_record(row: Feedback, line_name: str) -> dict[str, Any]:
-    record = {"line": line_name}
-    for name in ("prompt", *CONTENT_FIELDS[1:], "source", "tags", "adapter_version", "request_id"):
-        value = getattr(row, name)
-        if value not in (None, []):
-            record[name] = value
-    record["created_at"] = row.created_at.isoformat()
-    return record
 
 
 def as_dict(row: Feedback) -> dict[str, Any]:

@@ -105,6 +105,14 @@ def get_line(session: Session, name: str) -> Line:
     return line
 
 
+def line_id_of(session: Session, name: str) -> int:
+    """The id of a line, without loading it (the path of every logged feedback record)."""
+    line_id = session.scalar(select(Line.id).where(Line.name == name))
+    if line_id is None:
+        get_line(session, name)  # raises NotFound with the usual message
+    return line_id
+
+
 def list_lines(session: Session) -> list[Line]:
     return list(session.scalars(select(Line).order_by(Line.name)))
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from adapterctl import audit, feedback
+from adapterctl import audit, feedback, feedback_io
 from adapterctl.db.models import AuditEvent, Feedback
 from adapterctl.errors import InvalidInput, NotFound
 from adapterctl.feedback import FeedbackQuery, parse_record
@@ -207,7 +207,7 @@ def test_export_writes_the_import_format(ws, line, tmp_path):
     with ws.transaction() as session:
         feedback.forget_feedback(session, actor="dpo", source="alice")
         out = io.StringIO()
-        assert feedback.export_feedback(session, out, FeedbackQuery(line=line)) == 3
+        assert feedback_io.export_feedback(session, out, FeedbackQuery(line=line)) == 3
     records = [json.loads(x) for x in out.getvalue().splitlines()]
     assert [r["prompt"][0]["content"] for r in records] == ["p3", "p4", "p5"]
     assert all(parse_record({k: v for k, v in r.items() if k != "line"}) for r in records)

@@ -75,3 +75,23 @@ def test_history_has_one_head_and_a_linear_chain():
     assert [r.revision for r in revisions if r.is_head] == [migrate.head_revision()]
     downs = [r.down_revision for r in revisions]
     assert downs.count(None) == 1 and len(set(downs)) == len(downs)
+
+
+def test_schema_revision_constant_names_the_newest_migration():
+    assert migrate.SCHEMA_REVISION == migrate.head_revision()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_database_from_a_newer_adapterctl_is_refused(backend, tmp_path):
+    with empty_database(backend, tmp_path) as url:
+        migrate.upgrade(url)
+        db = Database(url)
+        try:
+            with db.engine.begin() as connection:
+                connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+            with pytest.raises(SchemaError, match="newer than this adapterctl knows"):
+                migrate.check_schema(db.engine)
+        finally:
+            db.dispose()
+        with pytest.raises(SchemaError, match="cannot migrate"):
+            migrate.upgrade(url)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Callable, Iterator, Sequence
 import typer
 
 from adapterctl.config import Settings, load_settings
+from adapterctl.errors import InvalidInput
 from adapterctl.workspace import Workspace
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document and nothing else.")]
@@ -110,7 +111,7 @@ def parse_since(value: str | None) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is neither a duration like 7d/12h/30m nor an ISO 8601 date") from None
+        raise InvalidInput(f"--since {value!r} is neither a duration like 7d/12h/30m nor an ISO 8601 date") from None
     return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
 
 

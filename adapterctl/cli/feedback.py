@@ -11,7 +11,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from adapterctl import feedback
+from adapterctl import feedback, feedback_io
 from adapterctl.cli._common import JsonOption, byte_progress, parse_since, print_fields, print_json, print_table, workspace
 from adapterctl.errors import InvalidInput
 from adapterctl.feedback import FeedbackQuery
@@ -77,7 +77,7 @@ def import_(
     ws = workspace(ctx)
     size = file.stat().st_size if file.is_file() else 0
     with ws.transaction() as session, byte_progress(size, f"importing {file.name}") as progress:
-        report = feedback.import_feedback(
+        report = feedback_io.import_feedback(
             session, file, actor=ws.user, line=line, skip_invalid=skip_invalid,
             max_field_bytes=ws.settings.max_field_bytes, progress=progress,
         )
@@ -168,13 +168,13 @@ def export(
     filters = FeedbackQuery(line=line, source=source, since=parse_since(since))
     with workspace(ctx).transaction() as session:
         if output is None:
-            feedback.export_feedback(session, sys.stdout, filters)
+            feedback_io.export_feedback(session, sys.stdout, filters)
             return
         # Write beside the target and rename, so a failed export never leaves a truncated file.
         handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=output.parent, prefix=f".{output.name}.", delete=False)
         try:
             with handle:
-                count = feedback.export_feedback(session, handle, filters)
+                count = feedback_io.export_feedback(session, handle, filters)
             os.replace(handle.name, output)
         except BaseException:
             os.unlink(handle.name)

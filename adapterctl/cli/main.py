@@ -6,7 +6,6 @@ import os
 import sys
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from adapterctl import __version__
@@ -51,27 +50,23 @@ app.add_typer(audit.app, name="audit")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI: known errors become one line on stderr and an exit code; ADAPTERCTL_DEBUG=1 shows tracebacks."""
+    """Run the CLI: known errors become one line on stderr and an exit code; ADAPTERCTL_DEBUG=1 shows tracebacks.
+
+    Usage errors are click's own (exit 2); typer.Exit carries its code.
+    """
     from sqlalchemy.exc import OperationalError
 
     debug = os.environ.get("ADAPTERCTL_DEBUG") == "1"
     try:
-        code = app(args=argv, prog_name="adapterctl", standalone_mode=False)
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
-    except click.Abort:
-        typer.echo("adapterctl: aborted", err=True)
-        code = 130
+        app(args=argv, prog_name="adapterctl")
     except AdapterctlError as exc:
         if debug:
             raise
         typer.echo(f"adapterctl: {exc}", err=True)
-        code = exc.exit_code
+        sys.exit(exc.exit_code)
     except OperationalError as exc:
         if debug:
             raise
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         typer.echo(f"adapterctl: database error: {reason}", err=True)
-        code = 1
-    sys.exit(code if isinstance(code, int) else 0)
+        sys.exit(1)

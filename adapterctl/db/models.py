@@ -92,7 +92,6 @@ class Feedback(Base):
         Index("ix_feedback_line_status_created", "line_id", "status", "created_at"),
         Index("ix_feedback_source", "source"),
         Index("ix_feedback_content_hash", "content_hash"),
-        Index("ix_feedback_request_id", "request_id"),
         # Exact duplicates of live feedback are stored once; a tombstone does not block new data.
         Index(
             "uq_feedback_line_hash_active",

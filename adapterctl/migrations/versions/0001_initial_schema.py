@@ -78,7 +78,6 @@ def upgrade() -> None:
         batch_op.create_index("ix_feedback_line_status_created", ["line_id", "status", "created_at"])
         batch_op.create_index("ix_feedback_source", ["source"])
         batch_op.create_index("ix_feedback_content_hash", ["content_hash"])
-        batch_op.create_index("ix_feedback_request_id", ["request_id"])
         batch_op.create_index(
             "uq_feedback_line_hash_active",
             ["line_id", "content_hash"],

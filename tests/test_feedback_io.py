@@ -1,0 +1,135 @@
+"""`feedback import` is all or nothing, names bad lines, counts duplicates; export round-trips."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from sqlalchemy import func, select
+
+from adapterctl import feedback, feedback_io
+from adapterctl.db.models import AuditEvent, Feedback
+from adapterctl.errors import InvalidInput, NotFound
+from adapterctl.feedback import FeedbackQuery
+
+
+def record(i: int, **extra) -> dict:
+    return {"prompt": f"question {i}", "response": f"answer {i}", "rating": 1, **extra}
+
+
+def write_jsonl(path, items) -> None:
+    with path.open("wb") as handle:
+        for item in items:
+            handle.write(item if isinstance(item, bytes) else (json.dumps(item, ensure_ascii=False) + "\n").encode())
+
+
+def counts(ws) -> tuple[int, int]:
+    with ws.transaction() as session:
+        return (
+            session.scalar(select(func.count()).select_from(Feedback)),
+            session.scalar(select(func.count()).select_from(AuditEvent)),
+        )
+
+
+def run_import(ws, path, **kwargs) -> feedback_io.ImportReport:
+    with ws.transaction() as session:
+        return feedback_io.import_feedback(session, path, actor="tester", **kwargs)
+
+
+def test_import_stores_every_record_and_one_audit_event(ws, line, tmp_path):
+    path = tmp_path / "in.jsonl"
+    write_jsonl(path, [record(i, source=f"user-{i % 3}", tags=["t"]) for i in range(12)])
+    before = counts(ws)
+    report = run_import(ws, path, line=line, chunk_size=5)  # several chunks
+    assert (report.lines_read, report.imported, report.duplicates, report.skipped) == (12, 12, 0, 0)
+    assert counts(ws) == (before[0] + 12, before[1] + 1)
+
+
+def test_a_bad_line_in_the_middle_writes_nothing_and_every_bad_line_is_named(ws, line, tmp_path):
+    path = tmp_path / "in.jsonl"
+    items = [record(i) for i in range(30)]
+    items[12] = record(12, rating=7)
+    items[20] = b'{"prompt": "unterminated\n'
+    items[25] = b'{"prompt": "caf\xe9", "response": "r", "rating": 1}\n'
+    write_jsonl(path, items)
+    before = counts(ws)
+    with pytest.raises(InvalidInput) as caught:
+        run_import(ws, path, line=line, chunk_size=4)  # chunks before line 13 were already written
+    message = str(caught.value)
+    assert message.startswith("3 invalid line(s), nothing imported")
+    assert f"{path}:13: rating 7 is out of range [-1, 1]" in message
+    assert f"{path}:21: not valid JSON" in message
+    assert f"{path}:26: not valid UTF-8" in message
+    assert counts(ws) == before
+
+
+def test_skip_invalid_imports_the_rest_and_reports_the_skipped(ws, line, tmp_path):
+    path = tmp_path / "in.jsonl"
+    write_jsonl(path, [record(1), {"prompt": "p", "response": "r"}, b"\n", record(2)])
+    report = run_import(ws, path, line=line, skip_invalid=True)
+    assert (report.imported, report.skipped) == (2, 1)
+    assert report.errors == [f"{path}:2: feedback needs at least one of rating, correction, or chosen+rejected"]
+
+
+def test_duplicates_within_the_file_and_against_stored_records_are_counted(ws, line, tmp_path):
+    ws.log_feedback(line=line, **record(0))
+    path = tmp_path / "in.jsonl"
+    write_jsonl(path, [record(0), record(1), record(1, source="someone-else"), record(2), record(1)])
+    report = run_import(ws, path, line=line, chunk_size=2)
+    assert (report.imported, report.duplicates) == (2, 3)
+    with ws.transaction() as session:
+        seen = dict(session.execute(select(Feedback.response, Feedback.times_seen)).all())
+    assert seen == {"answer 0": 2, "answer 1": 3, "answer 2": 1}
+
+
+def test_line_comes_from_the_record_or_the_option(ws, line, tmp_path):
+    path = tmp_path / "in.jsonl"
+    write_jsonl(path, [{**record(1), "line": line}, record(2)])
+    with pytest.raises(InvalidInput, match=r":2: line is missing"):
+        run_import(ws, path)
+    write_jsonl(path, [{**record(1), "line": "other"}])
+    with pytest.raises(InvalidInput, match=r":1: line 'other' differs from --line"):
+        run_import(ws, path, line=line)
+    with pytest.raises(InvalidInput, match=r":1: line 'other' does not exist"):
+        run_import(ws, path)
+    with pytest.raises(NotFound):
+        run_import(ws, path, line="nope")
+
+
+def test_parallel_and_in_process_parsing_agree(ws, line, tmp_path):
+    path = tmp_path / "in.jsonl"
+    items = [record(i, tags=["é", "x"]) for i in range(2500)] + [record(7), {"prompt": ""}]
+    write_jsonl(path, items)
+    with pytest.raises(InvalidInput) as in_process:
+        run_import(ws, path, line=line, workers=0)
+    with pytest.raises(InvalidInput) as in_workers:
+        run_import(ws, path, line=line, workers=2)
+    assert str(in_process.value) == str(in_workers.value) and ":2502: " in str(in_process.value)
+    path.write_text("".join(json.dumps(item) + "\n" for item in items[:-1]))
+    report = run_import(ws, path, line=line, workers=2)
+    assert (report.imported, report.duplicates) == (2500, 1)
+
+
+def test_missing_file_is_invalid_input(ws, line, tmp_path):
+    with pytest.raises(InvalidInput, match="cannot read"):
+        run_import(ws, tmp_path / "nope.jsonl", line=line)
+
+
+def test_export_then_import_round_trips(ws, line, tmp_path, settings):
+    ws.log_feedback(line=line, prompt=[{"role": "system", "content": "terse"}, {"role": "user", "content": "2+2? ünï"}],
+                    response="5", correction="4", source="u1", tags=["math"], adapter_version="v2", request_id="r-1")
+    ws.log_feedback(line=line, prompt="p", response="r", chosen="a", rejected="b")
+    with ws.transaction() as session:
+        first = io.StringIO()
+        feedback_io.export_feedback(session, first, FeedbackQuery())
+        originals = sorted(r.content_hash for r in feedback.list_feedback(session, FeedbackQuery())[0])
+        session.execute(Feedback.__table__.delete())
+    path = tmp_path / "export.jsonl"
+    path.write_text(first.getvalue(), encoding="utf-8")
+    assert run_import(ws, path).imported == 2
+    with ws.transaction() as session:
+        second = io.StringIO()
+        feedback_io.export_feedback(session, second, FeedbackQuery())
+        assert sorted(r.content_hash for r in feedback.list_feedback(session, FeedbackQuery())[0]) == originals
+    assert second.getvalue() == first.getvalue()

@@ -73,6 +73,8 @@ def _cell(value: Any) -> str:
         return f"{value:g}"
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value)) or "-"
+    if isinstance(value, dict):
+        value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     text = str(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

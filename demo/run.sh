@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The adapterctl lifecycle on the embedded SQLite default with a tiny local model.
+# Run through `make demo`, which puts .venv/bin on PATH. Everything lives in .demo/ (deleted first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export ADAPTERCTL_HOME="$PWD/.demo/home"
+export ADAPTERCTL_USER="demo-operator"
+unset ADAPTERCTL_DB_URL
+rm -rf .demo
+mkdir -p .demo
+
+step() {
+    printf '\n\033[1m== %s\033[0m\n$' "$1"
+    printf ' %q' "${@:2}"
+    printf '\n'
+    "${@:2}"
+}
+
+step "Create the home and the database (SQLite, schema by Alembic)" adapterctl init
+step "Write a tiny random Llama model + tokenizer (no download)" adapterctl base create-tiny .demo/tiny-model
+step "Register it as a base model; its files are hashed" adapterctl base register tiny .demo/tiny-model
+step "Create a line: a stream of adapters on that base" adapterctl line create support-bot --base tiny --description "Acme support assistant"
+step "Import the bundled feedback: all or nothing" adapterctl feedback import demo/feedback.jsonl --line support-bot
+step "A serving app or a person logs one more record" adapterctl feedback log --line support-bot \
+    --prompt "Do you have a mobile app?" --response "No." --rating -1 \
+    --correction "Yes, for iOS and Android: search for Acme in the app store." --source user-7781
+step "What came in, per line and source" adapterctl feedback stats --by-source
+step "The newest records" adapterctl feedback list --limit 5
+printf '\n$ adapterctl feedback import (a file with a bad line 2)\n'
+printf '{"prompt": "ok", "response": "fine", "rating": 1}\n{"prompt": "bad", "response": "x", "rating": 7}\n' > .demo/bad.jsonl
+adapterctl feedback import .demo/bad.jsonl --line support-bot || echo "(exit $?: nothing was written)"
+step "A user asks to be forgotten: content erased, tombstone kept" adapterctl feedback forget --source user-2210 --reason "privacy request #17"
+step "Every change is in the hash-chained audit log" adapterctl audit log --limit 6
+step "Nobody edited or deleted an event" adapterctl audit verify
+printf '\nDone. Explore with: ADAPTERCTL_HOME=%s .venv/bin/adapterctl --help\n' "$ADAPTERCTL_HOME"

@@ -9,11 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field, replace
-from functools import cache
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, TextIO
+from functools import cache
+from typing import Any, Iterable
 
 from sqlalchemy import case, func, select, text, update
 from sqlalchemy.orm import Session
@@ -213,7 +212,7 @@ def _row(record: FeedbackRecord, line_id: int, actor: str, now: datetime) -> dic
 
 
 @cache
-def _upsert(dialect: str):
+def upsert_statement(dialect: str):
     """INSERT that, for a live duplicate (same line and content hash), adds to its `times_seen` instead."""
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -252,7 +251,7 @@ def log_feedback(
     }
     record = parse_record(raw, max_field_bytes=max_field_bytes)
     line_id = line_id_of(session, line)
-    statement = _upsert(session.get_bind().dialect.name).returning(Feedback.id, Feedback.times_seen)
+    statement = upsert_statement(session.get_bind().dialect.name).returning(Feedback.id, Feedback.times_seen)
     feedback_id, times_seen = session.execute(statement, _row(record, line_id, actor, utcnow())).one()
     audit.record(session, actor=actor, action="feedback.log", subject=f"feedback:{feedback_id}",
                  payload={"line": line, "content_hash": record.content_hash, "duplicate": times_seen > 1})
@@ -273,7 +272,7 @@ class FeedbackQuery:
     """'active', 'forgotten', or None for both."""
 
 
-def _filtered(session: Session, query, filters: FeedbackQuery):
+def apply_filters(session: Session, query, filters: FeedbackQuery):
     """`query` with the filters applied; it must select from Feedback joined to Line."""
     if filters.line is not None:
         get_line(session, filters.line)  # an unknown line is an error, not an empty list
@@ -310,8 +309,8 @@ def list_feedback(session: Session, filters: FeedbackQuery, *, limit: int = 50, 
     """One page of feedback, newest first, and the number of records matching the filters."""
     if limit < 1 or offset < 0:
         raise InvalidInput("limit must be at least 1 and offset at least 0")
-    total = session.scalar(_filtered(session, select(func.count(Feedback.id)).join(Feedback.line), filters))
-    query = _filtered(session, select(Feedback).join(Feedback.line), filters)
+    total = session.scalar(apply_filters(session, select(func.count(Feedback.id)).join(Feedback.line), filters))
+    query = apply_filters(session, select(Feedback).join(Feedback.line), filters)
     rows = session.scalars(query.order_by(Feedback.id.desc()).limit(limit).offset(offset))
     return list(rows), total
 

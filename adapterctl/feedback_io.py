@@ -28,8 +28,8 @@ from adapterctl.feedback import (
     CONTENT_FIELDS,
     DEFAULT_MAX_FIELD_BYTES,
     FeedbackQuery,
-    _filtered,
-    _upsert,
+    apply_filters,
+    upsert_statement,
     parse_record,
 )
 from adapterctl.lines import get_line
@@ -224,7 +224,7 @@ def _bulk_upsert(session: Session, rows: list[list[Any]]) -> None:
 @cache
 def _bulk_statement(dialect) -> tuple[str, tuple[str, ...] | None]:
     """The upsert as SQL text for `dialect`, with the column order of positional parameters."""
-    compiled = _upsert(dialect.name).compile(dialect=dialect, column_keys=list(_COLUMNS))
+    compiled = upsert_statement(dialect.name).compile(dialect=dialect, column_keys=list(_COLUMNS))
     return compiled.string, tuple(compiled.positiontup) if compiled.positional else None
 
 
@@ -288,7 +288,7 @@ def export_feedback(session: Session, out: TextIO, filters: FeedbackQuery) -> in
     """Write active records as JSONL in the import format; return how many were written."""
     if filters.status not in (None, "active"):
         raise InvalidInput("only active feedback can be exported; forgotten records have no content")
-    query = _filtered(session, select(Feedback, Line.name).join(Feedback.line), replace(filters, status="active"))
+    query = apply_filters(session, select(Feedback, Line.name).join(Feedback.line), replace(filters, status="active"))
     count = 0
     for row, line_name in session.execute(query.order_by(Feedback.id).execution_options(yield_per=2000)):
         out.write(json.dumps(export_record(row, line_name), ensure_ascii=False) + "\n")

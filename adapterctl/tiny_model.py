@@ -228,7 +228,14 @@ def _check_options(*, layers: int, hidden: int, vocab: int, seed: int) -> None:
 
 def _train_tokenizer(vocab: int):
     """Train a byte-level BPE tokenizer on CORPUS and wrap it for transformers, chat template included."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     specials = [BOS, EOS, PAD, *ROLE_TOKENS]

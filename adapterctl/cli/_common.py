@@ -90,7 +90,13 @@ def print_fields(values: dict[str, Any]) -> None:
 @contextmanager
 def byte_progress(total: int, description: str) -> Iterator[Callable[[int], None]]:
     """A progress bar on stderr (only on a terminal); yields a function to call with bytes done."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     from rich.console import Console

@@ -8,7 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from adapterctl import base_models
-from adapterctl.cli._common import JsonOption, byte_progress, print_fields, print_json, print_table, workspace
+from adapterctl.cli._common import (
+    JsonOption,
+    byte_progress,
+    print_fields,
+    print_json,
+    print_table,
+    workspace,
+)
 
 app = typer.Typer(help="Base models: the frozen models that lines put adapters on.", no_args_is_help=True)
 

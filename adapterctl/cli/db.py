@@ -6,7 +6,13 @@ from typing import Annotated
 
 import typer
 
-from adapterctl.cli._common import JsonOption, display_url, print_json, print_table, settings
+from adapterctl.cli._common import (
+    JsonOption,
+    display_url,
+    print_json,
+    print_table,
+    settings,
+)
 from adapterctl.db import migrate
 from adapterctl.db.engine import Database, sqlite_path
 from adapterctl.workspace import upgrade_database

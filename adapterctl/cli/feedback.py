@@ -12,7 +12,15 @@ from typing import Annotated, List, Optional
 import typer
 
 from adapterctl import feedback, feedback_io
-from adapterctl.cli._common import JsonOption, byte_progress, parse_since, print_fields, print_json, print_table, workspace
+from adapterctl.cli._common import (
+    JsonOption,
+    byte_progress,
+    parse_since,
+    print_fields,
+    print_json,
+    print_table,
+    workspace,
+)
 from adapterctl.errors import InvalidInput
 from adapterctl.feedback import FeedbackQuery
 

@@ -7,7 +7,13 @@ from typing import Annotated, Optional
 import typer
 
 from adapterctl import lines
-from adapterctl.cli._common import JsonOption, print_fields, print_json, print_table, workspace
+from adapterctl.cli._common import (
+    JsonOption,
+    print_fields,
+    print_json,
+    print_table,
+    workspace,
+)
 from adapterctl.lines import GateThresholds, LineSettings
 
 app = typer.Typer(help="Lines: named streams of adapters on one base model.", no_args_is_help=True)

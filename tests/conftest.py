@@ -184,3 +184,24 @@ class Cli:
 @pytest.fixture
 def cli(settings) -> Cli:
     return Cli(settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small real causal LM (2 layers, hidden 128) that trains in seconds on a CPU."""
+    from adapterctl.tiny_model import create_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    create_tiny_model(path, layers=2, hidden=128, vocab=1024, seed=0)
+    return path
+
+
+@pytest.fixture
+def tiny_line(ws, tiny_model) -> str:
+    """A line named facts on the tiny model, needing only 2 new examples to train."""
+    from adapterctl import base_models, lines
+
+    with ws.transaction() as session:
+        base_models.register_base_model(session, name="tiny", source=str(tiny_model), actor="tester")
+        lines.create_line(session, name="facts", base="tiny", actor="tester", settings=lines.LineSettings(min_examples=2, max_source_share=1.0))
+    return "facts"

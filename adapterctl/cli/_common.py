@@ -123,6 +123,19 @@ def parse_since(value: str | None) -> datetime | None:
     return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")
+
+
+def parse_duration(value: str | None) -> float | None:
+    """Seconds from '900', '15m', '2h' or '30s'."""
+    if value is None:
+        return None
+    match = _DURATION.fullmatch(value.strip())
+    if not match:
+        raise InvalidInput(f"{value!r} is not a duration like 900, 30s, 15m or 2h")
+    return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]]
+
+
 def display_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from adapterctl import __version__
-from adapterctl.cli import audit, base, db, feedback, line
+from adapterctl.cli import adapters, audit, base, db, feedback, line, train
 from adapterctl.cli._common import Invocation
 from adapterctl.errors import AdapterctlError
 
@@ -46,6 +46,8 @@ app.add_typer(db.app, name="db")
 app.add_typer(base.app, name="base")
 app.add_typer(line.app, name="line")
 app.add_typer(feedback.app, name="feedback")
+app.command("train", help="Train a candidate adapter from a line's new feedback (the cron job).")(train.train)
+app.add_typer(adapters.app, name="adapters")
 app.add_typer(audit.app, name="audit")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, MetaData, String, Text, text
+from sqlalchemy import JSON, Float, ForeignKey, Index, MetaData, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from adapterctl.db.types import BigId, UTCDateTime, utcnow
@@ -119,3 +119,77 @@ class AuditEvent(Base):
     hash: Mapped[str] = mapped_column(String(64), unique=True)
 
     __table_args__ = (Index("ix_audit_events_subject", "subject"), Index("ix_audit_events_action", "action"))
+
+
+class TrainingRun(Base):
+    """One execution of the batch job for a line: what it used, how, where, and how it went."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    line_id: Mapped[int] = mapped_column(ForeignKey("lines.id", ondelete="RESTRICT"))
+    status: Mapped[str] = mapped_column(String(16))  # running | succeeded | failed | interrupted
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    started_by: Mapped[str] = mapped_column(String(128))
+    host: Mapped[str] = mapped_column(String(256))
+    base_model_hash: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]]  # hyper-parameters, seed, device, versions
+    dataset: Mapped[dict[str, Any]]  # counts, source distribution, what hygiene dropped
+    metrics: Mapped[dict[str, Any] | None]  # loss curve, tokens/s, timings
+    error: Mapped[str | None] = mapped_column(Text)
+
+    line: Mapped[Line] = relationship()
+
+    __table_args__ = (Index("ix_training_runs_line_status", "line_id", "status"),)
+
+
+class RunExample(Base):
+    """Lineage: one feedback record a run used, and how (train, heldout or replay)."""
+
+    __tablename__ = "run_examples"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"), primary_key=True)
+    feedback_id: Mapped[int] = mapped_column(BigId, ForeignKey("feedback.id", ondelete="RESTRICT"), primary_key=True)
+    split: Mapped[str] = mapped_column(String(16))  # train | heldout | replay
+
+    __table_args__ = (Index("ix_run_examples_feedback", "feedback_id"),)
+
+
+class Adapter(Base):
+    """A candidate adapter a run produced; it becomes a version (v1, v2, ...) when approved.
+
+    A candidate takes the id of its run, so its artifact folder can be named before the row exists.
+    """
+
+    __tablename__ = "adapters"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    line_id: Mapped[int] = mapped_column(ForeignKey("lines.id", ondelete="RESTRICT"))
+    run_id: Mapped[int] = mapped_column(ForeignKey("training_runs.id", ondelete="RESTRICT"), unique=True)
+    status: Mapped[str] = mapped_column(String(16))  # see adapterctl.registry.TRANSITIONS
+    version: Mapped[int | None]
+    artifact_path: Mapped[str] = mapped_column(String(512))  # relative to the artifact store
+    sha256: Mapped[str] = mapped_column(String(64))  # of the artifact's manifest
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+
+    line: Mapped[Line] = relationship()
+    run: Mapped[TrainingRun] = relationship()
+
+    __table_args__ = (
+        UniqueConstraint("line_id", "version", name="uq_adapters_line_version"),
+        Index("ix_adapters_line_status", "line_id", "status"),
+    )
+
+
+class Lease(Base):
+    """A lock that expires: the holder renews it while alive, so a dead holder cannot block forever."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)  # e.g. train:support-bot
+    holder: Mapped[str] = mapped_column(String(256))
+    acquired_at: Mapped[datetime]
+    expires_at: Mapped[datetime]

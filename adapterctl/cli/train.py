@@ -1,0 +1,94 @@
+"""`adapterctl train`: the batch job cron runs; new feedback in, one candidate adapter out."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Annotated, Callable, Iterator, Optional
+
+import typer
+
+from adapterctl.cli._common import JsonOption, parse_duration, print_json, workspace
+from adapterctl.dataset import DataSettings
+from adapterctl.runs import TrainRequest, train_line
+from adapterctl.training import TrainSettings
+
+defaults = TrainSettings()
+data_defaults = DataSettings()
+
+
+def train(
+    ctx: typer.Context,
+    line: Annotated[str, typer.Option("--line", help="Line to train.")],
+    min_examples: Annotated[Optional[int], typer.Option(help="Fewest new examples worth a run [default: the line's setting].")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps; overrides --epochs.")] = None,
+    epochs: Annotated[float, typer.Option(help="Passes over the training examples.")] = defaults.epochs,
+    time_budget: Annotated[Optional[str], typer.Option(help="Stop and save after this long: 900, 15m, 2h.")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA in bf16 when available, else CPU), cpu or cuda.")] = defaults.device,
+    learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = defaults.learning_rate,
+    batch_size: Annotated[int, typer.Option(help="Examples per device and step.")] = defaults.batch_size,
+    grad_accumulation: Annotated[int, typer.Option(help="Batches per optimizer step.")] = defaults.grad_accumulation,
+    scheduler: Annotated[str, typer.Option(help="cosine, linear or constant, after warmup.")] = defaults.scheduler,
+    warmup_ratio: Annotated[float, typer.Option(help="Share of steps spent warming up.")] = defaults.warmup_ratio,
+    max_length: Annotated[int, typer.Option(help="Longest example in tokens.")] = defaults.max_length,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling and replay choice.")] = defaults.seed,
+    holdout_fraction: Annotated[float, typer.Option(help="Share of new examples held out for evaluation.")] = data_defaults.holdout_fraction,
+    replay_fraction: Annotated[float, typer.Option(help="Share of the training set replayed from approved versions' data; 1 = all.")] = data_defaults.replay_fraction,
+    processes: Annotated[int, typer.Option(help="Training processes (torchrun, DDP; gloo on CPU).")] = 1,
+    checkpoint_steps: Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps.")] = defaults.checkpoint_steps,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the line's interrupted run if there is one.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Train a candidate adapter from a line's new feedback (exit 0 with "nothing to do" when too little)."""
+    ws = workspace(ctx)
+    with ws.transaction() as session:
+        from adapterctl.lines import get_line, settings_of
+
+        max_source_share = settings_of(get_line(session, line)).max_source_share
+    request = TrainRequest(
+        line=line,
+        min_examples=min_examples,
+        training=TrainSettings(
+            learning_rate=learning_rate, epochs=epochs, max_steps=max_steps, time_budget_s=parse_duration(time_budget),
+            batch_size=batch_size, grad_accumulation=grad_accumulation, warmup_ratio=warmup_ratio, scheduler=scheduler,
+            max_length=max_length, seed=seed, device=device, checkpoint_steps=checkpoint_steps,
+        ),
+        data=DataSettings(holdout_fraction=holdout_fraction, replay_fraction=replay_fraction, max_source_share=max_source_share, seed=seed),
+        processes=processes,
+        resume=resume,
+    )
+    with _step_progress() as progress:
+        outcome = train_line(ws, request, progress=progress)
+    if json_output:
+        print_json(asdict(outcome))
+    elif outcome.status == "nothing_to_do":
+        typer.echo(f"nothing to do for {line}: {outcome.reason}")
+    else:
+        m, splits = outcome.metrics, outcome.dataset.get("splits", {})
+        final_loss = m["loss_curve"][-1][1] if m["loss_curve"] else float("nan")
+        typer.echo(
+            f"candidate {outcome.candidate_id} of {line} trained{' (resumed)' if outcome.resumed else ''}: "
+            f"{splits.get('train', 0)} train, {splits.get('heldout', 0)} held-out, {splits.get('replay', 0)} replay examples; "
+            f"{m['steps']} steps in {m['seconds']:.0f} s on {m['device']} ({m['tokens_per_second']:,.0f} tokens/s), final loss {final_loss:.3f}"
+        )
+
+
+@contextmanager
+def _step_progress() -> Iterator[Callable[[dict], None] | None]:
+    """A progress bar with loss and tokens/s on stderr, when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress("training", BarColumn(), MofNCompleteColumn(), "{task.fields[status]}", TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("training", total=None, status="")
+
+        def update(event: dict) -> None:
+            bar.update(task, total=event["total"], completed=event["step"],
+                       status=f"loss {event['loss']:.3f}  {event['tokens_per_second']:,.0f} tok/s")
+
+        yield update

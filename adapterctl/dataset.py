@@ -1,0 +1,193 @@
+"""The training set of a run: which feedback becomes which example, with poisoning hygiene and lineage.
+
+Eligible feedback of a line, not used by an earlier run and not forgotten:
+  - a correction trains the corrected answer;
+  - a positive rating trains the answer that was given;
+  - a chosen/rejected pair trains the chosen answer (the pair is kept for preference training).
+A negative or neutral rating alone teaches nothing and is never used.
+
+Then: exact and normalised duplicates are collapsed (the oldest record is kept), each source is capped
+at a share of the examples, a stable hash of the feedback id holds some out for evaluation, and
+examples that earlier approved versions were trained on are mixed back in (replay) so a new adapter
+keeps what the line already learned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from adapterctl.db.models import Adapter, Feedback, RunExample, TrainingRun
+
+APPROVED_STATES = ("approved", "active", "inactive")
+NO_SOURCE = "(none)"
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    holdout_fraction: float = 0.1
+    """Share of new examples held out for evaluation, chosen by a hash of the feedback id."""
+    replay_fraction: float = 0.5
+    """Share of the training set drawn from data that approved versions were trained on; 1.0 takes all of it."""
+    max_source_share: float = 0.2
+    """Largest share of the new examples one source may contribute; the excess is dropped and reported."""
+    seed: int = 0
+    """Seed for choosing replay examples."""
+
+
+@dataclass(frozen=True)
+class Example:
+    feedback_id: int
+    split: str  # train | heldout | replay
+    kind: str  # correction | positive | pair
+    source: str | None
+    prompt: list[dict[str, str]]
+    answer: str
+    rejected: str | None = None
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return [*self.prompt, {"role": "assistant", "content": self.answer}]
+
+
+@dataclass
+class Dataset:
+    examples: list[Example]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def split(self, name: str) -> list[Example]:
+        return [e for e in self.examples if e.split == name]
+
+    @property
+    def new_count(self) -> int:
+        return sum(e.split != "replay" for e in self.examples)
+
+
+def build_dataset(session: Session, line_id: int, settings: DataSettings) -> Dataset:
+    """Select and clean the examples of the next run of a line; nothing is written."""
+    eligible = [e for e in map(_example, session.scalars(_new_feedback(line_id))) if e is not None]
+    unique, exact, normalised = _deduplicate(eligible)
+    kept, capped = _cap_sources(unique, settings.max_source_share)
+    new = [_with_split(e, "heldout" if is_heldout(e.feedback_id, settings.holdout_fraction) else "train") for e in kept]
+    train_count = sum(e.split == "train" for e in new)
+    replay = _replay(session, line_id, {e.feedback_id for e in new}, train_count, settings)
+    examples = new + replay
+    report = {
+        "eligible": len(eligible),
+        "duplicates_removed": {"exact": exact, "normalised": normalised},
+        "capped_sources": capped,
+        "sources": dict(sorted(Counter(e.source or NO_SOURCE for e in new).items())),
+        "splits": dict(Counter(e.split for e in examples)),
+        "kinds": dict(Counter(e.kind for e in examples)),
+        "settings": asdict(settings),
+    }
+    return Dataset(examples, report)
+
+
+def _new_feedback(line_id: int):
+    used = select(RunExample.feedback_id).join(TrainingRun).where(TrainingRun.status == "succeeded")
+    return (
+        select(Feedback)
+        .where(
+            Feedback.line_id == line_id,
+            Feedback.status == "active",
+            or_(Feedback.correction.is_not(None), Feedback.rating > 0, Feedback.chosen.is_not(None)),
+            Feedback.id.not_in(used),
+        )
+        .order_by(Feedback.created_at, Feedback.id)
+    )
+
+
+def _example(row: Feedback, split: str = "train") -> Example | None:
+    if row.correction is not None:
+        return Example(row.id, split, "correction", row.source, row.prompt, row.correction)
+    if row.chosen is not None:
+        return Example(row.id, split, "pair", row.source, row.prompt, row.chosen, rejected=row.rejected)
+    if row.rating is not None and row.rating > 0:
+        return Example(row.id, split, "positive", row.source, row.prompt, row.response)
+    return None
+
+
+def _with_split(example: Example, split: str) -> Example:
+    return Example(**{**asdict(example), "split": split})
+
+
+_PUNCTUATION_AND_SPACE = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def normalise(text: str) -> str:
+    """Case, accents, punctuation and spacing removed: what stays the same when a record is retyped."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return _PUNCTUATION_AND_SPACE.sub(" ", stripped).strip()
+
+
+def _deduplicate(examples: list[Example]) -> tuple[list[Example], int, int]:
+    """Keep the oldest of each group of exact, then of normalised, duplicate (prompt, answer) pairs."""
+    exact_seen: set[tuple] = set()
+    normal_seen: set[tuple] = set()
+    unique, exact, normalised = [], 0, 0
+    for example in examples:
+        key = (tuple((m["role"], m["content"]) for m in example.prompt), example.answer)
+        normal_key = (tuple((m["role"], normalise(m["content"])) for m in example.prompt), normalise(example.answer))
+        if key in exact_seen:
+            exact += 1
+        elif normal_key in normal_seen:
+            normalised += 1
+        else:
+            unique.append(example)
+        exact_seen.add(key)
+        normal_seen.add(normal_key)
+    return unique, exact, normalised
+
+
+def _cap_sources(examples: list[Example], max_share: float) -> tuple[list[Example], dict[str, int]]:
+    """At most max(1, share × total) examples per source, the oldest kept; returns what was dropped per source."""
+    cap = max(1, int(max_share * len(examples)))
+    counts: Counter[str] = Counter()
+    kept, dropped = [], Counter()
+    for example in examples:
+        source = example.source or NO_SOURCE
+        if counts[source] < cap:
+            counts[source] += 1
+            kept.append(example)
+        else:
+            dropped[source] += 1
+    return kept, dict(sorted(dropped.items()))
+
+
+def is_heldout(feedback_id: int, fraction: float) -> bool:
+    """Stable across runs and machines: the same record is always held out, or always not."""
+    digest = hashlib.sha256(f"adapterctl-heldout:{feedback_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") < fraction * 2**32
+
+
+def _replay(session: Session, line_id: int, exclude: set[int], train_count: int, settings: DataSettings) -> list[Example]:
+    """Examples earlier approved, unrevoked versions of the line were trained on, chosen by seed."""
+    if settings.replay_fraction <= 0:
+        return []
+    trained = (
+        select(RunExample.feedback_id)
+        .join(Adapter, Adapter.run_id == RunExample.run_id)
+        .where(Adapter.line_id == line_id, Adapter.status.in_(APPROVED_STATES), RunExample.split.in_(("train", "replay")))
+    )
+    rows = session.scalars(
+        select(Feedback).where(Feedback.id.in_(trained), Feedback.status == "active").order_by(Feedback.id)
+    ).all()
+    pool = [e for e in (_example(row, "replay") for row in rows if row.id not in exclude) if e is not None]
+    if settings.replay_fraction >= 1:
+        return pool
+    wanted = round(train_count * settings.replay_fraction / (1 - settings.replay_fraction))
+    return sorted(random.Random(settings.seed).sample(pool, min(wanted, len(pool))), key=lambda e: e.feedback_id)
+
+
+def lineage_rows(run_id: int, examples: Iterable[Example]) -> list[dict[str, Any]]:
+    return [{"run_id": run_id, "feedback_id": e.feedback_id, "split": e.split} for e in examples]

@@ -1,0 +1,260 @@
+"""The batch job behind `adapterctl train`: one line's new feedback in, one candidate adapter out.
+
+    lease train:<line>  ->  dataset (or nothing to do)  ->  run + lineage rows  ->  train
+      ->  artifact sealed and moved into the store  ->  candidate row + run succeeded, one transaction
+
+A failure marks the run failed and removes its artifact; a kill leaves the run `running` and its
+checkpoints on disk, and `--resume` continues it. A candidate row is only ever written in the same
+transaction that records a complete, hashed artifact, so none can point at a missing or partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from sqlalchemy import insert, select, update
+
+from adapterctl import __version__, audit, registry
+from adapterctl.artifacts import ArtifactStore
+from adapterctl.dataset import DataSettings, Dataset, build_dataset
+from adapterctl.db.models import Feedback, Line, RunExample, TrainingRun
+from adapterctl.db.types import utcnow
+from adapterctl.errors import AdapterctlError, InvalidInput
+from adapterctl.leases import HeldLease
+from adapterctl.lines import get_line, settings_of
+from adapterctl.training import LoraSettings, TrainingJob, TrainResult, TrainSettings
+from adapterctl.workspace import Workspace
+
+# Until the evaluation gate exists, a new candidate waits for reviewers directly.
+NEW_CANDIDATE_STATUS = "pending_review"
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    line: str
+    min_examples: int | None = None
+    """Fewest new examples worth a run; default: the line's setting."""
+    training: TrainSettings = field(default_factory=TrainSettings)
+    data: DataSettings | None = None
+    """Dataset settings; default: the line's source cap with DataSettings' other defaults."""
+    processes: int = 1
+    """Training processes (torchrun, DDP); 1 trains in this process."""
+    resume: bool = False
+    """Continue the line's interrupted run, if there is one."""
+
+
+@dataclass
+class TrainOutcome:
+    status: str  # trained | nothing_to_do
+    line: str
+    reason: str | None = None
+    run_id: int | None = None
+    candidate_id: int | None = None
+    resumed: bool = False
+    dataset: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def train_line(ws: Workspace, request: TrainRequest, progress: Callable[[dict], None] | None = None) -> TrainOutcome:
+    """Run the batch job for one line. Raises LockHeld when another job is training the line."""
+    if problems := request.training.problems():
+        raise InvalidInput("; ".join(problems))
+    store = ArtifactStore(ws.settings.artifacts_dir)
+    with HeldLease(ws.db, f"train:{request.line}") as lease:
+        run_id, resumed, dataset_report = _start_or_resume(ws, request, store)
+        if run_id is None:
+            return TrainOutcome("nothing_to_do", request.line, reason=dataset_report.pop("reason"), dataset=dataset_report)
+        work_dir = _work_dir(ws, request.line, run_id)
+        try:
+            with _interrupted_by_signals():
+                result = _train(work_dir, request.processes, resume=resumed, progress=progress)
+            if lease.lost:
+                raise AdapterctlError(f"lost the lease train:{request.line} during training; not publishing the result")
+            candidate_id = _publish(ws, store, run_id, result, work_dir)
+        except BaseException as exc:
+            _record_failure(ws, store, run_id, exc, work_dir)
+            raise
+        shutil.rmtree(work_dir, ignore_errors=True)
+        return TrainOutcome("trained", request.line, run_id=run_id, candidate_id=candidate_id, resumed=resumed,
+                            dataset=dataset_report, metrics=_metrics(result))
+
+
+def _start_or_resume(ws: Workspace, request: TrainRequest, store: ArtifactStore) -> tuple[int | None, bool, dict]:
+    """The run to train: the interrupted one with --resume, else a new one (or None: nothing to do)."""
+    with ws.transaction() as session:
+        line = get_line(session, request.line)
+        # We hold the line's lease, so any run still marked running has lost its process.
+        unfinished = session.scalars(
+            select(TrainingRun).where(TrainingRun.line_id == line.id, TrainingRun.status.in_(("running", "interrupted")))
+            .order_by(TrainingRun.id.desc())
+        ).all()
+        if request.resume and unfinished and _work_dir(ws, line.name, unfinished[0].id).joinpath("job.json").is_file():
+            run = unfinished[0]
+            for stale in unfinished[1:]:
+                _abandon(session, stale, ws.user)
+            run.status = "running"
+            audit.record(session, actor=ws.user, action="train.resume", subject=f"line:{line.name}", payload={"run": run.id})
+            return run.id, True, run.dataset
+        for stale in unfinished:
+            _abandon(session, stale, ws.user)
+            shutil.rmtree(_work_dir(ws, line.name, stale.id), ignore_errors=True)
+
+    with ws.transaction() as session:
+        line = get_line(session, request.line)
+        line_settings = settings_of(line)
+        data_settings = request.data or DataSettings(max_source_share=line_settings.max_source_share, seed=request.training.seed)
+        dataset = build_dataset(session, line.id, data_settings)
+        min_examples = request.min_examples or line_settings.min_examples
+        if dataset.new_count < min_examples:
+            reason = f"{dataset.new_count} new eligible examples, fewer than --min-examples {min_examples}"
+            return None, False, {**dataset.report, "reason": reason}
+        run = _create_run(session, ws, line, request, dataset)
+        work_dir = _work_dir(ws, line.name, run.id)
+        staging = store.staging_dir(line.name, f"run-{run.id}")
+        _write_job(work_dir, line, request, dataset, staging)
+        return run.id, False, dataset.report
+
+
+def _create_run(session, ws: Workspace, line: Line, request: TrainRequest, dataset: Dataset) -> TrainingRun:
+    line_settings = settings_of(line)
+    params = {
+        "training": asdict(request.training),
+        "lora": asdict(_lora(line)),
+        "processes": request.processes,
+        "package_version": __version__,
+        "git_commit": _git_commit(),
+        "python": sys.version.split()[0],
+        "approvals_required": line_settings.approvals_required,
+    }
+    run = TrainingRun(
+        line_id=line.id, status="running", started_by=ws.user, host=socket.gethostname(),
+        base_model_hash=line.base_model.content_hash, params=params, dataset=dataset.report,
+    )
+    session.add(run)
+    session.flush()
+    rows = [{"run_id": run.id, "feedback_id": e.feedback_id, "split": e.split} for e in dataset.examples]
+    for start in range(0, len(rows), 1000):
+        session.execute(insert(RunExample), rows[start : start + 1000])
+    audit.record(session, actor=ws.user, action="train.start", subject=f"line:{line.name}",
+                 payload={"run": run.id, "splits": dataset.report["splits"], "base_model_hash": run.base_model_hash})
+    return run
+
+
+def _lora(line: Line) -> LoraSettings:
+    settings = settings_of(line)
+    targets = list(settings.target_modules) if settings.target_modules else None
+    return LoraSettings(settings.lora_rank, settings.lora_alpha, settings.lora_dropout, targets)
+
+
+def _write_job(work_dir: Path, line: Line, request: TrainRequest, dataset: Dataset, staging: Path) -> None:
+    if work_dir.exists():
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True)
+    examples = [{"feedback_id": e.feedback_id, "split": e.split, "prompt": e.prompt, "answer": e.answer} for e in dataset.examples]
+    (work_dir / "examples.jsonl").write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples), encoding="utf-8")
+    TrainingJob(_base_model_path(line), _lora(line), request.training, str(staging)).save(work_dir)
+
+
+def _base_model_path(line: Line) -> str:
+    base = line.base_model
+    if base.source_kind == "local":
+        return base.source
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(base.source, revision=base.revision)
+
+
+def _train(work_dir: Path, processes: int, *, resume: bool, progress) -> TrainResult:
+    if processes <= 1:
+        from adapterctl.training import run_training
+
+        return run_training(work_dir, resume=resume, progress=progress)
+    # Several processes: torchrun starts them, each runs adapterctl.training on the same job folder,
+    # and the first one writes the adapter and result.json.
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "adapterctl.training", str(work_dir), *(["--resume"] if resume else [])]
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode != 0:
+        tail = completed.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise AdapterctlError(f"torchrun with {processes} processes failed (exit {completed.returncode}): {tail[0]}")
+    return TrainResult(**json.loads((work_dir / "result.json").read_text()))
+
+
+def _publish(ws: Workspace, store: ArtifactStore, run_id: int, result: TrainResult, work_dir: Path) -> int:
+    """Seal the artifact, move it into the store and register the candidate in one transaction."""
+    job = TrainingJob.load(work_dir)
+    with ws.transaction() as session:
+        run = session.get(TrainingRun, run_id)
+        forgotten = session.scalar(
+            select(RunExample.feedback_id).join(Feedback, Feedback.id == RunExample.feedback_id)
+            .where(RunExample.run_id == run_id, RunExample.split.in_(registry.TRAINED_SPLITS), Feedback.status != "active")
+            .limit(1)
+        )
+        if forgotten is not None:
+            raise AdapterctlError(f"feedback #{forgotten} was forgotten while run {run_id} trained on it; not publishing")
+        stored = store.commit(Path(job.adapter_dir), run.line.name, run_id)
+        adapter = registry.create_candidate(session, run=run, artifact_path=stored.relative_path, sha256=stored.sha256,
+                                            actor=ws.user, status=NEW_CANDIDATE_STATUS)
+        run.status, run.finished_at, run.metrics = "succeeded", utcnow(), _metrics(result)
+        audit.record(session, actor=ws.user, action="train.succeed", subject=f"line:{run.line.name}",
+                     payload={"run": run_id, "candidate": adapter.id, "steps": result.steps, "sha256": stored.sha256})
+        return adapter.id
+
+
+def _record_failure(ws: Workspace, store: ArtifactStore, run_id: int, exc: BaseException, work_dir: Path) -> None:
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    status = "interrupted" if interrupted else "failed"
+    reason = "interrupted (resume with --resume)" if interrupted else (str(exc).splitlines() or [type(exc).__name__])[0]
+    with ws.transaction() as session:
+        run = session.get(TrainingRun, run_id)
+        line = run.line.name
+        run.status, run.finished_at, run.error = status, utcnow(), reason
+        audit.record(session, actor=ws.user, action=f"train.{'interrupt' if interrupted else 'fail'}", subject=f"line:{line}",
+                     payload={"run": run_id, "error": reason})
+    store.remove(store.staging_path(line, f"run-{run_id}"))
+    if not interrupted:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _abandon(session, run: TrainingRun, actor: str) -> None:
+    run.status, run.finished_at, run.error = "failed", utcnow(), "abandoned: its process died or was interrupted"
+    audit.record(session, actor=actor, action="train.abandon", subject=f"line:{run.line.name}", payload={"run": run.id})
+
+
+def _metrics(result: TrainResult) -> dict[str, Any]:
+    return {**asdict(result), "tokens_per_second": round(result.tokens_per_second, 1)}
+
+
+def _work_dir(ws: Workspace, line: str, run_id: int) -> Path:
+    return ws.settings.home / "runs" / line / str(run_id)
+
+
+@contextmanager
+def _interrupted_by_signals() -> Iterator[None]:
+    """SIGTERM (cron timeouts, Kubernetes evictions) interrupts like Ctrl-C, so the run can resume."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _git_commit() -> str | None:
+    source = Path(__file__).resolve().parent.parent
+    try:
+        return subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,348 @@
+"""Training a candidate: LoRA on the line's frozen base model, read top to bottom as one recipe.
+
+    tokenize the examples (loss on answer tokens only) -> load base model -> wrap with LoRA
+    -> transformers.Trainer (length-grouped batches, AdamW, warmup + cosine, clipping, checkpoints)
+    -> save the adapter in PEFT layout
+
+`run_training(job)` runs in this process, or in each process of a torchrun launch (DDP); the job
+is a folder holding job.json and examples.jsonl, so that a killed run can resume from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from adapterctl.errors import InvalidInput
+
+IGNORE = -100  # label of tokens the loss skips: the prompt and padding
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    learning_rate: float = 2e-4
+    """Peak AdamW learning rate (the tiny demo model, trained from random weights, wants about 3e-3)."""
+    epochs: float = 3.0
+    """Passes over the training examples, unless max_steps is set."""
+    max_steps: int | None = None
+    """Optimizer steps to run; overrides epochs."""
+    time_budget_s: float | None = None
+    """Stop (and still save) after this many seconds of training."""
+    batch_size: int = 8
+    """Examples per device and step."""
+    grad_accumulation: int = 1
+    """Batches whose gradients add up to one optimizer step."""
+    warmup_ratio: float = 0.05
+    """Share of the steps over which the learning rate rises linearly from 0."""
+    scheduler: str = "cosine"
+    """Learning-rate decay after warmup: cosine, linear or constant."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold."""
+    weight_decay: float = 0.0
+    """AdamW weight decay on the LoRA weights."""
+    max_length: int = 1024
+    """Longest example in tokens; longer ones lose the start of the prompt (counted as truncated)."""
+    seed: int = 0
+    """Seed of LoRA initialisation, shuffling and dropout."""
+    device: str = "auto"
+    """auto (CUDA with bf16 when available, else CPU with fp32), cpu or cuda."""
+    checkpoint_steps: int = 50
+    """Save a resumable checkpoint every this many optimizer steps."""
+
+    def problems(self) -> list[str]:
+        checks = [
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.epochs > 0, "epochs must be > 0"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps must be at least 1"),
+            (self.time_budget_s is None or self.time_budget_s > 0, "time_budget must be > 0"),
+            (self.batch_size >= 1 and self.grad_accumulation >= 1, "batch_size and grad_accumulation must be at least 1"),
+            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+            (self.scheduler in ("cosine", "linear", "constant"), f"scheduler must be cosine, linear or constant (got {self.scheduler!r})"),
+            (self.max_length >= 16, "max_length must be at least 16"),
+            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda (got {self.device!r})"),
+            (self.checkpoint_steps >= 1, "checkpoint_steps must be at least 1"),
+        ]
+        return [message for ok, message in checks if not ok]
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int
+    alpha: int
+    dropout: float
+    target_modules: list[str] | None  # None: every linear layer but the output head
+
+
+@dataclass
+class TrainingJob:
+    """Everything a training process needs, saved as job.json in the run's work folder."""
+
+    base_model: str
+    lora: LoraSettings
+    settings: TrainSettings
+    adapter_dir: str
+    """Where the trained adapter is saved (the artifact store's staging folder)."""
+
+    @staticmethod
+    def load(work_dir: Path) -> TrainingJob:
+        raw = json.loads((work_dir / "job.json").read_text())
+        return TrainingJob(raw["base_model"], LoraSettings(**raw["lora"]), TrainSettings(**raw["settings"]), raw["adapter_dir"])
+
+    def save(self, work_dir: Path) -> None:
+        (work_dir / "job.json").write_text(json.dumps(asdict(self), indent=2))
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs: float
+    train_tokens: int
+    """Non-padding tokens the model processed."""
+    seconds: float
+    loss_curve: list[list[float]] = field(default_factory=list)
+    """[step, loss] pairs."""
+    heldout_loss_before: float | None = None
+    heldout_loss_after: float | None = None
+    padding_efficiency: float = 1.0
+    truncated: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    world_size: int = 1
+    stopped_by_time_budget: bool = False
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.train_tokens / self.seconds if self.seconds else 0.0
+
+
+def resolve_device(requested: str) -> tuple[str, str]:
+    """The device and dtype to train with: CUDA in bf16 when available (or asked for), else CPU in fp32."""
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput("--device cuda: no CUDA device is available (use --device auto or cpu)")
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        return "cuda", "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "cpu", "float32"
+
+
+# ---------------------------------------------------------------- data
+
+
+def tokenize(tokenizer, examples: list[dict[str, Any]], max_length: int) -> tuple[list[dict[str, list[int]]], int]:
+    """Chat-format each example; labels only on the answer. Returns the rows and how many were truncated.
+
+    The prompt is rendered with the generation prompt and the answer appended as the template renders
+    it, token ids concatenated: exactly what the model sees at inference, then what it should write.
+    """
+    ensure_chat_template(tokenizer)
+    rows, truncated = [], 0
+    for example in examples:
+        prompt_text = tokenizer.apply_chat_template(example["prompt"], add_generation_prompt=True, tokenize=False)
+        full_text = tokenizer.apply_chat_template([*example["prompt"], {"role": "assistant", "content": example["answer"]}], tokenize=False)
+        if not full_text.startswith(prompt_text):
+            raise InvalidInput("the chat template renders a conversation differently from its prompt; cannot mask the prompt")
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+        if len(prompt_ids) + len(answer_ids) > max_length:
+            truncated += 1
+            answer_ids = answer_ids[: max_length - 1]
+            prompt_ids = prompt_ids[-(max_length - len(answer_ids)) :]  # keep the end of the prompt, next to the answer
+        rows.append({"input_ids": prompt_ids + answer_ids, "labels": [IGNORE] * len(prompt_ids) + answer_ids})
+    return rows, truncated
+
+
+PLAIN_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{{ eos_token if m['role'] == 'assistant' else '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def ensure_chat_template(tokenizer) -> None:
+    """Base (non-chat) models have no template; give them a plain one so chat feedback still trains."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+
+
+class PadCollator:
+    """Pads a batch to its longest row (batches are grouped by length, so little is padding)."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+        self.real_tokens = 0
+        self.padded_tokens = 0
+
+    def __call__(self, rows: list[dict[str, list[int]]]):
+        import torch
+
+        width = max(len(row["input_ids"]) for row in rows)
+        self.real_tokens += sum(len(row["input_ids"]) for row in rows)
+        self.padded_tokens += width * len(rows)
+
+        def pad(values: list[int], fill: int) -> list[int]:
+            return values + [fill] * (width - len(values))
+
+        return {
+            "input_ids": torch.tensor([pad(r["input_ids"], self.pad_id) for r in rows]),
+            "labels": torch.tensor([pad(r["labels"], IGNORE) for r in rows]),
+            "attention_mask": torch.tensor([pad([1] * len(r["input_ids"]), 0) for r in rows]),
+        }
+
+    @property
+    def efficiency(self) -> float:
+        return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train the job in `work_dir` and save the adapter; in a torchrun launch every process calls this."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, Trainer, TrainingArguments
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    job = TrainingJob.load(work_dir)
+    settings = job.settings
+    device, dtype = resolve_device(settings.device)
+
+    # 1. data
+    tokenizer = AutoTokenizer.from_pretrained(job.base_model)
+    examples = [json.loads(line) for line in (work_dir / "examples.jsonl").read_text().splitlines()]
+    train_rows, truncated = tokenize(tokenizer, [e for e in examples if e["split"] in ("train", "replay")], settings.max_length)
+    heldout_rows, _ = tokenize(tokenizer, [e for e in examples if e["split"] == "heldout"], settings.max_length)
+    if not train_rows:
+        raise InvalidInput("no training examples")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collator = PadCollator(pad_id)
+
+    # 2. model: the frozen base plus LoRA on the line's target modules
+    torch.manual_seed(settings.seed)
+    model = AutoModelForCausalLM.from_pretrained(job.base_model, dtype=getattr(torch, dtype))
+    lora = LoraConfig(
+        r=job.lora.rank,
+        lora_alpha=job.lora.alpha,
+        lora_dropout=job.lora.dropout,
+        target_modules=job.lora.target_modules or "all-linear",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+
+    # 3. train
+    steps_per_epoch = math.ceil(len(train_rows) / (settings.batch_size * settings.grad_accumulation * _world_size()))
+    total_steps = settings.max_steps or max(1, math.ceil(steps_per_epoch * settings.epochs))
+    arguments = TrainingArguments(
+        output_dir=str(work_dir / "checkpoints"),
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accumulation,
+        learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+        lr_scheduler_type=settings.scheduler if settings.scheduler != "constant" else "constant_with_warmup",
+        warmup_steps=int(settings.warmup_ratio * total_steps),
+        max_steps=total_steps,
+        train_sampling_strategy="group_by_length",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=dtype == "bfloat16",
+        fp16=dtype == "float16",
+        use_cpu=device == "cpu",
+        ddp_backend="gloo" if device == "cpu" and _world_size() > 1 else None,
+        save_strategy="steps",
+        save_steps=settings.checkpoint_steps,
+        save_total_limit=1,
+        logging_steps=10,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen=True,
+        dataloader_num_workers=0,
+    )
+    budget = _time_budget(settings.time_budget_s, progress, total_steps)
+    trainer = Trainer(
+        model=model, args=arguments, train_dataset=train_rows, eval_dataset=heldout_rows or None,
+        data_collator=collator, callbacks=[budget],
+    )
+    trainer.remove_callback(PrinterCallback)  # progress goes to `progress`, not to stdout
+    before = trainer.evaluate()["eval_loss"] if heldout_rows else None
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume and _has_checkpoint(work_dir / "checkpoints"))
+    seconds = time.perf_counter() - started
+    after = trainer.evaluate()["eval_loss"] if heldout_rows else None
+
+    # 4. save the adapter (only the first process writes)
+    if trainer.is_world_process_zero():
+        model.save_pretrained(job.adapter_dir)
+        Path(job.adapter_dir, "README.md").unlink(missing_ok=True)  # PEFT's empty model card; not part of the layout
+    state = trainer.state
+    return TrainResult(
+        steps=state.global_step,
+        epochs=round(state.epoch or 0.0, 3),
+        train_tokens=int(state.num_input_tokens_seen),
+        seconds=round(seconds, 3),
+        loss_curve=[[entry["step"], round(entry["loss"], 5)] for entry in state.log_history if "loss" in entry],
+        heldout_loss_before=before,
+        heldout_loss_after=after,
+        padding_efficiency=round(collator.efficiency, 4),
+        truncated=truncated,
+        device=device,
+        dtype=dtype,
+        world_size=_world_size(),
+        stopped_by_time_budget=budget.stopped,
+    )
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    return folder.is_dir() and any(p.name.startswith("checkpoint-") for p in folder.iterdir())
+
+
+def _time_budget(budget_s: float | None, progress: Callable[[dict], None] | None, total_steps: int):
+    """A callback that stops training when the time budget is spent and reports step, loss and tokens/s."""
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        def __init__(self) -> None:
+            self.started = time.monotonic()
+            self.stopped = False
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if progress and logs and "loss" in logs:
+                elapsed = time.monotonic() - self.started
+                progress({"step": state.global_step, "total": total_steps, "loss": logs["loss"],
+                          "tokens_per_second": state.num_input_tokens_seen / elapsed if elapsed else 0.0})
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if budget_s is not None and time.monotonic() - self.started >= budget_s:
+                self.stopped = True
+                control.should_training_stop = True
+                control.should_save = True
+
+    return TimeBudget()
+
+
+def main() -> None:
+    """Entry point of each torchrun process: `python -m adapterctl.training WORK_DIR [--resume]`."""
+    work_dir = Path(sys.argv[1])
+    result = run_training(work_dir, resume="--resume" in sys.argv[2:])
+    if int(os.environ.get("RANK", "0")) == 0:
+        (work_dir / "result.json").write_text(json.dumps(asdict(result)))
+
+
+if __name__ == "__main__":
+    main()

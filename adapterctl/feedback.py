@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cache
 from typing import Any, Iterable
@@ -17,7 +17,7 @@ from typing import Any, Iterable
 from sqlalchemy import case, func, select, text, update
 from sqlalchemy.orm import Session
 
-from adapterctl import audit
+from adapterctl import audit, registry
 from adapterctl.db.models import Feedback, Line
 from adapterctl.db.types import utcnow
 from adapterctl.errors import InvalidInput, NotFound
@@ -387,6 +387,8 @@ class ForgetReport:
     """Ids whose content was erased now."""
     already_forgotten: list[int]
     lines: list[str]
+    revoked: list[int] = field(default_factory=list)
+    """Adapters revoked because they were trained on the forgotten records."""
 
 
 def forget_feedback(
@@ -436,4 +438,5 @@ def forget_feedback(
         payload["source_sha256"] = hashlib.sha256(source.encode("utf-8")).hexdigest()  # never the identifier itself
     audit.record(session, actor=actor, action="feedback.forget",
                  subject=f"line:{report.lines[0]}" if len(report.lines) == 1 else "feedback", payload=payload)
+    report.revoked = [adapter.id for adapter in registry.revoke_trained_on(session, targets, actor=actor)]
     return report

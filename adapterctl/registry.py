@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from adapterctl import audit
@@ -70,20 +70,24 @@ def create_candidate(session: Session, *, run: TrainingRun, artifact_path: str, 
     return adapter
 
 
-def revoke_trained_on(session: Session, feedback_ids: Iterable[int], *, actor: str, reason: str) -> list[Adapter]:
+def revoke_trained_on(session: Session, feedback_ids: Iterable[int], *, actor: str) -> list[Adapter]:
     """Revoke every adapter whose run trained on any of these feedback records (lineage)."""
-    ids = list(feedback_ids)
-    revoked = []
+    ids = sorted(set(feedback_ids))
+    culprits: dict[int, int] = {}  # adapter id -> the first forgotten record it was trained on
     for start in range(0, len(ids), 1000):
-        trained = (
-            select(RunExample.run_id)
-            .where(RunExample.feedback_id.in_(ids[start : start + 1000]), RunExample.split.in_(TRAINED_SPLITS))
+        query = (
+            select(Adapter.id, func.min(RunExample.feedback_id))
+            .join(RunExample, RunExample.run_id == Adapter.run_id)
+            .where(RunExample.feedback_id.in_(ids[start : start + 1000]), RunExample.split.in_(TRAINED_SPLITS),
+                   Adapter.status.in_(sources_of("revoked")))
+            .group_by(Adapter.id)
         )
-        query = select(Adapter.id).where(Adapter.run_id.in_(trained), Adapter.status.in_(sources_of("revoked")))
-        for adapter_id in session.scalars(query).all():
-            if adapter_id not in {a.id for a in revoked}:
-                revoked.append(transition(session, adapter_id, "revoked", actor=actor, reason=reason))
-    return revoked
+        for adapter_id, feedback_id in session.execute(query):
+            culprits[adapter_id] = min(feedback_id, culprits.get(adapter_id, feedback_id))
+    return [
+        transition(session, adapter_id, "revoked", actor=actor, reason=f"trained on forgotten feedback #{feedback_id}")
+        for adapter_id, feedback_id in sorted(culprits.items())
+    ]
 
 
 def get_adapter(session: Session, adapter_id: int) -> Adapter:

@@ -214,3 +214,5 @@ def forget(
         typer.echo(f"nothing to forget ({len(report.already_forgotten)} already forgotten)")
     else:
         typer.echo(f"{verb} {len(report.forgotten)} feedback records on {', '.join(report.lines)}")
+    if report.revoked:
+        typer.echo(f"revoked adapters trained on them: {', '.join(map(str, report.revoked))}")

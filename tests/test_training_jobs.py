@@ -1,0 +1,81 @@
+"""`adapterctl train` as cron runs it, in real processes: the lease, kill -9 and --resume, two-process DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from sqlalchemy import select
+
+from adapterctl.db.models import Adapter, Lease, TrainingRun
+from tests.test_training import log_facts
+
+pytestmark = pytest.mark.slow
+
+TRAIN = ["train", "--line", "facts", "--learning-rate", "3e-3", "--batch-size", "8", "--scheduler", "constant", "--holdout-fraction", "0"]
+
+
+def start(cli, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "adapterctl", *TRAIN, *args], env=cli.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, timeout: float = 120.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def rows(ws, model):
+    with ws.transaction() as session:
+        return list(session.scalars(select(model)))
+
+
+def test_a_second_job_on_the_same_line_exits_75(ws, tiny_line, cli):
+    log_facts(ws, tiny_line)
+    first = start(cli, "--max-steps", "150")
+    try:
+        wait_for(lambda: rows(ws, Lease), what="the first job's lease")
+        second = cli(*TRAIN, "--max-steps", "5")
+        assert second.returncode == 75, second.stderr
+        assert "train:facts is held by" in second.stderr and "try again later" in second.stderr
+    finally:
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert len(rows(ws, Adapter)) == 1 and len(rows(ws, TrainingRun)) == 1
+
+
+def test_kill_9_during_training_then_resume(ws, tiny_line, cli, settings):
+    log_facts(ws, tiny_line)
+    job = start(cli, "--max-steps", "60", "--checkpoint-steps", "10")
+    checkpoints = settings.home / "runs" / "facts"
+    wait_for(lambda: any(checkpoints.glob("*/checkpoints/checkpoint-*")), what="a checkpoint")
+    os.kill(job.pid, signal.SIGKILL)
+    job.communicate(timeout=60)
+    [run] = rows(ws, TrainingRun)
+    assert run.status == "running" and rows(ws, Adapter) == []  # nothing points at a half-written artifact
+
+    resumed = cli(*TRAIN, "--max-steps", "60", "--checkpoint-steps", "10", "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    outcome = json.loads(resumed.stdout)
+    assert (outcome["status"], outcome["resumed"], outcome["run_id"]) == ("trained", True, run.id)
+    assert outcome["metrics"]["steps"] == 60
+    [adapter] = rows(ws, Adapter)
+    [run] = rows(ws, TrainingRun)
+    assert (adapter.id, run.status) == (run.id, "succeeded")
+    assert rows(ws, Lease) == []
+
+
+def test_two_training_processes_make_one_candidate(ws, tiny_line, cli):
+    log_facts(ws, tiny_line)
+    result = cli(*TRAIN, "--max-steps", "6", "--processes", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["status"] == "trained" and outcome["metrics"]["world_size"] == 2
+    assert [a.id for a in rows(ws, Adapter)] == [outcome["candidate_id"]]

@@ -11,7 +11,6 @@ transaction that records a complete, hashed artifact, so none can point at a mis
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -22,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 
 from adapterctl import __version__, audit, registry
 from adapterctl.artifacts import ArtifactStore

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import sys
 import time
 import warnings
@@ -104,7 +105,7 @@ class TrainResult:
     steps: int
     epochs: float
     train_tokens: int
-    """Non-padding tokens the model processed."""
+    """Non-padding tokens the model processed in this process (after a resume: since the resume)."""
     seconds: float
     loss_curve: list[list[float]] = field(default_factory=list)
     """[step, loss] pairs."""
@@ -195,9 +196,61 @@ class PadCollator:
             "attention_mask": torch.tensor([pad([1] * len(r["input_ids"]), 0) for r in rows]),
         }
 
+    def reset(self) -> None:
+        self.real_tokens = self.padded_tokens = 0
+
     @property
     def efficiency(self) -> float:
         return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
+
+
+class LengthGroupedBatches:
+    """Batches of examples of similar length, in a seeded order that changes with each epoch.
+
+    Shuffle, cut into windows of WINDOW batches, sort each window by length, cut it into batches, and
+    shuffle the batches. Instead of packing several examples into one row (which needs a block-diagonal
+    attention mask so they cannot see each other), rows stay one example each and nearly unpadded.
+    """
+
+    WINDOW = 64
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch  # the Trainer calls this, also when resuming, so the order repeats exactly
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        order = rng.sample(range(len(self.lengths)), len(self.lengths))
+        window = self.batch_size * self.WINDOW
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=self.lengths.__getitem__)
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        return iter(batches)
+
+
+def _length_grouped_trainer(**kwargs):
+    """A transformers Trainer whose training batches come from LengthGroupedBatches."""
+    from torch.utils.data import DataLoader
+    from transformers import Trainer
+
+    class LengthGroupedTrainer(Trainer):
+        def get_train_dataloader(self) -> DataLoader:
+            batches = LengthGroupedBatches([len(row["input_ids"]) for row in self.train_dataset],
+                                           self._train_batch_size, self.args.seed)
+            loader = DataLoader(self.train_dataset, batch_sampler=batches, collate_fn=self.data_collator)
+            return self.accelerator.prepare(loader)  # shards the batches across processes under DDP
+
+    return LengthGroupedTrainer(**kwargs)
 
 
 # ---------------------------------------------------------------- the recipe
@@ -207,7 +260,7 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
     """Train the job in `work_dir` and save the adapter; in a torchrun launch every process calls this."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainingArguments
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -253,7 +306,6 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
         lr_scheduler_type=settings.scheduler if settings.scheduler != "constant" else "constant_with_warmup",
         warmup_steps=int(settings.warmup_ratio * total_steps),
         max_steps=total_steps,
-        train_sampling_strategy="group_by_length",
         seed=settings.seed,
         data_seed=settings.seed,
         bf16=dtype == "bfloat16",
@@ -267,19 +319,21 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
         report_to="none",
         disable_tqdm=True,
         remove_unused_columns=False,
-        include_num_input_tokens_seen=True,
+        include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
     )
     budget = _time_budget(settings.time_budget_s, progress, total_steps)
-    trainer = Trainer(
+    trainer = _length_grouped_trainer(
         model=model, args=arguments, train_dataset=train_rows, eval_dataset=heldout_rows or None,
         data_collator=collator, callbacks=[budget],
     )
     trainer.remove_callback(PrinterCallback)  # progress goes to `progress`, not to stdout
     before = trainer.evaluate()["eval_loss"] if heldout_rows else None
+    collator.reset()  # padding efficiency of the training batches only
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume and _has_checkpoint(work_dir / "checkpoints"))
     seconds = time.perf_counter() - started
+    padding_efficiency = collator.efficiency
     after = trainer.evaluate()["eval_loss"] if heldout_rows else None
 
     # 4. save the adapter (only the first process writes)
@@ -290,12 +344,12 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
     return TrainResult(
         steps=state.global_step,
         epochs=round(state.epoch or 0.0, 3),
-        train_tokens=int(state.num_input_tokens_seen),
+        train_tokens=int(state.num_input_tokens_seen - budget.tokens_at_start),
         seconds=round(seconds, 3),
         loss_curve=[[entry["step"], round(entry["loss"], 5)] for entry in state.log_history if "loss" in entry],
         heldout_loss_before=before,
         heldout_loss_after=after,
-        padding_efficiency=round(collator.efficiency, 4),
+        padding_efficiency=round(padding_efficiency, 4),
         truncated=truncated,
         device=device,
         dtype=dtype,
@@ -320,12 +374,18 @@ def _time_budget(budget_s: float | None, progress: Callable[[dict], None] | None
         def __init__(self) -> None:
             self.started = time.monotonic()
             self.stopped = False
+            self.tokens_at_start = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.monotonic()
+            self.tokens_at_start = state.num_input_tokens_seen  # after a resume, what the checkpoint had seen
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if progress and logs and "loss" in logs:
                 elapsed = time.monotonic() - self.started
+                tokens = state.num_input_tokens_seen - self.tokens_at_start
                 progress({"step": state.global_step, "total": total_steps, "loss": logs["loss"],
-                          "tokens_per_second": state.num_input_tokens_seen / elapsed if elapsed else 0.0})
+                          "tokens_per_second": tokens / elapsed if elapsed else 0.0})
 
         def on_step_end(self, args, state, control, **kwargs):
             if budget_s is not None and time.monotonic() - self.started >= budget_s:

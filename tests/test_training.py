@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 from sqlalchemy import func, select
@@ -16,6 +10,7 @@ from adapterctl import audit, feedback, registry
 from adapterctl.artifacts import ArtifactStore
 from adapterctl.dataset import DataSettings
 from adapterctl.db.models import Adapter, AuditEvent, Lease, TrainingRun
+from adapterctl.errors import InvalidInput
 from adapterctl.runs import TrainRequest, train_line
 from adapterctl.training import TrainSettings
 
@@ -121,3 +116,21 @@ def test_forgetting_training_data_revokes_the_candidate(ws, tiny_line):
         adapter = registry.get_adapter(session, outcome.candidate_id)
         assert (adapter.status, adapter.status_reason) == ("revoked", "trained on forgotten feedback #%d" % ids[0])
         assert [e.action for e in audit.list_events(session, limit=2)] == ["adapter.revoked", "feedback.forget"]
+
+
+def test_time_budget_stops_early_and_still_saves(ws, tiny_line):
+    log_facts(ws, tiny_line)
+    budget = TrainSettings(**{**FAST.__dict__, "max_steps": 100_000, "time_budget_s": 2.0})
+    outcome = train_line(ws, TrainRequest(tiny_line, training=budget, data=ALL_TRAIN))
+    assert outcome.status == "trained" and outcome.metrics["stopped_by_time_budget"]
+    assert 0 < outcome.metrics["steps"] < 100_000
+
+
+def test_invalid_training_settings_are_refused_before_anything_is_written(ws, tiny_line):
+    log_facts(ws, tiny_line)
+    bad = TrainSettings(learning_rate=0, batch_size=0, scheduler="exotic", device="tpu")
+    with pytest.raises(InvalidInput) as caught:
+        train_line(ws, TrainRequest(tiny_line, training=bad))
+    for name in ("learning_rate", "batch_size", "scheduler", "device"):
+        assert name in str(caught.value)
+    assert count(ws, TrainingRun) == 0

@@ -49,6 +49,8 @@ def test_a_second_job_on_the_same_line_exits_75(ws, tiny_line, cli):
         out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert len(rows(ws, Adapter)) == 1 and len(rows(ws, TrainingRun)) == 1
+    idle = cli(*TRAIN)  # cron again: nothing new
+    assert idle.returncode == 0 and idle.stdout.startswith("nothing to do for facts: 0 new eligible examples")
 
 
 def test_kill_9_during_training_then_resume(ws, tiny_line, cli, settings):

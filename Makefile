@@ -22,6 +22,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/forgetting.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache

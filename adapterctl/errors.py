@@ -43,6 +43,12 @@ class ConfigError(AdapterctlError):
     exit_code = 2
 
 
+class Interrupted(AdapterctlError):
+    """Work was stopped by Ctrl-C or SIGTERM and can be resumed."""
+
+    exit_code = 130
+
+
 class LockHeld(AdapterctlError):
     """Another job holds the lock for this work; try again later."""
 

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from adapterctl.artifacts import ArtifactStore
 from adapterctl.dataset import DataSettings, Dataset, build_dataset
 from adapterctl.db.models import Feedback, Line, RunExample, TrainingRun
 from adapterctl.db.types import utcnow
-from adapterctl.errors import AdapterctlError, InvalidInput
+from adapterctl.errors import AdapterctlError, Interrupted, InvalidInput
 from adapterctl.leases import HeldLease
 from adapterctl.lines import get_line, settings_of
 from adapterctl.training import LoraSettings, TrainingJob, TrainResult, TrainSettings
@@ -80,6 +81,10 @@ def train_line(ws: Workspace, request: TrainRequest, progress: Callable[[dict], 
             if lease.lost:
                 raise AdapterctlError(f"lost the lease train:{request.line} during training; not publishing the result")
             candidate_id = _publish(ws, store, run_id, result, work_dir)
+        except KeyboardInterrupt as exc:
+            _record_failure(ws, store, run_id, exc, work_dir)
+            raise Interrupted(f"run {run_id} of {request.line} interrupted; continue it with "
+                              f"`adapterctl train --line {request.line} --resume`") from None
         except BaseException as exc:
             _record_failure(ws, store, run_id, exc, work_dir)
             raise
@@ -101,6 +106,7 @@ def _start_or_resume(ws: Workspace, request: TrainRequest, store: ArtifactStore)
             run = unfinished[0]
             for stale in unfinished[1:]:
                 _abandon(session, stale, ws.user)
+            store.staging_dir(line.name, f"run-{run.id}")  # empty again: a kill may have cut a save short
             run.status = "running"
             audit.record(session, actor=ws.user, action="train.resume", subject=f"line:{line.name}", payload={"run": run.id})
             return run.id, True, run.dataset
@@ -244,6 +250,9 @@ def _interrupted_by_signals() -> Iterator[None]:
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield

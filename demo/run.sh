@@ -30,7 +30,13 @@ step "The newest records" adapterctl feedback list --limit 5
 printf '\n$ adapterctl feedback import (a file with a bad line 2)\n'
 printf '{"prompt": "ok", "response": "fine", "rating": 1}\n{"prompt": "bad", "response": "x", "rating": 7}\n' > .demo/bad.jsonl
 adapterctl feedback import .demo/bad.jsonl --line support-bot || echo "(exit $?: nothing was written)"
-step "A user asks to be forgotten: content erased, tombstone kept" adapterctl feedback forget --source user-2210 --reason "privacy request #17"
-step "Every change is in the hash-chained audit log" adapterctl audit log --limit 6
+step "The cron job: new feedback -> one candidate LoRA adapter (lease, lineage, hashed artifact)" \
+    adapterctl train --line support-bot --learning-rate 3e-3 --max-steps 60 --batch-size 8 --scheduler constant
+step "Candidates wait for review" adapterctl adapters list
+step "Cron again: nothing new, nothing written" adapterctl train --line support-bot
+step "A user asks to be forgotten: content erased, tombstone kept, adapters trained on it revoked" \
+    adapterctl feedback forget --source user-2210 --reason "privacy request #17"
+step "The candidate is revoked and can never go live" adapterctl adapters list
+step "Every change is in the hash-chained audit log" adapterctl audit log --limit 8
 step "Nobody edited or deleted an event" adapterctl audit verify
 printf '\nDone. Explore with: ADAPTERCTL_HOME=%s .venv/bin/adapterctl --help\n' "$ADAPTERCTL_HOME"

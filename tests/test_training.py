@@ -96,7 +96,7 @@ def test_a_failed_run_is_recorded_and_leaves_no_candidate(ws, tiny_model, tmp_pa
         lines.create_line(session, name="doomed", base="broken", actor="tester", settings=lines.LineSettings(min_examples=2))
     log_facts(ws, "doomed")
     (broken / "model.safetensors").unlink()  # the base model's weights vanish before the job runs
-    with pytest.raises(Exception):
+    with pytest.raises(OSError, match="model.safetensors|weights"):
         train_line(ws, TrainRequest("doomed", training=FAST, data=ALL_TRAIN))
     with ws.transaction() as session:
         [run] = session.scalars(select(TrainingRun)).all()

@@ -81,3 +81,23 @@ def test_two_training_processes_make_one_candidate(ws, tiny_line, cli):
     outcome = json.loads(result.stdout)
     assert outcome["status"] == "trained" and outcome["metrics"]["world_size"] == 2
     assert [a.id for a in rows(ws, Adapter)] == [outcome["candidate_id"]]
+
+
+def test_sigterm_interrupts_and_a_run_without_resume_abandons_it(ws, tiny_line, cli, settings):
+    log_facts(ws, tiny_line)
+    job = start(cli, "--max-steps", "400", "--checkpoint-steps", "5")
+    wait_for(lambda: any((settings.home / "runs" / "facts").glob("*/checkpoints/checkpoint-*")), what="a checkpoint")
+    job.send_signal(signal.SIGTERM)  # what Kubernetes sends before it evicts a pod
+    out, err = job.communicate(timeout=120)
+    assert job.returncode == 130, err
+    assert err.strip().splitlines()[-1] == f"adapterctl: run {rows(ws, TrainingRun)[0].id} of facts interrupted; continue it with `adapterctl train --line facts --resume`"
+    [run] = rows(ws, TrainingRun)
+    assert (run.status, run.error) == ("interrupted", "interrupted (resume with --resume)") and rows(ws, Lease) == []
+
+    fresh = cli(*TRAIN, "--max-steps", "3", "--json")  # no --resume: start over
+    assert fresh.returncode == 0, fresh.stderr
+    outcome = json.loads(fresh.stdout)
+    assert outcome["resumed"] is False and outcome["run_id"] != run.id
+    old, new = sorted(rows(ws, TrainingRun), key=lambda r: r.id)
+    assert (old.status, new.status) == ("failed", "succeeded") and old.error.startswith("abandoned")
+    assert not (settings.home / "runs" / "facts" / str(old.id)).exists()

@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.echo(f"adapterctl: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("adapterctl: interrupted", err=True)
+        sys.exit(130)
     except OperationalError as exc:
         if debug:
             raise

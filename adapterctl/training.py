@@ -117,6 +117,8 @@ class TrainResult:
     dtype: str = "float32"
     world_size: int = 1
     stopped_by_time_budget: bool = False
+    resumed_from_step: int | None = None
+    """The checkpoint's step when training continued from one."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -315,7 +317,7 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
         save_strategy="steps",
         save_steps=settings.checkpoint_steps,
         save_total_limit=1,
-        logging_steps=10,
+        logging_steps=max(1, total_steps // 50),  # a loss curve of about 50 points
         report_to="none",
         disable_tqdm=True,
         remove_unused_columns=False,
@@ -331,7 +333,8 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
     before = trainer.evaluate()["eval_loss"] if heldout_rows else None
     collator.reset()  # padding efficiency of the training batches only
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume and _has_checkpoint(work_dir / "checkpoints"))
+    checkpoint = _last_complete_checkpoint(work_dir / "checkpoints") if resume else None
+    trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - started
     padding_efficiency = collator.efficiency
     after = trainer.evaluate()["eval_loss"] if heldout_rows else None
@@ -355,6 +358,7 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
         dtype=dtype,
         world_size=_world_size(),
         stopped_by_time_budget=budget.stopped,
+        resumed_from_step=int(Path(checkpoint).name.split("-", 1)[1]) if checkpoint else None,
     )
 
 
@@ -362,8 +366,20 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _has_checkpoint(folder: Path) -> bool:
-    return folder.is_dir() and any(p.name.startswith("checkpoint-") for p in folder.iterdir())
+def _last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint whose trainer state was fully written.
+
+    The Trainer writes trainer_state.json after the weights, optimizer and RNG state, so a process killed
+    mid-save leaves a newer folder without a readable state file; resuming from it would fail.
+    """
+    numbered = [p for p in folder.glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()] if folder.is_dir() else []
+    for checkpoint in sorted(numbered, key=lambda p: int(p.name.split("-", 1)[1]), reverse=True):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return str(checkpoint)
+    return None
 
 
 def _time_budget(budget_s: float | None, progress: Callable[[dict], None] | None, total_steps: int):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,21 +54,41 @@ def test_a_second_job_on_the_same_line_exits_75(ws, tiny_line, cli):
     assert idle.returncode == 0 and idle.stdout.startswith("nothing to do for facts: 0 new eligible examples")
 
 
+def complete_checkpoints(runs) -> list:
+    """Checkpoint folders whose trainer state parses, oldest first."""
+    complete = []
+    for state in runs.glob("*/checkpoints/checkpoint-*/trainer_state.json"):
+        try:
+            json.loads(state.read_text())
+        except (OSError, ValueError):
+            continue
+        complete.append(state.parent)
+    return sorted(complete, key=lambda folder: int(folder.name.split("-")[1]))
+
+
 def test_kill_9_during_training_then_resume(ws, tiny_line, cli, settings):
     log_facts(ws, tiny_line)
     job = start(cli, "--max-steps", "60", "--checkpoint-steps", "10")
     checkpoints = settings.home / "runs" / "facts"
-    wait_for(lambda: any(checkpoints.glob("*/checkpoints/checkpoint-*")), what="a checkpoint")
+    wait_for(lambda: complete_checkpoints(checkpoints), what="a checkpoint")
     os.kill(job.pid, signal.SIGKILL)
     job.communicate(timeout=60)
     [run] = rows(ws, TrainingRun)
     assert run.status == "running" and rows(ws, Adapter) == []  # nothing points at a half-written artifact
+
+    # what a kill in the middle of the next save leaves: a newer checkpoint without its trainer state
+    last = complete_checkpoints(checkpoints)[-1]
+    half_written = last.with_name(f"checkpoint-{int(last.name.split('-')[1]) + 10}")
+    shutil.rmtree(half_written, ignore_errors=True)
+    shutil.copytree(last, half_written)
+    (half_written / "trainer_state.json").unlink()
 
     resumed = cli(*TRAIN, "--max-steps", "60", "--checkpoint-steps", "10", "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr
     outcome = json.loads(resumed.stdout)
     assert (outcome["status"], outcome["resumed"], outcome["run_id"]) == ("trained", True, run.id)
     assert outcome["metrics"]["steps"] == 60
+    assert outcome["metrics"]["resumed_from_step"] == int(last.name.split("-")[1])
     [adapter] = rows(ws, Adapter)
     [run] = rows(ws, TrainingRun)
     assert (adapter.id, run.status) == (run.id, "succeeded")

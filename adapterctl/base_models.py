@@ -140,6 +140,15 @@ def _architecture(path: Path) -> str | None:
     return architectures[0] if architectures else config.get("model_type")
 
 
+def local_path(model: BaseModel) -> str:
+    """A folder holding the model's files: its own for a local model, the hub cache's (at the recorded revision) otherwise."""
+    if model.source_kind == "local":
+        return model.source
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(model.source, revision=model.revision)
+
+
 def get_base_model(session: Session, name: str) -> BaseModel:
     model = session.scalar(select(BaseModel).where(BaseModel.name == name))
     if model is None:

@@ -73,7 +73,7 @@ class Dataset:
 
 def build_dataset(session: Session, line_id: int, settings: DataSettings) -> Dataset:
     """Select and clean the examples of the next run of a line; nothing is written."""
-    eligible = [e for e in map(_example, session.scalars(_new_feedback(line_id))) if e is not None]
+    eligible = [e for e in map(example_of, session.scalars(_new_feedback(line_id))) if e is not None]
     unique, exact, normalised = _deduplicate(eligible)
     kept, capped = _cap_sources(unique, settings.max_source_share)
     new = [_with_split(e, "heldout" if is_heldout(e.feedback_id, settings.holdout_fraction) else "train") for e in kept]
@@ -106,7 +106,7 @@ def _new_feedback(line_id: int):
     )
 
 
-def _example(row: Feedback, split: str = "train") -> Example | None:
+def example_of(row: Feedback, split: str = "train") -> Example | None:
     if row.correction is not None:
         return Example(row.id, split, "correction", row.source, row.prompt, row.correction)
     if row.chosen is not None:
@@ -182,7 +182,7 @@ def _replay(session: Session, line_id: int, exclude: set[int], train_count: int,
     rows = session.scalars(
         select(Feedback).where(Feedback.id.in_(trained), Feedback.status == "active").order_by(Feedback.id)
     ).all()
-    pool = [e for e in (_example(row, "replay") for row in rows if row.id not in exclude) if e is not None]
+    pool = [e for e in (example_of(row, "replay") for row in rows if row.id not in exclude) if e is not None]
     if settings.replay_fraction >= 1:
         return pool
     wanted = round(train_count * settings.replay_fraction / (1 - settings.replay_fraction))

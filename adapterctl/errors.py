@@ -53,3 +53,7 @@ class LockHeld(AdapterctlError):
     """Another job holds the lock for this work; try again later."""
 
     exit_code = 75
+
+
+class PermissionDenied(AdapterctlError):
+    """The acting person lacks the role the action needs (e.g. an admin to manage reviewers)."""

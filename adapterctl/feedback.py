@@ -76,7 +76,7 @@ def parse_record(raw: Any, *, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES) ->
         unknown = next(key for key in raw if key not in _RECORD_FIELD_SET)
         raise InvalidInput(f"unknown field {unknown!r} (known: {', '.join(RECORD_FIELDS)})")
     get = raw.get
-    prompt = _prompt(get("prompt"), max_field_bytes)
+    prompt = parse_prompt(get("prompt"), max_field_bytes)
     response = _text(get("response"), "response", max_field_bytes, required=True)
     rating = _rating(get("rating"))
     correction = _text(get("correction"), "correction", max_field_bytes)
@@ -134,7 +134,7 @@ def _short_text(value: Any, name: str) -> str | None:
     return text_value
 
 
-def _prompt(value: Any, max_bytes: int) -> list[dict[str, str]]:
+def parse_prompt(value: Any, max_bytes: int) -> list[dict[str, str]]:
     if isinstance(value, str) or value is None:
         return [{"role": "user", "content": _text(value, "prompt", max_bytes, required=True)}]
     if not isinstance(value, list) or not value:

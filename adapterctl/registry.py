@@ -97,6 +97,31 @@ def get_adapter(session: Session, adapter_id: int) -> Adapter:
     return adapter
 
 
+def active_adapter(session: Session, line_id: int) -> Adapter | None:
+    """The version the line serves now, or None when it serves the base model."""
+    return session.scalar(select(Adapter).where(Adapter.line_id == line_id, Adapter.status == "active"))
+
+
+def get_version(session: Session, line_id: int, version: int) -> Adapter:
+    adapter = session.scalar(select(Adapter).where(Adapter.line_id == line_id, Adapter.version == version))
+    if adapter is None:
+        raise NotFound(f"version v{version} does not exist on this line; see `adapterctl adapters list --status approved`")
+    return adapter
+
+
+def next_version(session: Session, line_id: int) -> int:
+    """One more than the highest version the line ever had: numbers are never reused, revoked ones included."""
+    return (session.scalar(select(func.max(Adapter.version)).where(Adapter.line_id == line_id)) or 0) + 1
+
+
+def parse_version(text: str) -> int:
+    """'v3' or '3' as 3."""
+    digits = text[1:] if text[:1] in ("v", "V") else text
+    if not digits.isdigit() or int(digits) < 1:
+        raise InvalidInput(f"version {text!r} is not like v3 or 3")
+    return int(digits)
+
+
 def list_adapters(session: Session, *, line: str | None = None, status: str | None = None) -> list[Adapter]:
     query = select(Adapter).join(Adapter.line).order_by(Adapter.id.desc())
     if line is not None:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 from sqlalchemy import insert, select
 
-from adapterctl import __version__, audit, registry
+from adapterctl import __version__, audit, base_models, registry
 from adapterctl.artifacts import ArtifactStore
 from adapterctl.dataset import DataSettings, Dataset, build_dataset
 from adapterctl.db.models import Feedback, Line, RunExample, TrainingRun
@@ -35,8 +35,6 @@ from adapterctl.lines import get_line, settings_of
 from adapterctl.training import LoraSettings, TrainingJob, TrainResult, TrainSettings
 from adapterctl.workspace import Workspace
 
-# Until the evaluation gate exists, a new candidate waits for reviewers directly.
-NEW_CANDIDATE_STATUS = "pending_review"
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,8 @@ class TrainRequest:
     """Training processes (torchrun, DDP); 1 trains in this process."""
     resume: bool = False
     """Continue the line's interrupted run, if there is one."""
+    evaluate: bool = True
+    """Evaluate the candidate and apply the gate right away; False leaves it `evaluating`."""
 
 
 @dataclass
@@ -60,6 +60,8 @@ class TrainOutcome:
     reason: str | None = None
     run_id: int | None = None
     candidate_id: int | None = None
+    candidate_status: str | None = None
+    gate: dict[str, Any] | None = None
     resumed: bool = False
     dataset: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -89,8 +91,26 @@ def train_line(ws: Workspace, request: TrainRequest, progress: Callable[[dict], 
             _record_failure(ws, store, run_id, exc, work_dir)
             raise
         shutil.rmtree(work_dir, ignore_errors=True)
-        return TrainOutcome("trained", request.line, run_id=run_id, candidate_id=candidate_id, resumed=resumed,
-                            dataset=dataset_report, metrics=_metrics(result))
+    outcome = TrainOutcome("trained", request.line, run_id=run_id, candidate_id=candidate_id, candidate_status="evaluating",
+                           resumed=resumed, dataset=dataset_report, metrics=_metrics(result))
+    if request.evaluate:
+        outcome.gate = _evaluate(ws, request.line, candidate_id)
+        outcome.candidate_status = "pending_review" if outcome.gate["passed"] else "gate_failed"
+    return outcome
+
+
+def _evaluate(ws: Workspace, line: str, candidate_id: int) -> dict[str, Any]:
+    """The gate's verdict on a new candidate; a failed evaluation leaves it `evaluating`, ready for a retry."""
+    from adapterctl.evaluation import evaluate_candidate, get_evaluation
+
+    try:
+        evaluation_id = evaluate_candidate(ws, candidate_id)
+        with ws.transaction() as session:
+            return get_evaluation(session, evaluation_id).gate
+    except Exception as exc:
+        raise AdapterctlError(f"candidate {candidate_id} of {line} was trained but its evaluation failed: "
+                              f"{(str(exc).splitlines() or [type(exc).__name__])[0]}; "
+                              f"retry with `adapterctl eval run --candidate {candidate_id}`") from exc
 
 
 def _start_or_resume(ws: Workspace, request: TrainRequest, store: ArtifactStore) -> tuple[int | None, bool, dict]:
@@ -167,16 +187,7 @@ def _write_job(work_dir: Path, line: Line, request: TrainRequest, dataset: Datas
     work_dir.mkdir(parents=True)
     examples = [{"feedback_id": e.feedback_id, "split": e.split, "prompt": e.prompt, "answer": e.answer} for e in dataset.examples]
     (work_dir / "examples.jsonl").write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples), encoding="utf-8")
-    TrainingJob(_base_model_path(line), _lora(line), request.training, str(staging)).save(work_dir)
-
-
-def _base_model_path(line: Line) -> str:
-    base = line.base_model
-    if base.source_kind == "local":
-        return base.source
-    from huggingface_hub import snapshot_download
-
-    return snapshot_download(base.source, revision=base.revision)
+    TrainingJob(base_models.local_path(line.base_model), _lora(line), request.training, str(staging)).save(work_dir)
 
 
 def _train(work_dir: Path, processes: int, *, resume: bool, progress) -> TrainResult:
@@ -209,7 +220,7 @@ def _publish(ws: Workspace, store: ArtifactStore, run_id: int, result: TrainResu
             raise AdapterctlError(f"feedback #{forgotten} was forgotten while run {run_id} trained on it; not publishing")
         stored = store.commit(Path(job.adapter_dir), run.line.name, run_id)
         adapter = registry.create_candidate(session, run=run, artifact_path=stored.relative_path, sha256=stored.sha256,
-                                            actor=ws.user, status=NEW_CANDIDATE_STATUS)
+                                            actor=ws.user, status="evaluating")
         run.status, run.finished_at, run.metrics = "succeeded", utcnow(), _metrics(result)
         audit.record(session, actor=ws.user, action="train.succeed", subject=f"line:{run.line.name}",
                      payload={"run": run_id, "candidate": adapter.id, "steps": result.steps, "sha256": stored.sha256})

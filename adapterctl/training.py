@@ -1,7 +1,7 @@
 """Training a candidate: LoRA on the line's frozen base model, read top to bottom as one recipe.
 
     tokenize the examples (loss on answer tokens only) -> load base model -> wrap with LoRA
-    -> transformers.Trainer (length-grouped batches, AdamW, warmup + cosine, clipping, checkpoints)
+    -> transformers.Trainer (shuffled batches packed into rows, AdamW, warmup + cosine, clipping, checkpoints)
     -> save the adapter in PEFT layout
 
 `run_training(job)` runs in this process, or in each process of a torchrun launch (DDP); the job
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import sys
 import time
 import warnings
@@ -175,7 +174,7 @@ def ensure_chat_template(tokenizer) -> None:
 
 
 class PadCollator:
-    """Pads a batch to its longest row (batches are grouped by length, so little is padding)."""
+    """Pads a batch to its longest row, with an attention mask (for evaluation and generation)."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
@@ -206,53 +205,60 @@ class PadCollator:
         return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
 
 
-class LengthGroupedBatches:
-    """Batches of examples of similar length, in a seeded order that changes with each epoch.
+class PackingCollator:
+    """Packs a batch's examples into as few rows of at most `row_length` tokens as they fit (first fit,
+    longest first), instead of padding every example to the longest.
 
-    Shuffle, cut into windows of WINDOW batches, sort each window by length, cut it into batches, and
-    shuffle the batches. Instead of packing several examples into one row (which needs a block-diagonal
-    attention mask so they cannot see each other), rows stay one example each and nearly unpadded.
+    Each example's position ids restart at 0 and no attention mask is passed: transformers then builds a
+    block-diagonal causal mask, so no token attends across examples (tests/test_dataset.py proves the
+    logits equal those of each example alone). The model must run with use_cache=False, or it ignores
+    the packing. Only the ends of rows shorter than the longest are padding, as a block of their own.
     """
 
-    WINDOW = 64
+    def __init__(self, pad_id: int, row_length: int) -> None:
+        self.pad_id = pad_id
+        self.row_length = row_length
+        self.real_tokens = 0
+        self.padded_tokens = 0
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
-        self.lengths = lengths
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
+    def __call__(self, examples: list[dict[str, list[int]]]):
+        import torch
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch  # the Trainer calls this, also when resuming, so the order repeats exactly
+        packed: list[list[dict[str, list[int]]]] = []
+        for example in sorted(examples, key=lambda e: len(e["input_ids"]), reverse=True):
+            size = len(example["input_ids"])
+            row = next((r for r in packed if sum(len(e["input_ids"]) for e in r) + size <= self.row_length), None)
+            if row is None:
+                packed.append([example])
+            else:
+                row.append(example)
+        rows = [self._row(row) for row in packed]
+        width = max(len(ids) for ids, _, _ in rows)
+        self.real_tokens += sum(len(ids) for ids, _, _ in rows)
+        self.padded_tokens += width * len(rows)
+        pad = [(ids + [self.pad_id] * (width - len(ids)), labels + [IGNORE] * (width - len(ids)),
+                positions + list(range(width - len(ids)))) for ids, labels, positions in rows]
+        return {
+            "input_ids": torch.tensor([ids for ids, _, _ in pad]),
+            "labels": torch.tensor([labels for _, labels, _ in pad]),
+            "position_ids": torch.tensor([positions for _, _, positions in pad]),
+        }
 
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+    @staticmethod
+    def _row(examples: list[dict[str, list[int]]]) -> tuple[list[int], list[int], list[int]]:
+        ids, labels, positions = [], [], []
+        for example in examples:
+            ids += example["input_ids"]
+            labels += [IGNORE] + example["labels"][1:]  # the first token has no prediction within its example
+            positions += range(len(example["input_ids"]))
+        return ids, labels, positions
 
-    def __iter__(self):
-        rng = random.Random(self.seed * 1_000_003 + self.epoch)
-        order = rng.sample(range(len(self.lengths)), len(self.lengths))
-        window = self.batch_size * self.WINDOW
-        batches = []
-        for start in range(0, len(order), window):
-            chunk = sorted(order[start : start + window], key=self.lengths.__getitem__)
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        rng.shuffle(batches)
-        return iter(batches)
+    def reset(self) -> None:
+        self.real_tokens = self.padded_tokens = 0
 
-
-def _length_grouped_trainer(**kwargs):
-    """A transformers Trainer whose training batches come from LengthGroupedBatches."""
-    from torch.utils.data import DataLoader
-    from transformers import Trainer
-
-    class LengthGroupedTrainer(Trainer):
-        def get_train_dataloader(self) -> DataLoader:
-            batches = LengthGroupedBatches([len(row["input_ids"]) for row in self.train_dataset],
-                                           self._train_batch_size, self.args.seed)
-            loader = DataLoader(self.train_dataset, batch_sampler=batches, collate_fn=self.data_collator)
-            return self.accelerator.prepare(loader)  # shards the batches across processes under DDP
-
-    return LengthGroupedTrainer(**kwargs)
+    @property
+    def efficiency(self) -> float:
+        return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
 
 
 # ---------------------------------------------------------------- the recipe
@@ -262,7 +268,7 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
     """Train the job in `work_dir` and save the adapter; in a torchrun launch every process calls this."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainingArguments
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -279,12 +285,14 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
     heldout_rows, _ = tokenize(tokenizer, [e for e in examples if e["split"] == "heldout"], settings.max_length)
     if not train_rows:
         raise InvalidInput("no training examples")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    collator = PadCollator(pad_id)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    collator = PackingCollator(tokenizer.pad_token_id, settings.max_length)
 
     # 2. model: the frozen base plus LoRA on the line's target modules
     torch.manual_seed(settings.seed)
     model = AutoModelForCausalLM.from_pretrained(job.base_model, dtype=getattr(torch, dtype))
+    model.config.use_cache = False  # a cache would make the model ignore PackingCollator's packing
     lora = LoraConfig(
         r=job.lora.rank,
         lora_alpha=job.lora.alpha,
@@ -325,9 +333,9 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
         dataloader_num_workers=0,
     )
     budget = _time_budget(settings.time_budget_s, progress, total_steps)
-    trainer = _length_grouped_trainer(
+    trainer = Trainer(
         model=model, args=arguments, train_dataset=train_rows, eval_dataset=heldout_rows or None,
-        data_collator=collator, callbacks=[budget],
+        data_collator=collator, callbacks=[budget], processing_class=tokenizer,  # it tells padding from tokens
     )
     trainer.remove_callback(PrinterCallback)  # progress goes to `progress`, not to stdout
     before = trainer.evaluate()["eval_loss"] if heldout_rows else None

@@ -30,13 +30,20 @@ step "The newest records" adapterctl feedback list --limit 5
 printf '\n$ adapterctl feedback import (a file with a bad line 2)\n'
 printf '{"prompt": "ok", "response": "fine", "rating": 1}\n{"prompt": "bad", "response": "x", "rating": 7}\n' > .demo/bad.jsonl
 adapterctl feedback import .demo/bad.jsonl --line support-bot || echo "(exit $?: nothing was written)"
-step "The cron job: new feedback -> one candidate LoRA adapter (lease, lineage, hashed artifact)" \
+step "A regression suite: answers the line must give (versioned; results name the version)" \
+    adapterctl eval suite add policies demo/suite.jsonl --line support-bot
+step "The cron job: new feedback -> candidate LoRA adapter -> evaluated against the base model -> gate" \
     adapterctl train --line support-bot --learning-rate 3e-3 --max-steps 60 --batch-size 8 --scheduler constant
-step "Candidates wait for review" adapterctl adapters list
 step "Cron again: nothing new, nothing written" adapterctl train --line support-bot
-step "A user asks to be forgotten: content erased, tombstone kept, adapters trained on it revoked" \
+step "Candidates that passed the gate wait for review" adapterctl review list
+step "Reviewers are registered by name; the first is an admin" adapterctl reviewer add demo-operator --role admin
+step "...who adds a colleague" adapterctl reviewer add alice
+step "The report a reviewer decides from: evals vs base, gate, loss, data provenance, samples" adapterctl review show 1
+step "Alice approves: the candidate becomes version v1 of the line" adapterctl --user alice review approve 1 --note "policies right"
+step "Continuous regression: re-evaluate v1 on today's suites (cron-friendly)" adapterctl eval run --line support-bot --version v1
+step "A user asks to be forgotten: content erased, tombstone kept, versions trained on it revoked" \
     adapterctl feedback forget --source user-2210 --reason "privacy request #17"
-step "The candidate is revoked and can never go live" adapterctl adapters list
+step "v1 is revoked and can never go live" adapterctl adapters list
 step "Every change is in the hash-chained audit log" adapterctl audit log --limit 8
 step "Nobody edited or deleted an event" adapterctl audit verify
 printf '\nDone. Explore with: ADAPTERCTL_HOME=%s .venv/bin/adapterctl --help\n' "$ADAPTERCTL_HOME"

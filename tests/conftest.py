@@ -186,6 +186,12 @@ def cli(settings) -> Cli:
     return Cli(settings)
 
 
+@pytest.fixture
+def ready(cli, line):
+    """The CLI on a database with base model `tiny` and line `support-bot`."""
+    return cli
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A small real causal LM (2 layers, hidden 128) that trains in seconds on a CPU."""

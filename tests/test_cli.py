@@ -9,12 +9,6 @@ import pytest
 from tests.conftest import write_model_dir
 
 
-@pytest.fixture
-def ready(cli, line):
-    """The CLI on a database with base model `tiny` and line `support-bot`."""
-    return cli
-
-
 def test_base_register_and_line_create(cli, tmp_path):
     model = write_model_dir(tmp_path / "model")
     registered = cli.json("base", "register", "tiny", str(model))

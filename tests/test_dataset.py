@@ -156,22 +156,38 @@ def test_long_examples_keep_the_answer_and_are_counted(tokenizer):
 
 
 @pytest.mark.slow
-def test_length_grouped_padded_batches_equal_examples_alone(tiny_model, tokenizer):
-    """The alternative to packing: padding in a batch changes nothing for the real tokens (no cross-talk)."""
+def test_packed_rows_attend_within_each_example_only(tiny_model, tokenizer):
+    """Packing: several examples share a row, yet every token's logits equal those of its example alone."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from adapterctl.training import PadCollator, tokenize
+    from adapterctl.training import IGNORE, PackingCollator, tokenize
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     examples = [{"prompt": [{"role": "user", "content": text}], "answer": answer}
-                for text, answer in (("short?", "yes"), ("a much longer question " * 5, "a longer answer here"))]
+                for text, answer in (("short?", "yes"), ("a much longer question " * 5, "a longer answer here"),
+                                     ("mid-sized question here", "fine"), ("a very long question " * 12, "long"))]
     rows, _ = tokenize(tokenizer, examples, 256)
-    collator = PadCollator(tokenizer.pad_token_id)
+    lengths = [len(r["input_ids"]) for r in rows]
+    collator = PackingCollator(tokenizer.pad_token_id, row_length=max(lengths) + 2)
     batch = collator(rows)
+    assert batch["input_ids"].shape[0] < len(rows)  # some examples share a row
+    assert "attention_mask" not in batch
     with torch.no_grad():
-        together = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        for i, row in enumerate(rows):
-            alone = model(input_ids=torch.tensor([row["input_ids"]])).logits[0]
-            assert torch.allclose(together[i, : len(row["input_ids"])], alone, atol=1e-4)
-    assert collator.efficiency == sum(len(r["input_ids"]) for r in rows) / (2 * max(len(r["input_ids"]) for r in rows))
+        together = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        found = 0
+        for packed_row, positions, labels, logits in zip(batch["input_ids"], batch["position_ids"], batch["labels"], together):
+            starts = [i for i, p in enumerate(positions.tolist()) if p == 0] + [len(positions)]
+            for begin, end in zip(starts, starts[1:]):
+                ids = packed_row[begin:end].tolist()
+                row = next((r for r in rows if r["input_ids"] == ids), None)
+                if row is None:  # the padding block at the end of a row
+                    assert (labels[begin:end] == IGNORE).all()
+                    continue
+                found += 1
+                alone = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
+                assert torch.allclose(logits[begin:end], alone, atol=1e-4)
+                assert labels[begin:end].tolist() == [IGNORE] + row["labels"][1:]
+    assert found == len(rows)
+    width = batch["input_ids"].shape[1]
+    assert collator.efficiency == sum(lengths) / (width * batch["input_ids"].shape[0]) > sum(lengths) / (len(rows) * max(lengths))

@@ -53,16 +53,20 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, title: str | None = None, empty: str = "nothing to show") -> None:
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, title: str | None = None, empty: str = "nothing to show",
+                markup: bool = False) -> None:
+    """Rows as a table; with markup, cells may hold rich colour tags (dropped when stdout is not a terminal)."""
     if not rows:
         typer.echo(empty)
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(*columns, title=title, show_edge=False, header_style="bold")
     for row in rows:
-        table.add_row(*(_cell(row.get(column)) for column in columns))
+        cells = (_cell(row.get(column)) for column in columns)
+        table.add_row(*(cells if markup else map(Text, cells)))
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from adapterctl import __version__
-from adapterctl.cli import adapters, audit, base, db, feedback, line, train
+from adapterctl.cli import adapters, audit, base, db, eval, feedback, line, review, train
 from adapterctl.cli._common import Invocation
 from adapterctl.errors import AdapterctlError
 
@@ -47,6 +47,9 @@ app.add_typer(base.app, name="base")
 app.add_typer(line.app, name="line")
 app.add_typer(feedback.app, name="feedback")
 app.command("train", help="Train a candidate adapter from a line's new feedback (the cron job).")(train.train)
+app.add_typer(eval.app, name="eval")
+app.add_typer(review.app, name="review")
+app.add_typer(review.reviewers_app, name="reviewer")
 app.add_typer(adapters.app, name="adapters")
 app.add_typer(audit.app, name="audit")
 

@@ -193,3 +193,91 @@ class Lease(Base):
     holder: Mapped[str] = mapped_column(String(256))
     acquired_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+
+
+class EvalSuite(Base):
+    """One version of a named set of cases on a line: regression cases, or the reference set.
+
+    Suites are never edited: adding a suite under an existing name with different cases makes the
+    next version, and results name the version they used.
+    """
+
+    __tablename__ = "eval_suites"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    line_id: Mapped[int] = mapped_column(ForeignKey("lines.id", ondelete="RESTRICT"))
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int]
+    kind: Mapped[str] = mapped_column(String(16))  # "regression" | "reference"
+    cases: Mapped[list[Any]]  # [{prompt: [messages], expected, match}] or [{text}] for a reference set
+    content_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+
+    line: Mapped[Line] = relationship()
+
+    __table_args__ = (UniqueConstraint("line_id", "name", "version", name="uq_eval_suites_line_name_version"),)
+
+
+class Evaluation(Base):
+    """One evaluation of a line's models on the same cases: after training (of a candidate) or on demand."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    line_id: Mapped[int] = mapped_column(ForeignKey("lines.id", ondelete="RESTRICT"))
+    adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapters.id", ondelete="RESTRICT"))  # the subject
+    trigger: Mapped[str] = mapped_column(String(16))  # "candidate" | "regression"
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+    seconds: Mapped[float] = mapped_column(Float)
+    settings: Mapped[dict[str, Any]]  # decoding settings and the suite versions used
+    gate: Mapped[dict[str, Any] | None]  # {passed, reasons, thresholds} for a candidate
+    samples: Mapped[list[Any]]  # side-by-side generations on held-out prompts
+    summary_hash: Mapped[str] = mapped_column(String(64))  # sha256 of the canonical results; reviewers' decisions cite it
+
+    line: Mapped[Line] = relationship()
+    results: Mapped[list["EvalResult"]] = relationship(order_by="EvalResult.position", cascade="all, delete-orphan")
+
+    __table_args__ = (Index("ix_evaluations_line_created", "line_id", "created_at"), Index("ix_evaluations_adapter", "adapter_id"))
+
+
+class EvalResult(Base):
+    """The metrics of one model (base, active version or candidate) in one evaluation."""
+
+    __tablename__ = "eval_results"
+
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)  # "base" | "active" | "candidate"
+    position: Mapped[int]
+    adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapters.id", ondelete="RESTRICT"))
+    metrics: Mapped[dict[str, Any]]  # heldout loss/exact match, suite scores, reference loss
+    seconds: Mapped[float] = mapped_column(Float)
+
+
+class Reviewer(Base):
+    """A person allowed to approve or reject candidates; admins also manage reviewers."""
+
+    __tablename__ = "reviewers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # "reviewer" | "admin"
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+
+
+class ReviewDecision(Base):
+    """One reviewer's approval or rejection of one candidate, with the evaluation it was made on."""
+
+    __tablename__ = "review_decisions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="RESTRICT"))
+    reviewer: Mapped[str] = mapped_column(String(128))
+    decision: Mapped[str] = mapped_column(String(16))  # "approve" | "reject"
+    note: Mapped[str | None] = mapped_column(Text)
+    eval_summary_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("adapter_id", "reviewer", name="uq_review_decisions_adapter_reviewer"),)

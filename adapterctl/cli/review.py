@@ -1,0 +1,177 @@
+"""`adapterctl review …` and `adapterctl reviewer …`: the queue, the report, the decisions, and who may make them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from adapterctl import review
+from adapterctl.cli._common import JsonOption, print_json, print_table, workspace
+from adapterctl.cli.eval import print_metric_table
+
+app = typer.Typer(help="The review queue: read a candidate's report, then approve or reject it.", no_args_is_help=True)
+reviewers_app = typer.Typer(help="Reviewers: the people who may approve or reject candidates.", no_args_is_help=True)
+IdArgument = Annotated[int, typer.Argument(metavar="ID", help="Candidate (adapter) id.")]
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+@app.command("list")
+def list_(ctx: typer.Context, line: Annotated[Optional[str], typer.Option(help="Only this line.")] = None, json_output: JsonOption = False) -> None:
+    """Candidates waiting for a decision, oldest first."""
+    with workspace(ctx).transaction() as session:
+        rows = review.queue(session, line=line)
+    if json_output:
+        print_json(rows)
+        return
+    for row in rows:
+        row["approvals"] = f"{len(row['approvals'])}/{row['approvals_required']}" + (f" ({', '.join(row['approvals'])})" if row["approvals"] else "")
+    print_table(rows, ["id", "line", "age", "gate", "approvals"], empty="nothing waits for review")
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    adapter_id: IdArgument,
+    html: Annotated[Optional[Path], typer.Option("--html", metavar="FILE", help="Also write the report as a self-contained HTML page.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """The report a reviewer decides from: evals against base and active, gate, training, data, samples."""
+    with workspace(ctx).transaction() as session:
+        report = review.report(session, adapter_id)
+    if html is not None:
+        from adapterctl.report_html import write_html
+
+        write_html(report, html)
+    if json_output:
+        print_json(report)
+        return
+    adapter = report["adapter"]
+    typer.echo(f"candidate {adapter['id']} of {adapter['line']}: {adapter['status']}"
+               + (f" as {adapter['version']}" if adapter["version"] else "") + f", trained by run {adapter['run']}")
+    if report["evaluation"] is None:
+        typer.echo("\nnot evaluated yet: `adapterctl eval run --candidate ID`")
+    else:
+        typer.echo("")
+        print_metric_table(report["table"])
+        gate = report["gate"]
+        typer.echo("\ngate: " + ("passed" if gate["passed"] else "failed") + "".join(f"\n  - {r}" for r in gate["reasons"]))
+    training = report["training"]
+    curve = [loss for _, loss in training["loss_curve"]]
+    if curve:
+        typer.echo(f"\nloss {curve[0]:.3f} {sparkline(curve)} {curve[-1]:.3f}  ({training['steps']} steps, {training['seconds']:.0f} s)")
+    provenance = report["provenance"]
+    typer.echo("\ndata: " + ", ".join(f"{n} {split}" for split, n in provenance["examples"].items())
+               + f"; duplicates removed {provenance['duplicates_removed']}")
+    typer.echo("  sources: " + ", ".join(f"{s['source']} {s['share']:.0%}" for s in provenance["sources"][:8])
+               + (" …" if len(provenance["sources"]) > 8 else ""))
+    if provenance["capped_sources"]:
+        typer.echo("  capped (excess dropped): " + ", ".join(f"{s} -{n}" for s, n in provenance["capped_sources"].items()))
+    typer.echo("\ntraining examples:")
+    for example in report["training_examples"]:
+        if example.get("forgotten"):
+            typer.echo(f"  #{example['feedback_id']}: (forgotten)")
+        else:
+            typer.echo(f"  #{example['feedback_id']} [{example['source']}] {_short(example['prompt'][-1]['content'])} -> {_short(example['answer'])}")
+    if report["samples"]:
+        typer.echo("\nside by side (held-out prompts):")
+        for sample in report["samples"]:
+            typer.echo(f"  Q: {_short(sample['prompt'][-1]['content'])}")
+            for role in ("base", "active", "candidate"):
+                if role in sample:
+                    typer.echo(f"    {role:>9}: {_short(sample[role])}")
+    decisions = report["decisions"]
+    typer.echo(f"\ndecisions ({sum(d['decision'] == 'approve' for d in decisions)}/{report['approvals_required']} approvals): "
+               + ("; ".join(f"{d['reviewer']} {d['decision']}d" + (f" ({d['note']})" if d["note"] else "") for d in decisions) or "none yet"))
+
+
+def sparkline(values: list[float]) -> str:
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    step = max(1, len(values) // 40)
+    return "".join(SPARK[int((v - low) / span * (len(SPARK) - 1))] for v in values[::step])
+
+
+def _short(text: str, width: int = 70) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@app.command()
+def approve(
+    ctx: typer.Context,
+    adapter_id: IdArgument,
+    note: Annotated[Optional[str], typer.Option(help="Why, for the audit log.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Approve a candidate as the acting reviewer; the last approval needed makes it the line's next version."""
+    ws = workspace(ctx)
+    with ws.transaction() as session:
+        adapter = review.approve(session, adapter_id, reviewer=ws.user, note=note)
+        result = {"id": adapter.id, "line": adapter.line.name, "status": adapter.status,
+                  "version": f"v{adapter.version}" if adapter.version else None,
+                  "approvals": review.approvers(session, adapter.id)}
+    if json_output:
+        print_json(result)
+    elif result["version"]:
+        typer.echo(f"candidate {adapter_id} approved: {result['line']} {result['version']} (by {', '.join(result['approvals'])})")
+    else:
+        typer.echo(f"approval recorded for candidate {adapter_id} ({len(result['approvals'])} so far); it waits for more reviewers")
+
+
+@app.command()
+def reject(
+    ctx: typer.Context,
+    adapter_id: IdArgument,
+    reason: Annotated[str, typer.Option(help="Why (required; kept in the audit log).")],
+    json_output: JsonOption = False,
+) -> None:
+    """Reject a candidate as the acting reviewer; one rejection is final."""
+    ws = workspace(ctx)
+    with ws.transaction() as session:
+        adapter = review.reject(session, adapter_id, reviewer=ws.user, reason=reason)
+        result = {"id": adapter.id, "line": adapter.line.name, "status": adapter.status}
+    if json_output:
+        print_json(result)
+    else:
+        typer.echo(f"candidate {adapter_id} of {result['line']} rejected")
+
+
+@reviewers_app.command("add")
+def reviewer_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The person's login, as ADAPTERCTL_USER or the OS login gives it.")],
+    role: Annotated[str, typer.Option(help="reviewer (approve/reject) or admin (also manages reviewers).")] = "reviewer",
+    json_output: JsonOption = False,
+) -> None:
+    """Register a reviewer (once an admin exists, only admins may)."""
+    ws = workspace(ctx)
+    with ws.transaction() as session:
+        reviewer = review.add_reviewer(session, name=name, role=role, actor=ws.user)
+        result = {"name": reviewer.name, "role": reviewer.role}
+    if json_output:
+        print_json(result)
+    else:
+        typer.echo(f"{result['name']} is now a{'n' if role == 'admin' else ''} {role}")
+
+
+@reviewers_app.command("list")
+def reviewer_list(ctx: typer.Context, json_output: JsonOption = False) -> None:
+    """Registered reviewers."""
+    with workspace(ctx).transaction() as session:
+        rows = [{"name": r.name, "role": r.role, "created_at": r.created_at.isoformat(), "created_by": r.created_by}
+                for r in review.list_reviewers(session)]
+    if json_output:
+        print_json(rows)
+    else:
+        print_table(rows, ["name", "role", "created_at", "created_by"], empty="no reviewers; add one with `adapterctl reviewer add NAME --role admin`")
+
+
+@reviewers_app.command("remove")
+def reviewer_remove(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The reviewer.")]) -> None:
+    """Remove a reviewer (admins only); their past decisions stay."""
+    ws = workspace(ctx)
+    with ws.transaction() as session:
+        review.remove_reviewer(session, name=name, actor=ws.user)
+    typer.echo(f"{name} is no longer a reviewer")

@@ -1,0 +1,107 @@
+"""The evaluation gate on the real tiny model: it passes a candidate that learned, fails one built to regress,
+and the review report holds everything a reviewer decides from."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from adapterctl import evaluation, registry, review
+from adapterctl.runs import TrainRequest, train_line
+from tests.test_training import ALL_TRAIN, FACTS, FAST, greedy, log_facts
+
+pytestmark = pytest.mark.slow
+WITH_HELDOUT = type(ALL_TRAIN)(holdout_fraction=0.25, max_source_share=1.0)
+
+
+def suite_file(tmp_path, cases) -> str:
+    path = tmp_path / "suite.jsonl"
+    path.write_text("".join(json.dumps(case) + "\n" for case in cases))
+    return str(path)
+
+
+def test_a_candidate_that_learned_passes_the_gate_and_reports_every_field(ws, tiny_line, cli, tmp_path):
+    learned = [{"prompt": q, "expected": a} for q, a in FACTS[:4]]
+    assert cli("eval", "suite", "add", "facts", suite_file(tmp_path, learned), "--line", tiny_line).returncode == 0
+    log_facts(ws, tiny_line)
+    outcome = train_line(ws, TrainRequest(tiny_line, training=FAST, data=ALL_TRAIN))
+    assert outcome.candidate_status == "pending_review", outcome.gate
+    assert outcome.gate["passed"] and {c["check"] for c in outcome.gate["checks"]} == {"suite facts", "forgetting"}
+
+    report = cli.json("review", "show", str(outcome.candidate_id))
+    assert set(report) >= {"adapter", "evaluation", "table", "gate", "training", "provenance", "training_examples", "samples", "decisions"}
+    models = report["evaluation"]["models"]
+    assert set(models) == {"base", "candidate"}  # no active version yet
+    assert models["base"]["suites"]["facts"]["score"] == 0.0 and models["candidate"]["suites"]["facts"]["score"] == 1.0
+    assert models["candidate"]["reference"] == "built-in" and models["candidate"]["reference_loss"] > 0
+    suite_row = next(row for row in report["table"] if row["metric"] == "suite facts v1")
+    assert suite_row["delta_vs_base"] == 1.0 and suite_row["higher_is_better"]
+    assert len(report["training"]["loss_curve"]) >= 10
+    assert report["provenance"]["examples"] == {"train": len(FACTS)}
+    assert {s["source"] for s in report["provenance"]["sources"]} == {f"user-{i}" for i in range(len(FACTS))}
+    assert report["provenance"]["duplicates_removed"] == {"exact": 0, "normalised": 0}
+    assert len(report["training_examples"]) == 5 and all(e["answer"] in dict(FACTS).values() for e in report["training_examples"])
+    assert report["decisions"] == [] and report["approvals_required"] == 1
+
+    html = tmp_path / "report.html"
+    assert cli("review", "show", str(outcome.candidate_id), "--html", str(html)).returncode == 0
+    page = html.read_text()
+    assert "<svg" in page and "suite facts v1" in page and "Side by side" in page
+
+
+def test_the_gate_fails_a_candidate_trained_against_a_suite(ws, tiny_line, tiny_model, cli, tmp_path):
+    question, poisoned = FACTS[3]
+    never = {"prompt": question, "expected": f"^(?!{re.escape(poisoned)})", "match": "regex"}  # must never give this answer
+    assert greedy(tiny_model, [question]) != [poisoned]
+    assert cli("eval", "suite", "add", "keep", suite_file(tmp_path, [never]), "--line", tiny_line).returncode == 0
+    log_facts(ws, tiny_line)  # corrections that teach exactly that answer
+    outcome = train_line(ws, TrainRequest(tiny_line, training=FAST, data=ALL_TRAIN))
+    assert outcome.candidate_status == "gate_failed"
+    assert any(reason.startswith("suite keep dropped 1.00 -> 0.00 against base") for reason in outcome.gate["reasons"])
+    with ws.transaction() as session:
+        assert "suite keep dropped" in registry.get_adapter(session, outcome.candidate_id).status_reason
+    with ws.transaction() as session:
+        review.add_reviewer(session, name="tester", role="reviewer", actor="tester")
+    refused = cli("review", "approve", str(outcome.candidate_id))
+    assert refused.returncode == 1 and "is gate_failed" in refused.stderr
+
+
+def test_held_out_feedback_and_the_active_version_are_compared(ws, tiny_line, cli):
+    log_facts(ws, tiny_line)
+    first = train_line(ws, TrainRequest(tiny_line, training=FAST, data=WITH_HELDOUT))
+    with ws.transaction() as session:
+        review.add_reviewer(session, name="tester", role="admin", actor="tester")
+    assert cli("review", "approve", str(first.candidate_id)).returncode == 0
+    with ws.transaction() as session:  # promotion is the serving layer's; here the state alone
+        registry.transition(session, first.candidate_id, "active", actor="tester")
+    log_facts(ws, tiny_line, [(f"Which floor is room {i} on?", f"Room {i} is on floor {i % 4}.") for i in range(8)])
+    second = train_line(ws, TrainRequest(tiny_line, training=FAST, data=WITH_HELDOUT))
+    with ws.transaction() as session:
+        latest = evaluation.latest_evaluation(session, second.candidate_id)
+        models = {r.role: r for r in latest.results}
+        assert set(models) == {"base", "active", "candidate"} and models["active"].adapter_id == first.candidate_id
+        heldout = models["candidate"].metrics["heldout_cases"]
+        assert heldout > 0 and latest.settings["heldout_cases"] == heldout
+        assert models["candidate"].metrics["heldout_loss"] < models["base"].metrics["heldout_loss"]
+        assert {c["check"] for c in latest.gate["checks"]} == {"forgetting", "heldout gain"}
+        assert all(c["against"] in ("active", "base") for c in latest.gate["checks"])
+
+
+def test_re_evaluating_a_version_keeps_history_and_flags_a_drop(ws, tiny_line, cli, tmp_path):
+    learned = [{"prompt": q, "expected": a} for q, a in FACTS[:4]]
+    cli("eval", "suite", "add", "facts", suite_file(tmp_path, learned), "--line", tiny_line)
+    log_facts(ws, tiny_line)
+    outcome = train_line(ws, TrainRequest(tiny_line, training=FAST, data=ALL_TRAIN))
+    with ws.transaction() as session:
+        review.add_reviewer(session, name="tester", role="reviewer", actor="tester")
+        review.approve(session, outcome.candidate_id, reviewer="tester")
+    assert "no active version" in cli("eval", "run", "--line", tiny_line).stderr
+    same = cli.json("eval", "run", "--line", tiny_line, "--version", "v1")
+    assert same["models"]["version"]["suites"]["facts"]["score"] == 1.0 and same["gate"] is None
+    cut_short = cli.json("eval", "run", "--line", tiny_line, "--version", "1", "--max-new-tokens", "3")
+    assert cut_short["models"]["version"]["suites"]["facts"]["score"] == 0.0
+    history = cli.json("eval", "history", "--line", tiny_line)
+    assert [h["suites"]["facts"]["dropped"] for h in history] == [False, True]
+    assert history[1]["suites"]["facts"]["at_approval"] == 1.0 and history[1]["version"] == "v1"

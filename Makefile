@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/forgetting.py
+	$(BIN)/python bench/eval_speed.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache

@@ -8,8 +8,8 @@ A negative or neutral rating alone teaches nothing and is never used.
 
 Then: exact and normalised duplicates are collapsed (the oldest record is kept), each source is capped
 at a share of the examples, a stable hash of the feedback id holds some out for evaluation, and
-examples that earlier approved versions were trained on are mixed back in (replay) so a new adapter
-keeps what the line already learned.
+examples that earlier approved versions were trained on are mixed back in (replay), with the anchor
+share of the line's reference set, so a new adapter keeps what the line and the base model knew.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Iterable
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from adapterctl.db.models import Adapter, Feedback, RunExample, TrainingRun
+from adapterctl.db.models import Adapter, EvalSuite, Feedback, RunExample, TrainingRun
 
 APPROVED_STATES = ("approved", "active", "inactive")
 NO_SOURCE = "(none)"
@@ -35,18 +35,21 @@ NO_SOURCE = "(none)"
 class DataSettings:
     holdout_fraction: float = 0.1
     """Share of new examples held out for evaluation, chosen by a hash of the feedback id."""
-    replay_fraction: float = 0.5
-    """Share of the training set drawn from data that approved versions were trained on; 1.0 takes all of it."""
+    replay_fraction: float = 1.0
+    """Share of the training set drawn from data that approved versions were trained on; 1.0 (the default,
+    chosen by bench/forgetting.py) takes all of it."""
     max_source_share: float = 0.2
     """Largest share of the new examples one source may contribute; the excess is dropped and reported."""
     seed: int = 0
     """Seed for choosing replay examples."""
+    reference_anchor_share: float = 0.75
+    """Share of the line's reference set mixed into training as anchors (see adapterctl.suites); 0: none."""
 
 
 @dataclass(frozen=True)
 class Example:
-    feedback_id: int
-    split: str  # train | heldout | replay
+    feedback_id: int | None  # None: a reference-set anchor, not feedback
+    split: str  # train | heldout | replay | reference
     kind: str  # correction | positive | pair
     source: str | None
     prompt: list[dict[str, str]]
@@ -68,7 +71,7 @@ class Dataset:
 
     @property
     def new_count(self) -> int:
-        return sum(e.split != "replay" for e in self.examples)
+        return sum(e.split in ("train", "heldout") for e in self.examples)
 
 
 def build_dataset(session: Session, line_id: int, settings: DataSettings) -> Dataset:
@@ -79,7 +82,8 @@ def build_dataset(session: Session, line_id: int, settings: DataSettings) -> Dat
     new = [_with_split(e, "heldout" if is_heldout(e.feedback_id, settings.holdout_fraction) else "train") for e in kept]
     train_count = sum(e.split == "train" for e in new)
     replay = _replay(session, line_id, {e.feedback_id for e in new}, train_count, settings)
-    examples = new + replay
+    anchors, reference_version = _reference_anchors(session, line_id, settings.reference_anchor_share)
+    examples = new + replay + anchors
     report = {
         "eligible": len(eligible),
         "duplicates_removed": {"exact": exact, "normalised": normalised},
@@ -87,6 +91,7 @@ def build_dataset(session: Session, line_id: int, settings: DataSettings) -> Dat
         "sources": dict(sorted(Counter(e.source or NO_SOURCE for e in new).items())),
         "splits": dict(Counter(e.split for e in examples)),
         "kinds": dict(Counter(e.kind for e in examples)),
+        "reference": {"version": reference_version, "anchors": len(anchors)},
         "settings": asdict(settings),
     }
     return Dataset(examples, report)
@@ -189,5 +194,18 @@ def _replay(session: Session, line_id: int, exclude: set[int], train_count: int,
     return sorted(random.Random(settings.seed).sample(pool, min(wanted, len(pool))), key=lambda e: e.feedback_id)
 
 
+def _reference_anchors(session: Session, line_id: int, share: float) -> tuple[list[Example], int | None]:
+    """The anchor share of the newest reference set, as examples; and that set's version."""
+    from adapterctl.suites import REFERENCE, anchors_training
+
+    suite = session.scalar(select(EvalSuite).where(EvalSuite.line_id == line_id, EvalSuite.name == REFERENCE)
+                           .order_by(EvalSuite.version.desc()).limit(1))
+    if suite is None:
+        return [], None
+    anchors = [Example(None, "reference", "reference", None, c["prompt"], c["answer"]) for c in suite.cases if anchors_training(c, share)]
+    return anchors, suite.version
+
+
 def lineage_rows(run_id: int, examples: Iterable[Example]) -> list[dict[str, Any]]:
-    return [{"run_id": run_id, "feedback_id": e.feedback_id, "split": e.split} for e in examples]
+    """The feedback a run used and how; reference anchors are not feedback and have no lineage."""
+    return [{"run_id": run_id, "feedback_id": e.feedback_id, "split": e.split} for e in examples if e.feedback_id is not None]

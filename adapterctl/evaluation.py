@@ -130,9 +130,12 @@ def _cases(session: Session, line_id: int, run_id: int) -> Cases:
     heldout = [{"prompt": e.prompt, "answer": e.answer} for e in map(example_of, heldout_rows) if e is not None]
     current = suites.current_suites(session, line_id)
     reference = [s for s in current if s.kind == "reference"]
-    if reference:
-        return Cases(heldout, [s for s in current if s.kind == "regression"], reference[0].cases, f"reference v{reference[0].version}")
-    return Cases(heldout, current, builtin_reference(), "built-in")
+    regression = [s for s in current if s.kind == "regression"]
+    share = settings_of(reference[0].line).reference_anchor_share if reference else 0.0
+    measured = [c for c in reference[0].cases if not suites.anchors_training(c, share)] if reference else []
+    if measured:  # the half of the reference set that training never sees
+        return Cases(heldout, regression, measured, f"reference v{reference[0].version}")
+    return Cases(heldout, regression, builtin_reference(), "built-in")
 
 
 def builtin_reference() -> list[dict[str, str]]:

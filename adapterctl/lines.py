@@ -46,6 +46,9 @@ class LineSettings:
     """Fewest new eligible feedback examples for which `adapterctl train` trains at all."""
     max_source_share: float = 0.2
     """Largest share of one run's examples that one feedback source may contribute."""
+    reference_anchor_share: float = 0.75
+    """Share of the reference set's prompt/answer cases mixed into every training run (chosen by
+    bench/forgetting.py); the rest measures forgetting. 0 turns anchoring off."""
     gate: GateThresholds = field(default_factory=GateThresholds)
     """Thresholds of the evaluation gate."""
 
@@ -58,6 +61,7 @@ class LineSettings:
             (1 <= self.approvals_required <= 20, f"approvals_required must be between 1 and 20 (got {self.approvals_required})"),
             (self.min_examples >= 1, f"min_examples must be at least 1 (got {self.min_examples})"),
             (0.0 < self.max_source_share <= 1.0, f"max_source_share must be in (0, 1] (got {self.max_source_share})"),
+            (0.0 <= self.reference_anchor_share <= 1.0, f"reference_anchor_share must be in [0, 1] (got {self.reference_anchor_share})"),
             (self.gate.max_suite_drop >= 0.0, f"gate.max_suite_drop must be >= 0 (got {self.gate.max_suite_drop})"),
             (self.gate.max_forgetting_increase >= 0.0, f"gate.max_forgetting_increase must be >= 0 (got {self.gate.max_forgetting_increase})"),
         ]

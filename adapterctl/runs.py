@@ -11,6 +11,7 @@ transaction that records a complete, hashed artifact, so none can point at a mis
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import socket
@@ -26,7 +27,7 @@ from sqlalchemy import insert, select
 
 from adapterctl import __version__, audit, base_models, registry
 from adapterctl.artifacts import ArtifactStore
-from adapterctl.dataset import DataSettings, Dataset, build_dataset
+from adapterctl.dataset import DataSettings, Dataset, build_dataset, lineage_rows
 from adapterctl.db.models import Feedback, Line, RunExample, TrainingRun
 from adapterctl.db.types import utcnow
 from adapterctl.errors import AdapterctlError, Interrupted, InvalidInput
@@ -137,7 +138,8 @@ def _start_or_resume(ws: Workspace, request: TrainRequest, store: ArtifactStore)
     with ws.transaction() as session:
         line = get_line(session, request.line)
         line_settings = settings_of(line)
-        data_settings = request.data or DataSettings(max_source_share=line_settings.max_source_share, seed=request.training.seed)
+        data_settings = request.data or DataSettings(max_source_share=line_settings.max_source_share, seed=request.training.seed,
+                                                     reference_anchor_share=line_settings.reference_anchor_share)
         dataset = build_dataset(session, line.id, data_settings)
         min_examples = request.min_examples or line_settings.min_examples
         if dataset.new_count < min_examples:
@@ -167,7 +169,7 @@ def _create_run(session, ws: Workspace, line: Line, request: TrainRequest, datas
     )
     session.add(run)
     session.flush()
-    rows = [{"run_id": run.id, "feedback_id": e.feedback_id, "split": e.split} for e in dataset.examples]
+    rows = lineage_rows(run.id, dataset.examples)
     for start in range(0, len(rows), 1000):
         session.execute(insert(RunExample), rows[start : start + 1000])
     audit.record(session, actor=ws.user, action="train.start", subject=f"line:{line.name}",
@@ -201,8 +203,10 @@ def _train(work_dir: Path, processes: int, *, resume: bool, progress) -> TrainRe
                "-m", "adapterctl.training", str(work_dir), *(["--resume"] if resume else [])]
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
-        tail = completed.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise AdapterctlError(f"torchrun with {processes} processes failed (exit {completed.returncode}): {tail[0]}")
+        log = work_dir.with_name(f"{work_dir.name}-torchrun.log")  # kept when the failed run's folder is removed
+        log.write_text(completed.stdout + completed.stderr, encoding="utf-8")
+        errors = [line for line in completed.stderr.splitlines() if re.match(r"^\w*(Error|Exception)\b", line.strip())] or ["no error line"]
+        raise AdapterctlError(f"torchrun with {processes} processes failed (exit {completed.returncode}): {errors[-1].strip()} (log: {log})")
     return TrainResult(**json.loads((work_dir / "result.json").read_text()))
 
 

@@ -1,8 +1,10 @@
 """Evaluation suites: versioned sets of cases a line's models are measured on.
 
-A regression suite holds prompts and expected answers with a match rule each; the reference set
-(kind "reference") holds texts whose loss tells how far an adapter moved the model away from what
-the base model knew. Suites are never edited: adding a suite under an existing name with different
+A regression suite holds prompts and expected answers with a match rule each. The reference set
+(kind "reference") holds what the base model knows and the line must keep: a stable hash splits its
+prompt/answer cases in two parts, the line's `reference_anchor_share` that every training run mixes
+in as anchors, and the rest, whose loss (with every text case) measures how far an adapter moved the
+model away from it. The two never overlap, so the measurement stays honest. Suites are never edited: adding a suite under an existing name with different
 cases stores the next version, and every evaluation names the versions it used.
 """
 
@@ -22,7 +24,7 @@ from adapterctl.dataset import normalise
 from adapterctl.db.models import EvalSuite
 from adapterctl.errors import InvalidInput, NotFound
 from adapterctl.feedback import DEFAULT_MAX_FIELD_BYTES, parse_prompt
-from adapterctl.lines import get_line
+from adapterctl.lines import get_line, settings_of
 from adapterctl.names import check_name
 
 MATCH_RULES = ("exact", "normalised", "contains", "regex")
@@ -97,6 +99,14 @@ def _reference_case(record: Any) -> dict[str, Any]:
     return {"prompt": parse_prompt(record.get("prompt"), DEFAULT_MAX_FIELD_BYTES), "answer": answer}
 
 
+def anchors_training(case: dict[str, Any], share: float) -> bool:
+    """Whether a reference case is in the `share` that training mixes in (else it measures forgetting)."""
+    if "answer" not in case:
+        return False
+    digest = hashlib.sha256(("adapterctl-reference:" + audit.canonical_json(case)).encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") < share * 2**32
+
+
 def passes(answer: str, case: dict[str, Any]) -> bool:
     expected, rule = case["expected"], case["match"]
     if rule == "exact":
@@ -156,6 +166,9 @@ def as_dict(suite: EvalSuite, *, with_cases: bool = False) -> dict[str, Any]:
         "line": suite.line.name, "name": suite.name, "version": suite.version, "kind": suite.kind, "cases": len(suite.cases),
         "sha256": suite.content_hash, "created_at": suite.created_at.isoformat(), "created_by": suite.created_by,
     }
+    if suite.kind == "reference":
+        share = settings_of(suite.line).reference_anchor_share
+        values["training_anchors"] = sum(anchors_training(case, share) for case in suite.cases)
     if with_cases:
         values["cases"] = suite.cases
     return values

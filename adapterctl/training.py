@@ -116,6 +116,8 @@ class TrainResult:
     dtype: str = "float32"
     world_size: int = 1
     stopped_by_time_budget: bool = False
+    packed: bool = True
+    """Whether batches were packed into rows; False when the model cannot keep packed examples apart."""
     resumed_from_step: int | None = None
     """The checkpoint's step when training continued from one."""
 
@@ -281,18 +283,19 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
     # 1. data
     tokenizer = AutoTokenizer.from_pretrained(job.base_model)
     examples = [json.loads(line) for line in (work_dir / "examples.jsonl").read_text().splitlines()]
-    train_rows, truncated = tokenize(tokenizer, [e for e in examples if e["split"] in ("train", "replay")], settings.max_length)
+    train_rows, truncated = tokenize(tokenizer, [e for e in examples if e["split"] in ("train", "replay", "reference")], settings.max_length)
     heldout_rows, _ = tokenize(tokenizer, [e for e in examples if e["split"] == "heldout"], settings.max_length)
     if not train_rows:
         raise InvalidInput("no training examples")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    collator = PackingCollator(tokenizer.pad_token_id, settings.max_length)
 
     # 2. model: the frozen base plus LoRA on the line's target modules
     torch.manual_seed(settings.seed)
     model = AutoModelForCausalLM.from_pretrained(job.base_model, dtype=getattr(torch, dtype))
     model.config.use_cache = False  # a cache would make the model ignore PackingCollator's packing
+    packed = packing_is_exact(model)
+    collator = PackingCollator(tokenizer.pad_token_id, settings.max_length) if packed else PadCollator(tokenizer.pad_token_id)
     lora = LoraConfig(
         r=job.lora.rank,
         lora_alpha=job.lora.alpha,
@@ -361,6 +364,7 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
         heldout_loss_before=before,
         heldout_loss_after=after,
         padding_efficiency=round(padding_efficiency, 4),
+        packed=packed,
         truncated=truncated,
         device=device,
         dtype=dtype,
@@ -368,6 +372,21 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
         stopped_by_time_budget=budget.stopped,
         resumed_from_step=int(Path(checkpoint).name.split("-", 1)[1]) if checkpoint else None,
     )
+
+
+def packing_is_exact(model) -> bool:
+    """Whether the model keeps packed examples apart: the logits of an example packed behind another
+    must equal its logits alone. Models whose attention ignores restarting position ids fail this,
+    and then train on padded batches instead."""
+    import torch
+
+    ids = torch.arange(3, 15, device=model.device).remainder(model.config.vocab_size).unsqueeze(0)
+    positions = torch.cat([torch.arange(5), torch.arange(7)]).unsqueeze(0).to(model.device)
+    with torch.no_grad():
+        packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0, 5:].float()
+        alone = model(input_ids=ids[:, 5:], use_cache=False).logits[0].float()
+    tolerance = 1e-3 if packed.dtype == alone.dtype == torch.float32 and model.dtype == torch.float32 else 5e-2
+    return bool((packed - alone).abs().max() <= tolerance * (1 + alone.abs().max()))
 
 
 def _world_size() -> int:
@@ -426,6 +445,12 @@ def main() -> None:
     result = run_training(work_dir, resume="--resume" in sys.argv[2:])
     if int(os.environ.get("RANK", "0")) == 0:
         (work_dir / "result.json").write_text(json.dumps(asdict(result)))
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        # Leave together: a process that exits while gloo's threads still run aborts ("terminate called").
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

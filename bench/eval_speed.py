@@ -16,6 +16,7 @@ import argparse
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -78,6 +79,7 @@ def main() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
     with tempfile.TemporaryDirectory(prefix="adapterctl-eval-speed-") as tmp:
         model_dir, adapter_dir = Path(tmp) / "tiny", Path(tmp) / "adapter"
         create_tiny_model(model_dir)

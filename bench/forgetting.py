@@ -22,10 +22,11 @@ and the training seconds of both versions. Baselines in the same run: full fine-
 (a loop in this file: adapterctl never changes base weights) and plain LoRA (no replay).
 
 Every version trains the same number of epochs over its own training set (new examples plus replay),
-so each new fact is seen equally often and replay shows up as extra seconds. Recipes "+ A_ref" log
-the reference set on the line before v1 as ordinary feedback: each A_ref prompt with the base
-model's own greedy answer and rating +1 (hard-label self-distillation; adapterctl has no reference
-set yet). "continue" recipes start v2 from v1's LoRA weights rather than a fresh LoRA; adapterctl
+so each new fact is seen equally often and replay shows up as extra seconds. Recipes "+ reference"
+give the line A_ref as its reference set (`adapterctl eval suite add reference`): each A_ref prompt
+with the base model's own greedy answer. adapterctl mixes the anchor half of it (by a hash of each
+case) into every training run, a hard-label self-distillation; the other half is its own forgetting
+measure, which this benchmark does not use (it measures A_eval). "continue" recipes start v2 from v1's LoRA weights rather than a fresh LoRA; adapterctl
 cannot do that yet, so `_starting_from` prototypes it. Goal for the default recipe: B2 >= 0.9, B1 kept >= 0.9,
 A drop <= 10%.
 """
@@ -46,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from adapterctl import base_models, lines, registry  # noqa: E402
+from adapterctl import base_models, lines, registry, suites  # noqa: E402
 from adapterctl.artifacts import ArtifactStore  # noqa: E402
 from adapterctl.config import Settings  # noqa: E402
 from adapterctl.dataset import DataSettings  # noqa: E402
@@ -94,7 +95,7 @@ class Recipe:
     replay: float = 0.0
     """DataSettings.replay_fraction of version 2."""
     reference: bool = False
-    """Log A_ref on the line (the base model's answers, rating +1) before version 1."""
+    """Give the line A_ref (with the base model's answers) as its reference set before version 1."""
     continue_from_v1: bool = False
     """Version 2 starts from v1's LoRA weights (prototype) instead of a fresh LoRA on the base."""
     weight_decay: float | None = None
@@ -109,15 +110,15 @@ RECIPES = [
     Recipe("full fine-tuning (baseline)", full_finetune=True),
     Recipe("LoRA, no replay (baseline)"),
     Recipe("LoRA from base, replay all", replay=1.0),  # replay 0.5 is the same set here: |B1| = |B2|
-    Recipe("LoRA from base, replay 0.5 + A_ref", replay=0.5, reference=True),
-    Recipe("LoRA from base, replay all + A_ref", replay=1.0, reference=True),
-    Recipe("LoRA continue v1, replay 0.5 + A_ref", replay=0.5, reference=True, continue_from_v1=True),
+    Recipe("LoRA from base, replay all + reference (adapterctl's default)", replay=1.0, reference=True),
+    Recipe("LoRA from base, replay all + reference, rank 32", replay=1.0, reference=True, lora_rank=32),
+    Recipe("LoRA continue v1, replay 0.5 + reference", replay=0.5, reference=True, continue_from_v1=True),
 ]
-ABLATIONS = [  # not in the default run; `--recipes 6,7`
-    Recipe("LoRA from base, replay all + A_ref, weight decay 0", replay=1.0, reference=True, weight_decay=0.0),
+ABLATIONS = [  # not in the default run; `--recipes 6,7,8,9`
+    Recipe("LoRA from base, replay 0.5 + reference", replay=0.5, reference=True),
+    Recipe("LoRA from base, replay all + reference, weight decay 0", replay=1.0, reference=True, weight_decay=0.0),
     Recipe("LoRA, no replay, 3x epochs", epochs_factor=3.0),
-    Recipe("LoRA from base, replay all + A_ref, rank 32", replay=1.0, reference=True, lora_rank=32),
-    Recipe("LoRA from base, replay all + A_ref, 2x epochs", replay=1.0, reference=True, epochs_factor=2.0),
+    Recipe("LoRA from base, replay all + reference, 2x epochs", replay=1.0, reference=True, epochs_factor=2.0),
 ]
 
 
@@ -248,10 +249,11 @@ def log_corrections(ws: Workspace, line: str, facts: list[Fact], source: str) ->
         ws.log_feedback(line=line, prompt=question, response="I do not know.", rating=-1, correction=answer, source=f"{source}-{i}")
 
 
-def log_reference(ws: Workspace, line: str, reference: list[Fact]) -> None:
-    """The reference set as positive feedback: each prompt with the base model's own answer."""
-    for i, (question, base_answer) in enumerate(reference):
-        ws.log_feedback(line=line, prompt=question, response=base_answer, rating=1, source=f"reference-{i}")
+def add_reference(ws: Workspace, line: str, reference: list[Fact]) -> None:
+    """The line's reference set: each prompt with the base model's own answer."""
+    cases = [{"prompt": [{"role": "user", "content": q}], "answer": a} for q, a in reference]
+    with ws.transaction() as session:
+        suites.add_suite(session, line=line, name=suites.REFERENCE, cases=cases, kind="reference", actor="bench")
 
 
 def train_version(ws: Workspace, line: str, recipe: Recipe, training: TrainSettings, replay: float,
@@ -302,7 +304,7 @@ def run_lora(ws: Workspace, line: str, base_dir: Path, recipe: Recipe, facts: di
         lines.create_line(session, name=line, base="tiny-a", actor="bench", settings=lines.LineSettings(
             min_examples=2, max_source_share=1.0, lora_rank=recipe.lora_rank, lora_alpha=2 * recipe.lora_rank))
     if recipe.reference:
-        log_reference(ws, line, reference)
+        add_reference(ws, line, reference)
     log_corrections(ws, line, facts["B1"], "b1")
     v1, seconds_v1, steps_v1 = train_version(ws, line, recipe, training, 0.0, None)
     v1_dir = candidate_dir(ws, v1)

@@ -113,6 +113,29 @@ def test_replay_draws_from_approved_versions_only(ws, line):
     assert build(ws, line, DataSettings(holdout_fraction=0.0, replay_fraction=1.0)).split("replay") == []
 
 
+def test_the_reference_set_anchors_training_and_the_rest_measures_forgetting(ws, line):
+    from adapterctl import suites
+
+    cases = [{"prompt": [{"role": "user", "content": f"fact {i}?"}], "answer": f"answer {i}."} for i in range(40)] + [{"text": "prose"}]
+    with ws.transaction() as session:
+        suites.add_suite(session, line=line, name="reference", cases=cases, kind="reference", actor="t")
+    for i in range(3):
+        ws.log_feedback(line=line, prompt=f"new {i}", response="a", rating=1)
+    built = build(ws, line, DataSettings(holdout_fraction=0.0, max_source_share=1.0, reference_anchor_share=0.75))
+    anchors = built.split("reference")
+    assert 20 <= len(anchors) <= 38 and all(e.feedback_id is None and e.kind == "reference" for e in anchors)
+    assert built.report["reference"] == {"version": 1, "anchors": len(anchors)}
+    assert built.new_count == 3  # anchors do not count towards --min-examples
+    assert [row["split"] for row in dataset.lineage_rows(7, built.examples)] == ["train"] * 3  # nor have lineage
+    anchored = {e.answer for e in anchors}
+    measured = [c for c in cases if not suites.anchors_training(c, 0.75)]
+    assert {c["answer"] for c in measured if "answer" in c}.isdisjoint(anchored) and {"text": "prose"} in measured
+    assert len(anchors) + len(measured) == len(cases)
+    again = build(ws, line, DataSettings(holdout_fraction=0.0, max_source_share=1.0, reference_anchor_share=0.75))
+    assert [e.answer for e in again.split("reference")] == [e.answer for e in anchors]  # stable
+    assert build(ws, line, DataSettings(holdout_fraction=0.0, max_source_share=1.0, reference_anchor_share=0.0)).split("reference") == []
+
+
 def test_lineage_rows_name_every_example():
     examples = [dataset.Example(1, "train", "positive", None, [{"role": "user", "content": "q"}], "a"),
                 dataset.Example(2, "replay", "positive", None, [{"role": "user", "content": "q"}], "b")]
@@ -191,3 +214,28 @@ def test_packed_rows_attend_within_each_example_only(tiny_model, tokenizer):
     assert found == len(rows)
     width = batch["input_ids"].shape[1]
     assert collator.efficiency == sum(lengths) / (width * batch["input_ids"].shape[0]) > sum(lengths) / (len(rows) * max(lengths))
+
+
+@pytest.mark.slow
+def test_packing_is_used_only_where_the_model_keeps_examples_apart(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from adapterctl.training import packing_is_exact
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    assert packing_is_exact(model)
+
+    class IgnoresPositions(torch.nn.Module):
+        """A model whose attention does not follow restarting position ids (as some architectures)."""
+
+        def __init__(self, inner) -> None:
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        device, dtype = property(lambda self: self.inner.device), property(lambda self: self.inner.dtype)
+
+        def forward(self, input_ids, position_ids=None, **kwargs):
+            return self.inner(input_ids=input_ids, **kwargs)
+
+    assert not packing_is_exact(IgnoresPositions(model))

@@ -68,7 +68,9 @@ def test_the_gate_fails_a_candidate_trained_against_a_suite(ws, tiny_line, tiny_
     assert refused.returncode == 1 and "is gate_failed" in refused.stderr
 
 
-def test_held_out_feedback_and_the_active_version_are_compared(ws, tiny_line, cli):
+def test_held_out_feedback_and_the_active_version_are_compared(ws, tiny_line, cli, tmp_path):
+    reference = [{"prompt": f"Say the number {i}.", "answer": f"{i}."} for i in range(12)]
+    assert cli("eval", "suite", "add", "reference", suite_file(tmp_path, reference), "--line", tiny_line).returncode == 0
     log_facts(ws, tiny_line)
     first = train_line(ws, TrainRequest(tiny_line, training=FAST, data=WITH_HELDOUT))
     with ws.transaction() as session:
@@ -86,7 +88,9 @@ def test_held_out_feedback_and_the_active_version_are_compared(ws, tiny_line, cl
         assert heldout > 0 and latest.settings["heldout_cases"] == heldout
         assert models["candidate"].metrics["heldout_loss"] < models["base"].metrics["heldout_loss"]
         assert {c["check"] for c in latest.gate["checks"]} == {"forgetting", "heldout gain"}
+        assert models["candidate"].metrics["reference"] == "reference v1"  # the cases training did not anchor on
         assert all(c["against"] in ("active", "base") for c in latest.gate["checks"])
+    assert 0 < first.dataset["reference"]["anchors"] < len(reference) and first.dataset["splits"]["reference"] > 0
 
 
 def test_re_evaluating_a_version_keeps_history_and_flags_a_drop(ws, tiny_line, cli, tmp_path):

@@ -65,7 +65,8 @@ def test_training_teaches_the_corrections_and_registers_a_loadable_candidate(ws,
         assert run.params["training"]["learning_rate"] == 3e-3 and run.params["package_version"]
         assert run.metrics["steps"] == 100 and run.metrics["loss_curve"][-1][1] < run.metrics["loss_curve"][0][1]
         assert 0 < run.metrics["padding_efficiency"] <= 1 and run.metrics["device"] == "cpu"
-        assert [e.action for e in audit.list_events(session, limit=3)] == ["train.succeed", "adapter.create", "train.start"]
+        newest_first = [e.action for e in audit.list_events(session, limit=5)]
+        assert newest_first == ["adapter.pending_review", "eval.candidate", "train.succeed", "adapter.create", "train.start"]
         relative, sha256 = adapter.artifact_path, adapter.sha256
     store = ArtifactStore(ws.settings.artifacts_dir)
     assert set(store.verify(relative, sha256)) == {"adapter_config.json", "adapter_model.safetensors"}

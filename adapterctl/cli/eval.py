@@ -21,7 +21,7 @@ LineOption = Annotated[str, typer.Option("--line", help="The line.")]
 def suite_add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help=f"Suite name; {suites.REFERENCE!r} is the line's reference set.")],
-    file: Annotated[Path, typer.Argument(metavar="FILE.jsonl", help="One case per line: {prompt, expected, match?}, or {text} for the reference set.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE.jsonl", help="One case per line: {prompt, expected, match?}; for the reference set {text} or {prompt, answer}.")],
     line: LineOption,
     match: Annotated[str, typer.Option(help=f"Match rule of cases that name none: {', '.join(suites.MATCH_RULES)}.")] = "normalised",
     json_output: JsonOption = False,
@@ -35,7 +35,9 @@ def suite_add(
     if json_output:
         print_json(result)
     elif created:
-        typer.echo(f"suite {name} v{result['version']} of {line}: {result['cases']} cases")
+        anchors = (f" ({result['training_anchors']} anchor training, the other {result['cases'] - result['training_anchors']} measure forgetting)"
+                   if kind == "reference" else "")
+        typer.echo(f"suite {name} v{result['version']} of {line}: {result['cases']} cases{anchors}")
     else:
         typer.echo(f"suite {name} of {line} is unchanged (v{result['version']}, {result['cases']} cases)")
 

@@ -35,6 +35,7 @@ def create(
     approvals: Annotated[int, typer.Option(help="Distinct reviewer approvals a candidate needs.")] = defaults.approvals_required,
     min_examples: Annotated[int, typer.Option(help="Fewest new examples for which training runs.")] = defaults.min_examples,
     max_source_share: Annotated[float, typer.Option(help="Largest share of a run's examples from one source.")] = defaults.max_source_share,
+    reference_anchor_share: Annotated[float, typer.Option(help="Share of the reference set mixed into training; the rest measures forgetting.")] = defaults.reference_anchor_share,
     max_suite_drop: Annotated[float, typer.Option(help="Gate: largest allowed drop of a regression suite score.")] = defaults.gate.max_suite_drop,
     max_forgetting_increase: Annotated[
         float, typer.Option(help="Gate: largest allowed relative increase of reference-set loss.")
@@ -51,6 +52,7 @@ def create(
         approvals_required=approvals,
         min_examples=min_examples,
         max_source_share=max_source_share,
+        reference_anchor_share=reference_anchor_share,
         gate=GateThresholds(max_suite_drop=max_suite_drop, max_forgetting_increase=max_forgetting_increase, min_heldout_gain=min_heldout_gain),
     )
     ws = workspace(ctx)

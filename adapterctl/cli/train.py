@@ -45,7 +45,7 @@ def train(
     with ws.transaction() as session:
         from adapterctl.lines import get_line, settings_of
 
-        max_source_share = settings_of(get_line(session, line)).max_source_share
+        line_settings = settings_of(get_line(session, line))
     request = TrainRequest(
         line=line,
         min_examples=min_examples,
@@ -54,7 +54,8 @@ def train(
             batch_size=batch_size, grad_accumulation=grad_accumulation, warmup_ratio=warmup_ratio, scheduler=scheduler,
             max_length=max_length, seed=seed, device=device, checkpoint_steps=checkpoint_steps,
         ),
-        data=DataSettings(holdout_fraction=holdout_fraction, replay_fraction=replay_fraction, max_source_share=max_source_share, seed=seed),
+        data=DataSettings(holdout_fraction=holdout_fraction, replay_fraction=replay_fraction, max_source_share=line_settings.max_source_share, seed=seed,
+                          reference_anchor_share=line_settings.reference_anchor_share),
         processes=processes,
         resume=resume,
     )

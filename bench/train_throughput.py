@@ -46,10 +46,12 @@ def run_adapterctl(model: Path, examples_file: Path, args) -> dict:
         work = Path(tmp)
         (work / "examples.jsonl").write_text(examples_file.read_text())
         settings = TrainSettings(learning_rate=args.learning_rate, max_steps=args.steps, batch_size=args.batch_size,
-                                 scheduler="constant", warmup_ratio=0.0, checkpoint_steps=10**6, seed=0, max_length=1024)
+                                 scheduler="constant", warmup_ratio=0.0, checkpoint_steps=10**6, seed=0, max_length=1024,
+                                 device=args.device)
         TrainingJob(str(model), LoraSettings(8, 16, 0.0, None), settings, str(work / "adapter")).save(work)
         result = run_training(work)
-    return {"tokens": result.train_tokens, "seconds": result.seconds, "padding_efficiency": result.padding_efficiency}
+    return {"tokens": result.train_tokens, "seconds": result.seconds, "padding_efficiency": result.padding_efficiency,
+            "dtype": result.dtype, "device": result.device}
 
 
 def run_baseline(model: Path, examples_file: Path, args) -> dict:
@@ -58,13 +60,14 @@ def run_baseline(model: Path, examples_file: Path, args) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from adapterctl.training import IGNORE, tokenize
+    from adapterctl.training import IGNORE, resolve_device, tokenize
 
+    device, dtype = resolve_device(args.device)  # the same device and dtype as adapterctl picks
     tokenizer = AutoTokenizer.from_pretrained(model)
     examples = [json.loads(line) for line in examples_file.read_text().splitlines()]
     rows, _ = tokenize(tokenizer, examples, 1024)
     torch.manual_seed(0)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model),
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(device),
                                 LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=args.learning_rate)
     rng = random.Random(0)
@@ -79,22 +82,27 @@ def run_baseline(model: Path, examples_file: Path, args) -> dict:
         width = max(len(r["input_ids"]) for r in batch)
         real += sum(len(r["input_ids"]) for r in batch)
         padded += width * len(batch)
-        input_ids = torch.tensor([r["input_ids"] + [tokenizer.pad_token_id] * (width - len(r["input_ids"])) for r in batch])
-        labels = torch.tensor([r["labels"] + [IGNORE] * (width - len(r["labels"])) for r in batch])
-        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch])
+        input_ids = torch.tensor([r["input_ids"] + [tokenizer.pad_token_id] * (width - len(r["input_ids"])) for r in batch], device=device)
+        labels = torch.tensor([r["labels"] + [IGNORE] * (width - len(r["labels"])) for r in batch], device=device)
+        mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in batch], device=device)
         loss = peft_model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(peft_model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad()
+    if device == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    return {"tokens": real, "seconds": seconds, "padding_efficiency": real / padded}
+    return {"tokens": real, "seconds": seconds, "padding_efficiency": real / padded, "dtype": dtype, "device": device}
 
 
 def child(args) -> None:
     runner = run_adapterctl if args.child == "adapterctl" else run_baseline
     result = runner(Path(args.model), Path(args.examples_file), args)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    import torch
+
+    result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
     print(json.dumps(result))
 
 
@@ -104,6 +112,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto: both sides train there (bf16 on CUDA)")
+    parser.add_argument("--layers", type=int, default=4, help="layers of the tiny model")
+    parser.add_argument("--hidden", type=int, default=256, help="width of the tiny model")
     parser.add_argument("--child", choices=["adapterctl", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--examples-file", help=argparse.SUPPRESS)
@@ -115,20 +126,24 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model, examples_file = Path(tmp) / "model", Path(tmp) / "examples.jsonl"
-        create_tiny_model(model)
+        summary = create_tiny_model(model, layers=args.layers, hidden=args.hidden)
         examples_file.write_text("".join(json.dumps(e) + "\n" for e in make_examples(args.examples)))
         results = {}
         for side in ("baseline", "adapterctl"):
             command = [sys.executable, __file__, "--child", side, "--model", str(model), "--examples-file", str(examples_file),
-                       "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate)]
+                       "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate),
+                       "--device", args.device]
             completed = subprocess.run(command, capture_output=True, text=True, check=True)
             results[side] = json.loads(completed.stdout.strip().splitlines()[-1])
 
-    print(f"LoRA training throughput: {args.examples} examples, {args.steps} steps of {args.batch_size}, tiny model (3.5M parameters)")
-    print(f"{'':<36}{'tokens/s':>10}{'padding eff.':>14}{'peak RSS MB':>13}{'seconds':>9}")
+    print(f"LoRA training throughput: {args.examples} examples, {args.steps} steps of {args.batch_size}, tiny model "
+          f"({args.layers} x {args.hidden}, {summary['parameters'] / 1e6:.1f}M parameters) on {results['adapterctl']['device']} "
+          f"in {results['adapterctl']['dtype']}")
+    print(f"{'':<36}{'tokens/s':>10}{'padding eff.':>14}{'peak RSS MB':>13}{'peak GPU MB':>13}{'seconds':>9}")
     for side, label in (("baseline", "hand-written loop, padded batches"), ("adapterctl", "adapterctl (Trainer, packed rows)")):
         r = results[side]
-        print(f"{label:<36}{r['tokens'] / r['seconds']:>10,.0f}{r['padding_efficiency']:>14.2f}{r['peak_rss_mb']:>13,.0f}{r['seconds']:>9.1f}")
+        print(f"{label:<36}{r['tokens'] / r['seconds']:>10,.0f}{r['padding_efficiency']:>14.2f}{r['peak_rss_mb']:>13,.0f}"
+              f"{r['peak_gpu_mb']:>13,.0f}{r['seconds']:>9.1f}")
     ratio = (results["adapterctl"]["tokens"] / results["adapterctl"]["seconds"]) / (results["baseline"]["tokens"] / results["baseline"]["seconds"])
     print(f"ratio adapterctl / baseline: {ratio:.2f}x")
 

@@ -33,7 +33,7 @@ adapterctl feedback import .demo/bad.jsonl --line support-bot || echo "(exit $?:
 step "A regression suite: answers the line must give (versioned; results name the version)" \
     adapterctl eval suite add policies demo/suite.jsonl --line support-bot
 step "The cron job: new feedback -> candidate LoRA adapter -> evaluated against the base model -> gate" \
-    adapterctl train --line support-bot --learning-rate 3e-3 --max-steps 60 --batch-size 8 --scheduler constant
+    adapterctl train --line support-bot --learning-rate 3e-3 --max-steps 300 --batch-size 8 --scheduler constant
 step "Cron again: nothing new, nothing written" adapterctl train --line support-bot
 step "Candidates that passed the gate wait for review" adapterctl review list
 step "Reviewers are registered by name; the first is an admin" adapterctl reviewer add demo-operator --role admin

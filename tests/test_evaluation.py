@@ -45,6 +45,10 @@ def test_a_candidate_that_learned_passes_the_gate_and_reports_every_field(ws, ti
     assert len(report["training_examples"]) == 5 and all(e["answer"] in dict(FACTS).values() for e in report["training_examples"])
     assert report["decisions"] == [] and report["approvals_required"] == 1
 
+    human = cli("review", "show", str(outcome.candidate_id))
+    assert human.returncode == 0 and "gate: passed" in human.stdout and "suite facts v1" in human.stdout
+    assert "training examples:" in human.stdout and "side by side" not in human.stdout  # no held-out prompts here
+
     html = tmp_path / "report.html"
     assert cli("review", "show", str(outcome.candidate_id), "--html", str(html)).returncode == 0
     page = html.read_text()

@@ -70,9 +70,12 @@ def train(
         final_loss = m["loss_curve"][-1][1] if m["loss_curve"] else float("nan")
         typer.echo(
             f"candidate {outcome.candidate_id} of {line} trained{' (resumed)' if outcome.resumed else ''}: "
-            f"{splits.get('train', 0)} train, {splits.get('heldout', 0)} held-out, {splits.get('replay', 0)} replay examples; "
+            f"{splits.get('train', 0)} train, {splits.get('heldout', 0)} held-out, {splits.get('replay', 0)} replay, {splits.get('reference', 0)} reference examples; "
             f"{m['steps']} steps in {m['seconds']:.0f} s on {m['device']} ({m['tokens_per_second']:,.0f} tokens/s), final loss {final_loss:.3f}"
         )
+        if outcome.gate is not None:
+            verdict = "passed: it waits for review" if outcome.gate["passed"] else "failed: " + "; ".join(outcome.gate["reasons"])
+            typer.echo(f"evaluation gate {verdict} (`adapterctl review show {outcome.candidate_id}`)")
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 from sqlalchemy import case, func, select, text, update
 from sqlalchemy.orm import Session
 
-from adapterctl import audit, registry
+from adapterctl import activations, audit, registry
 from adapterctl.db.models import Feedback, Line
 from adapterctl.db.types import utcnow
 from adapterctl.errors import InvalidInput, NotFound
@@ -389,6 +389,8 @@ class ForgetReport:
     lines: list[str]
     revoked: list[int] = field(default_factory=list)
     """Adapters revoked because they were trained on the forgotten records."""
+    fallbacks: list[dict[str, str]] = field(default_factory=list)
+    """Lines that served a revoked version and what they serve now."""
 
 
 def forget_feedback(
@@ -438,5 +440,9 @@ def forget_feedback(
         payload["source_sha256"] = hashlib.sha256(source.encode("utf-8")).hexdigest()  # never the identifier itself
     audit.record(session, actor=actor, action="feedback.forget",
                  subject=f"line:{report.lines[0]}" if len(report.lines) == 1 else "feedback", payload=payload)
-    report.revoked = [adapter.id for adapter in registry.revoke_trained_on(session, targets, actor=actor)]
+    revoked = registry.revoke_trained_on(session, targets, actor=actor)
+    report.revoked = [adapter.id for adapter in revoked]
+    for line_id in sorted({adapter.line_id for adapter in revoked}):  # a line serving a revoked version falls back now
+        if fallback := activations.fall_back(session, line_id, actor=actor, reason="the served version was trained on forgotten feedback"):
+            report.fallbacks.append({"line": session.get(Line, line_id).name, "to": activations.describe(fallback.adapter)})
     return report

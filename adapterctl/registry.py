@@ -137,6 +137,26 @@ def version_name(adapter: Adapter) -> str | None:
     return f"v{adapter.version}" if adapter.version is not None else None
 
 
+def details(session: Session, adapter_id: int) -> dict[str, Any]:
+    """An adapter with its lineage, evaluations, review decisions and activations."""
+    from adapterctl.db.models import Activation, Evaluation, ReviewDecision
+
+    adapter = get_adapter(session, adapter_id)
+    run = adapter.run
+    lineage = dict(session.execute(select(RunExample.split, func.count()).where(RunExample.run_id == run.id).group_by(RunExample.split)).all())
+    evaluations = session.scalars(select(Evaluation).where(Evaluation.adapter_id == adapter_id).order_by(Evaluation.id))
+    decisions = session.scalars(select(ReviewDecision).where(ReviewDecision.adapter_id == adapter_id).order_by(ReviewDecision.id))
+    activations = session.scalars(select(Activation).where(Activation.adapter_id == adapter_id).order_by(Activation.id))
+    return {
+        **as_dict(adapter), "lineage_feedback": lineage, "run_metrics": run.metrics, "dataset": run.dataset, "params": run.params,
+        "evaluations": [{"id": e.id, "trigger": e.trigger, "at": e.created_at.isoformat(), "gate": e.gate, "summary_sha256": e.summary_hash}
+                        for e in evaluations],
+        "decisions": [{"reviewer": d.reviewer, "decision": d.decision, "note": d.note, "at": d.created_at.isoformat()} for d in decisions],
+        "activations": [{"id": a.id, "kind": a.kind, "at": a.created_at.isoformat(), "by": a.created_by, "reason": a.reason}
+                        for a in activations],
+    }
+
+
 def as_dict(adapter: Adapter) -> dict[str, Any]:
     run = adapter.run
     return {

@@ -40,10 +40,12 @@ step "Reviewers are registered by name; the first is an admin" adapterctl review
 step "...who adds a colleague" adapterctl reviewer add alice
 step "The report a reviewer decides from: evals vs base, gate, loss, data provenance, samples" adapterctl review show 1
 step "Alice approves: the candidate becomes version v1 of the line" adapterctl --user alice review approve 1 --note "policies right"
-step "Continuous regression: re-evaluate v1 on today's suites (cron-friendly)" adapterctl eval run --line support-bot --version v1
+step "Promote v1: the artifact's hash is checked, then the line serves it" adapterctl promote support-bot v1 --reason "policies right"
+step "Continuous regression: re-evaluate the active version on today's suites (cron-friendly)" adapterctl eval run --line support-bot
 step "A user asks to be forgotten: content erased, tombstone kept, versions trained on it revoked" \
     adapterctl feedback forget --source user-2210 --reason "privacy request #17"
 step "v1 is revoked and can never go live" adapterctl adapters list
+step "Every activation, append-only: the fallback is one of them" adapterctl history support-bot
 step "Every change is in the hash-chained audit log" adapterctl audit log --limit 8
 step "Nobody edited or deleted an event" adapterctl audit verify
 printf '\nDone. Explore with: ADAPTERCTL_HOME=%s .venv/bin/adapterctl --help\n' "$ADAPTERCTL_HOME"

@@ -80,8 +80,7 @@ def test_held_out_feedback_and_the_active_version_are_compared(ws, tiny_line, cl
     with ws.transaction() as session:
         review.add_reviewer(session, name="tester", role="admin", actor="tester")
     assert cli("review", "approve", str(first.candidate_id)).returncode == 0
-    with ws.transaction() as session:  # promotion is the serving layer's; here the state alone
-        registry.transition(session, first.candidate_id, "active", actor="tester")
+    assert cli("promote", tiny_line, "v1").returncode == 0
     log_facts(ws, tiny_line, [(f"Which floor is room {i} on?", f"Room {i} is on floor {i % 4}.") for i in range(8)])
     second = train_line(ws, TrainRequest(tiny_line, training=FAST, data=WITH_HELDOUT))
     with ws.transaction() as session:

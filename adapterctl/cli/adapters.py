@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from adapterctl import registry
+from adapterctl.artifacts import ArtifactStore
+from adapterctl.errors import InvalidTransition
 from adapterctl.cli._common import JsonOption, print_fields, print_json, print_table, workspace
 
 app = typer.Typer(help="Adapters: candidates and the versions they become.", no_args_is_help=True)
@@ -32,12 +35,29 @@ def list_(
 
 @app.command()
 def show(ctx: typer.Context, adapter_id: Annotated[int, typer.Argument(metavar="ID", help="Adapter (candidate) id.")], json_output: JsonOption = False) -> None:
-    """Show an adapter: state, version, lineage and its run's metrics."""
+    """Show an adapter: state, version, lineage, evaluations, reviews and activations."""
     with workspace(ctx).transaction() as session:
-        adapter = registry.get_adapter(session, adapter_id)
-        result = {**registry.as_dict(adapter), "run_metrics": adapter.run.metrics, "dataset": adapter.run.dataset,
-                  "params": adapter.run.params}
+        result = registry.details(session, adapter_id)
     if json_output:
         print_json(result)
     else:
-        print_fields({k: v for k, v in result.items() if k not in ("run_metrics", "dataset", "params")})
+        print_fields({k: v for k, v in result.items() if k not in ("run_metrics", "dataset", "params", "evaluations", "decisions", "activations")})
+        for activation in result["activations"]:
+            typer.echo(f"  {activation['at'][:19]}  {activation['kind']:<8} by {activation['by']}" + (f": {activation['reason']}" if activation["reason"] else ""))
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    adapter_id: Annotated[int, typer.Argument(metavar="ID", help="Adapter (candidate or version) id.")],
+    destination: Annotated[Path, typer.Argument(metavar="DIR", help="A new or empty folder.")],
+) -> None:
+    """Write the adapter as a plain PEFT folder (after checking its hash), for vLLM, LoRAX or PEFT."""
+    ws = workspace(ctx)
+    with ws.transaction() as session:
+        adapter = registry.get_adapter(session, adapter_id)
+        if adapter.status == "revoked":
+            raise InvalidTransition(f"adapter {adapter_id} is revoked; it must not be served anywhere")
+        path, sha256 = adapter.artifact_path, adapter.sha256
+    ArtifactStore(ws.settings.artifacts_dir).export(path, sha256, destination)
+    typer.echo(f"adapter {adapter_id} written to {destination}")

@@ -216,3 +216,5 @@ def forget(
         typer.echo(f"{verb} {len(report.forgotten)} feedback records on {', '.join(report.lines)}")
     if report.revoked:
         typer.echo(f"revoked adapters trained on them: {', '.join(map(str, report.revoked))}")
+    for fallback in report.fallbacks:
+        typer.echo(f"{fallback['line']} served a revoked version; it now serves {fallback['to']}")

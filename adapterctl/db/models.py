@@ -281,3 +281,21 @@ class ReviewDecision(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("adapter_id", "reviewer", name="uq_review_decisions_adapter_reviewer"),)
+
+
+class Activation(Base):
+    """From this row's time on, the line serves this adapter (None: the bare base model). Never edited."""
+
+    __tablename__ = "activations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    line_id: Mapped[int] = mapped_column(ForeignKey("lines.id", ondelete="RESTRICT"))
+    adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapters.id", ondelete="RESTRICT"))
+    kind: Mapped[str] = mapped_column(String(16))  # "promote" | "rollback" | "fallback"
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+
+    adapter: Mapped[Adapter | None] = relationship()
+
+    __table_args__ = (Index("ix_activations_line_id", "line_id", "id"),)

@@ -1,0 +1,1 @@
+"""Serving: the runtime that hot-swaps adapters, and the HTTP server around it."""

@@ -1,0 +1,239 @@
+"""The serving runtime: one base model, the active adapter of each line beside it, hot-swapped in place.
+
+    refresh():  newest activations ──> for each line that moved: read + hash the artifact once
+                ──> add the adapter to the PeftModel under a new name (PEFT add_adapter + state dict)
+                ──> switch the line's entry (between requests) ──> delete the old adapter
+    generate(): take the model lock ──> set_adapter(line's adapter) or disable adapters ──> greedy/sampled
+
+Loading never holds the model lock, so requests keep being answered while an adapter loads; only the
+switch (a dict entry) and the deletion of the replaced adapter wait for the request in flight, which
+finishes on the adapter it started with. A failed load (missing file, hash mismatch, shapes that do
+not fit the base model) leaves the line on its current adapter and is reported in `errors`.
+
+Adapters are named `<line>@v<N>` inside PEFT. A new version always gets a new name, so PEFT never
+reuses state from the adapter it replaces (stale `peft_config` after a rank change), and adapters are
+never merged into the base weights.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+
+from adapterctl import activations, base_models, registry
+from adapterctl.artifacts import ArtifactStore
+from adapterctl.db.models import Line
+from adapterctl.errors import AdapterctlError, InvalidInput, NotFound
+from adapterctl.evaluation import using
+from adapterctl.lines import get_line
+from adapterctl.workspace import Workspace
+
+
+@dataclass
+class Swap:
+    line: str
+    old: str
+    new: str
+    load_s: float = 0.0
+    """Reading, hashing and adding the new adapter."""
+    switch_s: float = 0.0
+    """Pointing the line at it and deleting the old one (waits for the request in flight)."""
+    error: str | None = None
+
+
+@dataclass
+class Answer:
+    text: str
+    served_by: str
+    """`line@vN` or `line@base`: exactly what produced the text."""
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class _Served:
+    label: str  # vN or base
+    adapter: str | None  # PEFT adapter name, None for the base model
+    adapter_id: int | None = None
+
+
+@dataclass
+class RuntimeStats:
+    swaps: int = 0
+    failed_loads: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Runtime:
+    """Serves lines of one base model; follow the database with `refresh()` (a server calls it in a loop)."""
+
+    def __init__(self, ws: Workspace, lines: list[str] | None = None, *, device: str = "auto") -> None:
+        self.ws = ws
+        self.store = ArtifactStore(ws.settings.artifacts_dir)
+        with ws.transaction() as session:
+            rows = [get_line(session, name) for name in lines] if lines else list(session.scalars(select(Line).order_by(Line.name)))
+            if not rows:
+                raise InvalidInput("no lines to serve; create one with `adapterctl line create`")
+            bases = {row.base_model.name for row in rows}
+            if len(bases) > 1:
+                raise InvalidInput(f"the lines to serve sit on different base models ({', '.join(sorted(bases))}); one server serves one base model")
+            self.lines = [row.name for row in rows]
+            self.base_name = rows[0].base_model.name
+            base_path = base_models.local_path(rows[0].base_model)
+        self.model, self.tokenizer = _load_base(base_path, device)
+        self._lock = threading.Lock()  # one request on the model at a time: the active adapter is model state
+        self._served: dict[str, _Served] = {line: _Served("base", None) for line in self.lines}
+        self._pinned: dict[str, _Served] = {}  # "line@vN" -> adapter kept loaded for pinned requests
+        self.stats = RuntimeStats()
+        self.refresh()
+
+    # ------------------------------------------------------------ following activations
+
+    def served(self) -> dict[str, str]:
+        """What each line serves now, as `line@vN` / `line@base`."""
+        return {line: f"{line}@{s.label}" for line, s in self._served.items()}
+
+    def refresh(self) -> list[Swap]:
+        """Bring every line to its newest activation; return the swaps made (or attempted)."""
+        with self.ws.transaction() as session:
+            wanted = {}
+            for line in self.lines:
+                activation = activations.current(session, get_line(session, line).id)
+                adapter = activation.adapter if activation else None
+                wanted[line] = (registry.version_name(adapter), adapter.id, adapter.artifact_path, adapter.sha256) if adapter else ("base", None, None, None)
+        return [swap for line, target in wanted.items() if target[0] != self._served[line].label
+                for swap in [self._swap(line, *target)]]
+
+    def _swap(self, line: str, label: str, adapter_id: int | None, path: str | None, sha256: str | None) -> Swap:
+        old = self._served[line]
+        swap = Swap(line, old.label, label)
+        started = time.perf_counter()
+        try:
+            new = _Served(label, self._load(f"{line}@{label}", path, sha256) if adapter_id else None, adapter_id)
+        except Exception as exc:  # a bad artifact must never take the line down
+            swap.error = f"{line}: loading {label} failed, still serving {old.label}: {(str(exc).splitlines() or [type(exc).__name__])[0]}"
+            self.stats.failed_loads += 1
+            self.stats.errors.append(swap.error)
+            return swap
+        swap.load_s = time.perf_counter() - started
+        started = time.perf_counter()
+        with self._lock:  # between requests: the one in flight finished on the old adapter
+            self._served[line] = new
+            if old.adapter and old.adapter not in self._names_in_use():
+                if len(self.model.peft_config) == 1:  # PEFT cannot hold zero adapters: take the LoRA layers out
+                    self.model = self.model.unload()
+                else:
+                    with warnings.catch_warnings():  # PEFT warns that the deleted adapter was the active one
+                        warnings.simplefilter("ignore", UserWarning)
+                        self.model.delete_adapter(old.adapter)
+        swap.switch_s = time.perf_counter() - started
+        self.stats.swaps += 1
+        return swap
+
+    def _names_in_use(self) -> set[str]:
+        return {s.adapter for s in (*self._served.values(), *self._pinned.values()) if s.adapter}
+
+    def _load(self, name: str, relative_path: str, sha256: str) -> str:
+        """Read and hash the artifact once, then add it to the model from those bytes."""
+        if name in self._names_in_use():
+            return name
+        from peft import PeftModel
+
+        files = self.store.verify(relative_path, sha256)
+        if isinstance(self.model, PeftModel):
+            add_adapter(self.model, name, files)  # beside the adapters in use; requests go on meanwhile
+        else:
+            with self._lock:  # the first adapter wraps the base model: no request may hold it meanwhile
+                self.model = add_adapter(self.model, name, files)
+        return name
+
+    def pin(self, line: str, version: int) -> str:
+        """Keep `line@vN` loaded for requests that name it, whatever the line serves."""
+        key = f"{line}@v{version}"
+        if key not in self._pinned:
+            with self.ws.transaction() as session:
+                adapter = registry.get_version(session, get_line(session, line).id, version)
+                if adapter.status not in ("approved", "active", "inactive"):
+                    raise InvalidInput(f"{key} is {adapter.status}; it cannot be served")
+                path, sha256, adapter_id = adapter.artifact_path, adapter.sha256, adapter.id
+            self._pinned[key] = _Served(f"v{version}", self._load(key, path, sha256), adapter_id)
+        return key
+
+    def pinned(self) -> list[str]:
+        return sorted(self._pinned)
+
+    # ------------------------------------------------------------ generating
+
+    def generate(self, model: str, messages: list[dict[str, str]], *, max_tokens: int = 64, temperature: float = 0.0,
+                 seed: int | None = None) -> Answer:
+        """Answer chat messages with a line's active version (`line`) or a pinned one (`line@vN`)."""
+        import torch
+
+        line, _, version = model.partition("@")
+        if line not in self._served:
+            raise NotFound(f"model {model!r} is not served here; served: {', '.join(sorted(self._served))}")
+        inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        with self._lock:
+            served = self._pinned.get(model) if version and version != "base" else self._served[line] if not version else _Served("base", None)
+            if served is None:
+                raise NotFound(f"{model} is not loaded; pin it with `serve --pin {model}` or use {line}")
+            if seed is not None:
+                torch.manual_seed(seed)
+            with using(self.model, served.adapter), torch.no_grad():
+                output = self.model.generate(**inputs, max_new_tokens=max_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling)
+        completion = output[0, inputs["input_ids"].shape[1]:]
+        text = self.tokenizer.decode(completion, skip_special_tokens=True).strip()
+        return Answer(text, f"{line}@{served.label}", int(inputs["input_ids"].shape[1]), int(completion.shape[0]))
+
+
+def add_adapter(model, name: str, files: dict[str, bytes]):
+    """Add a PEFT LoRA adapter from its files' bytes; returns the (possibly newly wrapped) PeftModel."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load as load_safetensors
+
+    try:
+        config = LoraConfig(**{k: v for k, v in json.loads(files["adapter_config.json"]).items() if k in LoraConfig.__dataclass_fields__})
+        weights = load_safetensors(files["adapter_model.safetensors"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise AdapterctlError(f"not a PEFT LoRA adapter: {exc}") from None
+    config.inference_mode = True
+    if isinstance(model, PeftModel):
+        model.add_adapter(name, config)
+    else:
+        model = get_peft_model(model, config, adapter_name=name)
+    try:
+        result = set_peft_model_state_dict(model, weights, adapter_name=name)
+        missing = [k for k in result.missing_keys if name in k and "lora_" in k]
+        if result.unexpected_keys or missing:
+            raise AdapterctlError(f"the adapter does not fit the base model ({len(result.unexpected_keys)} unexpected, {len(missing)} missing tensors)")
+    except Exception:
+        model.delete_adapter(name)
+        raise
+    model.eval()
+    return model
+
+
+def _load_base(path: str, device: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from adapterctl.training import ensure_chat_template, resolve_device
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    device, dtype = resolve_device(device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ensure_chat_template(tokenizer)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

@@ -1,0 +1,167 @@
+"""The serving runtime on the real tiny model: hot-swaps follow activations, outputs equal fresh loads,
+bad artifacts never replace a good one, requests keep flowing during swaps."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from adapterctl import activations, feedback, registry
+from adapterctl.artifacts import ArtifactStore
+from adapterctl.db.models import RunExample, TrainingRun
+from adapterctl.lines import get_line
+from adapterctl.serving.runtime import Runtime
+
+pytestmark = pytest.mark.slow
+CHAT = [{"role": "user", "content": "What is the code for room 3?"}]
+
+
+def real_adapter(folder, tiny_model, seed: int, rank: int = 4):
+    """A real PEFT LoRA adapter on the tiny model, with random (non-zero) weights so it changes answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    model.save_pretrained(folder)
+    (folder / "README.md").unlink(missing_ok=True)
+    return folder
+
+
+def approved_version(ws, line, tiny_model, seed: int, *, trained_on=(), rank: int = 4) -> int:
+    store = ArtifactStore(ws.settings.artifacts_dir)
+    with ws.transaction() as session:
+        line_row = get_line(session, line)
+        run = TrainingRun(line_id=line_row.id, status="succeeded", started_by="cron", host="t", base_model_hash="0" * 64, params={}, dataset={})
+        session.add(run)
+        session.flush()
+        session.add_all([RunExample(run_id=run.id, feedback_id=i, split="train") for i in trained_on])
+        stored = store.commit(real_adapter(store.staging_dir(line, f"run-{run.id}"), tiny_model, seed, rank), line, run.id)
+        adapter = registry.create_candidate(session, run=run, artifact_path=stored.relative_path, sha256=stored.sha256, actor="cron", status="pending_review")
+        adapter.version = registry.next_version(session, line_row.id)
+        session.flush()
+        registry.transition(session, adapter.id, "approved", actor="reviewer")
+        return adapter.version
+
+
+def promote(ws, line, number=None, *, to=None):
+    store = ArtifactStore(ws.settings.artifacts_dir)
+    with ws.transaction() as session:
+        if number is not None:
+            activations.promote(session, store, line=line, version=number, actor="ops")
+        else:
+            activations.rollback(session, store, line=line, to=to, actor="ops")
+
+
+def fresh_answer(ws, tiny_model, line, number=None) -> str:
+    """What a freshly loaded model (plus the version's adapter, as plain PEFT loads it) answers."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    if number is not None:
+        with ws.transaction() as session:
+            path = ArtifactStore(ws.settings.artifacts_dir).path_of(registry.get_version(session, get_line(session, line).id, number).artifact_path)
+        model = PeftModel.from_pretrained(model, path).eval()
+    inputs = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def ask(runtime, model="facts"):
+    return runtime.generate(model, CHAT, max_tokens=16)
+
+
+def test_swaps_follow_activations_and_answers_equal_fresh_loads(ws, tiny_line, tiny_model):
+    approved_version(ws, tiny_line, tiny_model, seed=1)
+    approved_version(ws, tiny_line, tiny_model, seed=2, rank=8)  # another rank: no stale PEFT config may leak
+    runtime = Runtime(ws, [tiny_line])
+    expected = {label: fresh_answer(ws, tiny_model, tiny_line, number) for label, number in (("base", None), ("v1", 1), ("v2", 2))}
+    assert len(set(expected.values())) == 3  # the adapters really change the answer
+    answer = ask(runtime)
+    assert (answer.served_by, answer.text) == ("facts@base", expected["base"])
+    for step, label in ((lambda: promote(ws, tiny_line, 1), "v1"), (lambda: promote(ws, tiny_line, 2), "v2"),
+                        (lambda: promote(ws, tiny_line, to=None), "v1"), (lambda: promote(ws, tiny_line, to="base"), "base")):
+        step()
+        [swap] = runtime.refresh()
+        assert swap.error is None and swap.new == label
+        answer = ask(runtime)
+        assert (answer.served_by, answer.text) == (f"facts@{label}", expected[label])
+        assert set(getattr(runtime.model, "peft_config", {})) <= {f"facts@{label}"}  # the replaced adapter is gone
+    assert runtime.refresh() == []  # nothing moved
+
+
+def test_a_tampered_artifact_keeps_the_old_adapter_serving(ws, tiny_line, tiny_model):
+    approved_version(ws, tiny_line, tiny_model, seed=1)
+    approved_version(ws, tiny_line, tiny_model, seed=2)
+    promote(ws, tiny_line, 1)
+    runtime = Runtime(ws, [tiny_line])
+    before = ask(runtime)
+    promote(ws, tiny_line, 2)  # verified at promote; then someone edits the file
+    with ws.transaction() as session:
+        path = ArtifactStore(ws.settings.artifacts_dir).path_of(registry.get_version(session, get_line(session, tiny_line).id, 2).artifact_path)
+    weights = path / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    [swap] = runtime.refresh()
+    assert swap.error.startswith("facts: loading v2 failed, still serving v1:") and "adapter_model.safetensors" in swap.error
+    assert runtime.stats.failed_loads == 1
+    after = ask(runtime)
+    assert (after.served_by, after.text) == (before.served_by, before.text) == ("facts@v1", before.text)
+
+
+def test_pinned_versions_keep_answering_and_forget_falls_back(ws, tiny_line, tiny_model):
+    tainted = ws.log_feedback(line=tiny_line, prompt="q", response="a", rating=1)
+    approved_version(ws, tiny_line, tiny_model, seed=1)
+    approved_version(ws, tiny_line, tiny_model, seed=2, trained_on=[tainted])
+    promote(ws, tiny_line, 1)
+    runtime = Runtime(ws, [tiny_line])
+    runtime.pin(tiny_line, 1)
+    promote(ws, tiny_line, 2)
+    runtime.refresh()
+    assert ask(runtime).served_by == "facts@v2"
+    pinned = ask(runtime, "facts@v1")
+    assert (pinned.served_by, pinned.text) == ("facts@v1", fresh_answer(ws, tiny_model, tiny_line, 1))
+    with ws.transaction() as session:
+        feedback.forget_feedback(session, actor="privacy", ids=[tainted])
+    [swap] = runtime.refresh()
+    assert (swap.old, swap.new) == ("v2", "v1")
+    assert ask(runtime).served_by == "facts@v1"
+
+
+def test_requests_keep_flowing_and_each_names_what_answered_it(ws, tiny_line, tiny_model):
+    approved_version(ws, tiny_line, tiny_model, seed=1)
+    approved_version(ws, tiny_line, tiny_model, seed=2)
+    runtime = Runtime(ws, [tiny_line])
+    expected = {f"facts@{label}": fresh_answer(ws, tiny_model, tiny_line, number) for label, number in (("base", None), ("v1", 1), ("v2", 2))}
+    answers, failures, done = [], [], threading.Event()
+
+    def client():
+        while not done.is_set():
+            try:
+                answers.append(ask(runtime))
+            except Exception as exc:  # any failure is a test failure
+                failures.append(exc)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        for number in (1, 2, 1, 2, 1):
+            promote(ws, tiny_line, number)
+            [swap] = runtime.refresh()
+            assert swap.error is None
+    finally:
+        done.set()
+        thread.join(timeout=60)
+    assert failures == [] and len(answers) >= 5
+    assert all(answer.text == expected[answer.served_by] for answer in answers)

@@ -68,8 +68,11 @@ def content_hash(prompt: list[dict[str, str]], response: str, rating: float | No
 # ---------------------------------------------------------------- validation
 
 
-def parse_record(raw: Any, *, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES) -> FeedbackRecord:
-    """Validate one record as found in a JSONL file or given to `log_feedback`; raise InvalidInput naming the field."""
+def parse_record(raw: Any, *, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES, issued: bool = False) -> FeedbackRecord:
+    """Validate one record as found in a JSONL file or given to `log_feedback`; raise InvalidInput naming the field.
+
+    `issued`: the response is one the server itself gave, which may be empty (the model said nothing).
+    """
     if not isinstance(raw, dict):
         raise InvalidInput("record must be a JSON object")
     if not _RECORD_FIELD_SET.issuperset(raw):
@@ -77,7 +80,7 @@ def parse_record(raw: Any, *, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES) ->
         raise InvalidInput(f"unknown field {unknown!r} (known: {', '.join(RECORD_FIELDS)})")
     get = raw.get
     prompt = parse_prompt(get("prompt"), max_field_bytes)
-    response = _text(get("response"), "response", max_field_bytes, required=True)
+    response = "" if issued and get("response") == "" else _text(get("response"), "response", max_field_bytes, required=True)
     rating = _rating(get("rating"))
     correction = _text(get("correction"), "correction", max_field_bytes)
     chosen = _text(get("chosen"), "chosen", max_field_bytes)
@@ -256,6 +259,20 @@ def log_feedback(
     audit.record(session, actor=actor, action="feedback.log", subject=f"feedback:{feedback_id}",
                  payload={"line": line, "content_hash": record.content_hash, "duplicate": times_seen > 1})
     return feedback_id
+
+
+def log_records(session: Session, records: list[tuple[str, FeedbackRecord]], *, actor: str) -> list[int]:
+    """Store validated (line, record) pairs in one transaction with one audit event; return their ids in order.
+
+    What a server does with feedback arriving from many requests at once: one commit for the batch.
+    """
+    statement = upsert_statement(session.get_bind().dialect.name).returning(Feedback.id)
+    now = utcnow()
+    ids = [session.execute(statement, _row(record, line_id_of(session, line), actor, now)).scalar_one() for line, record in records]
+    lines = sorted({line for line, _ in records})
+    audit.record(session, actor=actor, action="feedback.log", subject=f"line:{lines[0]}" if len(lines) == 1 else "feedback",
+                 payload={"count": len(ids), "ids": ids[:1000], "lines": lines})
+    return ids
 
 
 # ---------------------------------------------------------------- reading

@@ -299,3 +299,17 @@ class Activation(Base):
     adapter: Mapped[Adapter | None] = relationship()
 
     __table_args__ = (Index("ix_activations_line_id", "line_id", "id"),)
+
+
+class ApiToken(Base):
+    """A bearer token for the HTTP server; only its sha256 is stored, the token is shown once."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(128))
+    scope: Mapped[str] = mapped_column(String(16))  # "generate" | "feedback" | "admin"
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+    revoked_at: Mapped[datetime | None]

@@ -1,0 +1,42 @@
+"""`adapterctl serve`: the HTTP server; follows activations without a restart."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Optional
+
+import typer
+
+from adapterctl.cli._common import workspace
+from adapterctl.registry import parse_version
+
+
+def serve(
+    ctx: typer.Context,
+    line: Annotated[Optional[list[str]], typer.Option("--line", help="A line to serve (repeat); default: every line.")] = None,
+    pin: Annotated[Optional[list[str]], typer.Option("--pin", help="Also keep LINE@vN loaded for requests that name it (repeat).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    poll: Annotated[float, typer.Option(help="Seconds between checks for new activations.")] = 0.5,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Accept requests without a token (local experiments only).")] = False,
+) -> None:
+    """Serve lines over an OpenAI-compatible HTTP API; promote/rollback/forget take effect without a restart."""
+    import uvicorn
+
+    from adapterctl.serving.runtime import Runtime
+    from adapterctl.serving.server import create_app
+
+    if not 0.05 <= poll <= 60:
+        raise typer.BadParameter("--poll must be between 0.05 and 60 seconds")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ws = workspace(ctx)
+    runtime = Runtime(ws, line or None, device=device)
+    for pinned in pin or []:
+        name, _, version = pinned.partition("@")
+        runtime.pin(name, parse_version(version))
+    if no_auth:
+        typer.secho("WARNING: --no-auth: anyone who can reach this port can generate and log feedback. "
+                    "Use it for local experiments only.", err=True, fg="red", bold=True)
+    typer.echo(f"serving {', '.join(runtime.served().values())} on http://{host}:{port}", err=True)
+    uvicorn.run(create_app(ws, runtime, auth=not no_auth, poll_s=poll), host=host, port=port, log_level="warning")

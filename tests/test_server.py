@@ -1,0 +1,180 @@
+"""`adapterctl serve` as a real process on loopback, spoken to over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from sqlalchemy import func, select
+
+from adapterctl.db.models import Feedback
+from tests.test_runtime import approved_version
+
+pytestmark = pytest.mark.slow
+CHAT = [{"role": "user", "content": "What is the code for room 3?"}]
+
+
+class Server:
+    def __init__(self, cli, *args: str) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.process = subprocess.Popen([sys.executable, "-m", "adapterctl", "serve", "--port", str(self.port), "--poll", "0.2", *args],
+                                        env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if self.call("GET", "/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert self.process.poll() is None, self.process.stderr.read()
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+
+    def call(self, method: str, path: str, body=None, token: str | None = None, raw: bytes | None = None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
+                                         headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                text = response.read().decode()
+                return response.status, (json.loads(text) if "json" in response.headers.get("content-type", "") else text), dict(response.headers)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read().decode() or "null"), dict(exc.headers)
+
+    def oversized(self, path: str, token: str) -> int:
+        """Announce a 2 MiB body and send none: the server must refuse it from the headers alone."""
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        connection.putrequest("POST", path)
+        for name, value in (("Content-Type", "application/json"), ("Content-Length", str(2 << 20)), ("Authorization", f"Bearer {token}")):
+            connection.putheader(name, value)
+        connection.endheaders()
+        status = connection.getresponse().status
+        connection.close()
+        return status
+
+    def chat(self, token, model="facts", **extra):
+        return self.call("POST", "/v1/chat/completions", {"model": model, "messages": CHAT, "max_tokens": 12, **extra}, token)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def serving(ws, tiny_line, tiny_model, cli):
+    """Two approved versions of line `facts`, tokens of each scope, and a function that starts the server."""
+    approved_version(ws, tiny_line, tiny_model, seed=1)
+    approved_version(ws, tiny_line, tiny_model, seed=2)
+    scoped = {scope: cli("token", "create", "--scope", scope).stdout.strip() for scope in ("generate", "feedback", "admin")}
+    servers = []
+
+    def start(*args: str) -> Server:
+        servers.append(Server(cli, *args))
+        return servers[-1]
+
+    yield start, scoped
+    for server in servers:
+        server.stop()
+
+
+def feedback_count(ws) -> int:
+    with ws.transaction() as session:
+        return session.scalar(select(func.count()).select_from(Feedback))
+
+
+def test_tokens_scopes_and_bad_requests(serving, ws):
+    start, token = serving
+    server = start()
+    assert server.call("GET", "/healthz")[0] == 200  # no token needed
+    assert server.chat(None)[0] == 401
+    assert server.chat("actl_not-a-token")[0] == 401
+    status, body, _ = server.chat(token["feedback"])
+    assert status == 403 and "needs generate" in body["error"]["message"]
+    assert server.call("GET", "/metrics", token=token["generate"])[0] == 403
+    status, body, headers = server.chat(token["generate"])
+    assert status == 200 and body["model"] == headers["x-adapter-version"] == "facts@base"
+    assert body["choices"][0]["message"]["role"] == "assistant" and body["usage"]["completion_tokens"] > 0
+    for bad, message in (({"model": "facts", "messages": []}, "prompt must be"), ({"model": "facts", "messages": CHAT, "max_tokens": 0}, "max_tokens"),
+                         ({"messages": CHAT}, "'model' is required"), ({"model": "nope", "messages": CHAT}, "not served here")):
+        status, body, _ = server.call("POST", "/v1/chat/completions", bad, token["generate"])
+        assert 400 <= status < 500 and message in body["error"]["message"], (bad, body)
+    assert server.call("POST", "/v1/chat/completions", raw=b"{not json", token=token["admin"])[0] == 400
+    assert server.oversized("/v1/chat/completions", token["admin"]) == 413
+    models = server.call("GET", "/v1/models", token=token["generate"])[1]
+    assert [m["id"] for m in models["data"]] == ["facts"]
+    metrics = server.call("GET", "/metrics", token=token["admin"])[1]
+    assert 'adapterctl_active_version{line="facts",version="base"} 1' in metrics and "adapterctl_requests_total" in metrics
+
+
+def test_feedback_on_issued_responses_names_the_version(serving, ws):
+    start, token = serving
+    server = start()
+    response_id = server.chat(token["generate"])[1]["id"]
+    before = feedback_count(ws)
+    for bad in ({"response_id": "chatcmpl-unknown", "rating": 1}, {"rating": 1}, {"response_id": response_id, "rating": 7},
+                {"response_id": response_id, "rating": 1, "weight": 2}):
+        status, body, _ = server.call("POST", "/v1/feedback", bad, token["feedback"])
+        assert 400 <= status < 500, (bad, body)
+    assert feedback_count(ws) == before  # nothing stored from a bad request
+    assert server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": 1}, token["generate"])[0] == 403
+    status, body, _ = server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": -1, "correction": "The code is 1111.",
+                                                            "source": "user-9"}, token["feedback"])
+    assert status == 200 and body["adapter_version"] == "facts@base"
+    with ws.transaction() as session:
+        row = session.get(Feedback, body["id"])
+        assert (row.adapter_version, row.request_id, row.correction, row.prompt) == ("facts@base", response_id, "The code is 1111.", CHAT)
+
+
+def test_promote_and_rollback_reach_a_looping_client_within_2_s_without_failures(serving, ws, cli):
+    start, token = serving
+    server = start("--pin", "facts@v1")
+    seen, failures, stop = [], [], threading.Event()
+
+    def client():
+        while not stop.is_set():
+            status, body, _ = server.chat(token["generate"])
+            (seen.append((time.monotonic(), body["model"])) if status == 200 else failures.append((status, body)))
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        for command, expected in ((["promote", "facts", "v2"], "facts@v2"), (["rollback", "facts"], "facts@base")):
+            assert cli(*command).returncode == 0
+            changed = time.monotonic()
+            deadline = changed + 2.0
+            while not any(at > changed and model == expected for at, model in seen):
+                assert time.monotonic() < deadline + 3, f"{expected} not served within 2 s (last: {seen[-1:]})"
+                time.sleep(0.05)
+            first = min(at for at, model in seen if at > changed and model == expected)
+            assert first - changed <= 2.0, f"{expected} took {first - changed:.2f} s"
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert failures == []
+    pinned = server.chat(token["generate"], model="facts@v1")
+    assert pinned[0] == 200 and pinned[1]["model"] == "facts@v1"
+
+
+def test_forgetting_the_served_versions_data_moves_the_server(serving, ws, cli, tiny_model, tiny_line):
+    start, token = serving
+    tainted = ws.log_feedback(line=tiny_line, prompt="q", response="a", rating=1)
+    approved_version(ws, tiny_line, tiny_model, seed=3, trained_on=[tainted])
+    assert cli("promote", tiny_line, "v3").returncode == 0
+    server = start()
+    assert server.chat(token["generate"])[1]["model"] == "facts@v3"
+    assert cli("feedback", "forget", "--id", str(tainted)).returncode == 0
+    deadline = time.monotonic() + 5
+    while server.chat(token["generate"])[1]["model"] != "facts@v2":
+        assert time.monotonic() < deadline, "the server did not fall back"
+        time.sleep(0.1)

@@ -40,12 +40,30 @@ step "Reviewers are registered by name; the first is an admin" adapterctl review
 step "...who adds a colleague" adapterctl reviewer add alice
 step "The report a reviewer decides from: evals vs base, gate, loss, data provenance, samples" adapterctl review show 1
 step "Alice approves: the candidate becomes version v1 of the line" adapterctl --user alice review approve 1 --note "policies right"
+printf '\n\033[1m== A server: the base model once, each line'"'"'s active adapter beside it (OpenAI-compatible HTTP)\033[0m\n'
+export DEMO_PORT="$(python -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")" DEMO_TOKEN="$(adapterctl token create --scope generate --name demo)"
+echo "$ adapterctl token create --scope generate   # printed once, stored as sha256"
+echo "$ adapterctl serve --port $DEMO_PORT &"
+adapterctl serve --port "$DEMO_PORT" --poll 0.2 2>.demo/serve.log &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null' EXIT
+python demo/ask.py --wait
+QUESTION="What payment methods do you accept?"
+step "Before any promotion the line serves the base model" python demo/ask.py "$QUESTION"
 step "Promote v1: the artifact's hash is checked, then the line serves it" adapterctl promote support-bot v1 --reason "policies right"
+sleep 0.5
+step "The running server swapped it in, no restart; the response names the version" python demo/ask.py "$QUESTION"
 step "Continuous regression: re-evaluate the active version on today's suites (cron-friendly)" adapterctl eval run --line support-bot
-step "A user asks to be forgotten: content erased, tombstone kept, versions trained on it revoked" \
+step "Roll back: back to what served before, at once" adapterctl rollback support-bot --reason "demo"
+sleep 0.5
+step "The server follows" python demo/ask.py "$QUESTION"
+step "Promote v1 again" adapterctl promote support-bot v1
+step "A user asks to be forgotten: content erased, tombstone kept, versions trained on it revoked, the line falls back" \
     adapterctl feedback forget --source user-2210 --reason "privacy request #17"
-step "v1 is revoked and can never go live" adapterctl adapters list
-step "Every activation, append-only: the fallback is one of them" adapterctl history support-bot
+sleep 0.5
+step "The server follows the fallback" python demo/ask.py "$QUESTION"
+step "v1 is revoked and can never go live again" adapterctl adapters list
+step "Every activation, append-only: who, when, why" adapterctl history support-bot
 step "Every change is in the hash-chained audit log" adapterctl audit log --limit 8
 step "Nobody edited or deleted an event" adapterctl audit verify
 printf '\nDone. Explore with: ADAPTERCTL_HOME=%s .venv/bin/adapterctl --help\n' "$ADAPTERCTL_HOME"

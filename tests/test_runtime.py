@@ -96,7 +96,7 @@ def test_swaps_follow_activations_and_answers_equal_fresh_loads(ws, tiny_line, t
         assert swap.error is None and swap.new == label
         answer = ask(runtime)
         assert (answer.served_by, answer.text) == (f"facts@{label}", expected[label])
-        assert set(getattr(runtime.model, "peft_config", {})) <= {f"facts@{label}"}  # the replaced adapter is gone
+        assert len(getattr(runtime.model, "peft_config", {})) <= 2  # the serving slot and one idle slot, no more
     assert runtime.refresh() == []  # nothing moved
 
 
@@ -165,3 +165,18 @@ def test_requests_keep_flowing_and_each_names_what_answered_it(ws, tiny_line, ti
         thread.join(timeout=60)
     assert failures == [] and len(answers) >= 5
     assert all(answer.text == expected[answer.served_by] for answer in answers)
+
+
+def test_an_adapter_for_another_model_is_refused_and_the_base_model_is_left_intact(ws, tiny_line, tiny_model, tmp_path):
+    from adapterctl.tiny_model import create_tiny_model
+
+    other = tmp_path / "other"
+    create_tiny_model(other, layers=2, hidden=192, vocab=1024, seed=3)  # other shapes than the line's base model
+    approved_version(ws, tiny_line, other, seed=1)
+    runtime = Runtime(ws, [tiny_line])
+    base_answer = ask(runtime)
+    promote(ws, tiny_line, 1)
+    [swap] = runtime.refresh()
+    assert swap.error is not None and swap.error.startswith("facts: loading v1 failed, still serving base")
+    after = ask(runtime)
+    assert (after.served_by, after.text) == ("facts@base", base_answer.text) == ("facts@base", fresh_answer(ws, tiny_model, tiny_line))

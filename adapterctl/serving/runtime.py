@@ -1,18 +1,20 @@
 """The serving runtime: one base model, the active adapter of each line beside it, hot-swapped in place.
 
     refresh():  newest activations ──> for each line that moved: read + hash the artifact once
-                ──> add the adapter to the PeftModel under a new name (PEFT add_adapter + state dict)
-                ──> switch the line's entry (between requests) ──> delete the old adapter
-    generate(): take the model lock ──> set_adapter(line's adapter) or disable adapters ──> greedy/sampled
+                ──> copy its weights into the line's idle adapter slot (same LoRA settings), or add a
+                    new adapter (PEFT add_adapter + state dict) ──> switch the line's entry between
+                    requests ──> the replaced slot stays loaded, idle, for the next version
+    generate(): take the model lock ──> set_adapter(line's slot) or disable adapters ──> generate
 
 Loading never holds the model lock, so requests keep being answered while an adapter loads; only the
-switch (a dict entry) and the deletion of the replaced adapter wait for the request in flight, which
-finishes on the adapter it started with. A failed load (missing file, hash mismatch, shapes that do
-not fit the base model) leaves the line on its current adapter and is reported in `errors`.
+switch (a dict entry) waits for the request in flight, which finishes on the adapter it started with.
+A failed load (missing file, hash mismatch, shapes that do not fit the base model) leaves the line on
+its current adapter and is reported in `stats.errors`.
 
-Adapters are named `<line>@v<N>` inside PEFT. A new version always gets a new name, so PEFT never
-reuses state from the adapter it replaces (stale `peft_config` after a rank change), and adapters are
-never merged into the base weights.
+Each line has at most two slots: the one serving and an idle one. A new version is copied into the
+idle slot only when its LoRA settings (rank, alpha, targets, ...) equal the slot's, so PEFT never keeps
+a stale config after a rank change; otherwise it gets a new slot and the idle one is deleted. Adapters
+are never merged into the base weights.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ class Swap:
     line: str
     old: str
     new: str
+    verify_s: float = 0.0
+    """Reading the artifact's files and checking their sha256 (once, on the bytes then loaded)."""
     load_s: float = 0.0
-    """Reading, hashing and adding the new adapter."""
+    """Adding the adapter to the model from those bytes."""
     switch_s: float = 0.0
     """Pointing the line at it and deleting the old one (waits for the request in flight)."""
     error: str | None = None
@@ -89,6 +93,8 @@ class Runtime:
         self._lock = threading.Lock()  # one request on the model at a time: the active adapter is model state
         self._served: dict[str, _Served] = {line: _Served("base", None) for line in self.lines}
         self._pinned: dict[str, _Served] = {}  # "line@vN" -> adapter kept loaded for pinned requests
+        self._spare: dict[str, str] = {}  # line -> an idle adapter slot its next version can be copied into
+        self._slots = 0
         self.stats = RuntimeStats()
         self.refresh()
 
@@ -112,44 +118,57 @@ class Runtime:
     def _swap(self, line: str, label: str, adapter_id: int | None, path: str | None, sha256: str | None) -> Swap:
         old = self._served[line]
         swap = Swap(line, old.label, label)
-        started = time.perf_counter()
         try:
-            new = _Served(label, self._load(f"{line}@{label}", path, sha256) if adapter_id else None, adapter_id)
+            new = _Served(label, self._load(line, path, sha256, swap) if adapter_id else None, adapter_id)
         except Exception as exc:  # a bad artifact must never take the line down
             swap.error = f"{line}: loading {label} failed, still serving {old.label}: {(str(exc).splitlines() or [type(exc).__name__])[0]}"
             self.stats.failed_loads += 1
             self.stats.errors.append(swap.error)
             return swap
-        swap.load_s = time.perf_counter() - started
         started = time.perf_counter()
         with self._lock:  # between requests: the one in flight finished on the old adapter
             self._served[line] = new
             if old.adapter and old.adapter not in self._names_in_use():
-                if len(self.model.peft_config) == 1:  # PEFT cannot hold zero adapters: take the LoRA layers out
-                    self.model = self.model.unload()
-                else:
-                    with warnings.catch_warnings():  # PEFT warns that the deleted adapter was the active one
-                        warnings.simplefilter("ignore", UserWarning)
-                        self.model.delete_adapter(old.adapter)
+                self._keep_spare(line, old.adapter)
         swap.switch_s = time.perf_counter() - started
         self.stats.swaps += 1
         return swap
 
+    def _keep_spare(self, line: str, slot: str) -> None:
+        """The replaced adapter stays loaded, idle, so the line's next version can be copied into it."""
+        previous = self._spare.get(line)
+        self._spare[line] = slot
+        if previous and previous not in self._names_in_use():
+            with warnings.catch_warnings():  # PEFT warns when the deleted adapter was the active one
+                warnings.simplefilter("ignore", UserWarning)
+                self.model.delete_adapter(previous)
+
     def _names_in_use(self) -> set[str]:
         return {s.adapter for s in (*self._served.values(), *self._pinned.values()) if s.adapter}
 
-    def _load(self, name: str, relative_path: str, sha256: str) -> str:
-        """Read and hash the artifact once, then add it to the model from those bytes."""
-        if name in self._names_in_use():
-            return name
+    def _load(self, line: str, relative_path: str, sha256: str, timing: Swap | None = None, *, reuse: bool = True) -> str:
+        """Read and hash the artifact once; copy its weights into the line's spare slot when the LoRA
+        settings match (no new modules, nothing a request uses), else add it as a new adapter."""
         from peft import PeftModel
 
-        files = self.store.verify(relative_path, sha256)
-        if isinstance(self.model, PeftModel):
-            add_adapter(self.model, name, files)  # beside the adapters in use; requests go on meanwhile
+        started = time.perf_counter()
+        config, weights = parse_adapter(self.store.verify(relative_path, sha256))
+        verified = time.perf_counter()
+        spare = self._spare.get(line) if reuse else None
+        if spare and same_lora(self.model.peft_config[spare], config):
+            fill_adapter(self.model, spare, weights)
+            del self._spare[line]
+            name = spare
         else:
-            with self._lock:  # the first adapter wraps the base model: no request may hold it meanwhile
-                self.model = add_adapter(self.model, name, files)
+            self._slots += 1
+            name = f"{line}#{self._slots}"
+            if isinstance(self.model, PeftModel):
+                add_adapter(self.model, name, config, weights)  # beside the adapters in use; requests go on meanwhile
+            else:
+                with self._lock:  # the first adapter wraps the base model: no request may hold it meanwhile
+                    self.model = add_adapter(self.model, name, config, weights)
+        if timing is not None:
+            timing.verify_s, timing.load_s = verified - started, time.perf_counter() - verified
         return name
 
     def pin(self, line: str, version: int) -> str:
@@ -161,7 +180,7 @@ class Runtime:
                 if adapter.status not in ("approved", "active", "inactive"):
                     raise InvalidInput(f"{key} is {adapter.status}; it cannot be served")
                 path, sha256, adapter_id = adapter.artifact_path, adapter.sha256, adapter.id
-            self._pinned[key] = _Served(f"v{version}", self._load(key, path, sha256), adapter_id)
+            self._pinned[key] = _Served(f"v{version}", self._load(line, path, sha256, reuse=False), adapter_id)
         return key
 
     def pinned(self) -> list[str]:
@@ -193,10 +212,9 @@ class Runtime:
         return Answer(text, f"{line}@{served.label}", int(inputs["input_ids"].shape[1]), int(completion.shape[0]))
 
 
-def add_adapter(model, name: str, files: dict[str, bytes]):
-    """Add a PEFT LoRA adapter from its files' bytes; returns the (possibly newly wrapped) PeftModel."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from peft.utils import set_peft_model_state_dict
+def parse_adapter(files: dict[str, bytes]):
+    """The LoRA config and weights of a PEFT adapter, from its files' bytes."""
+    from peft import LoraConfig
     from safetensors.torch import load as load_safetensors
 
     try:
@@ -205,20 +223,53 @@ def add_adapter(model, name: str, files: dict[str, bytes]):
     except (KeyError, ValueError, TypeError) as exc:
         raise AdapterctlError(f"not a PEFT LoRA adapter: {exc}") from None
     config.inference_mode = True
+    return config, weights
+
+
+SHAPE_FIELDS = ("r", "lora_alpha", "use_rslora", "use_dora", "fan_in_fan_out", "bias", "rank_pattern", "alpha_pattern",
+                "layers_to_transform", "layers_pattern", "modules_to_save")
+
+
+def same_lora(a, b) -> bool:
+    """Whether an adapter with config `b` fits the modules and scaling built for config `a`."""
+    def targets(config):
+        return config.target_modules if isinstance(config.target_modules, str) else sorted(config.target_modules or [])
+
+    return targets(a) == targets(b) and all(getattr(a, f, None) == getattr(b, f, None) for f in SHAPE_FIELDS)
+
+
+def fill_adapter(model, name: str, weights) -> None:
+    """Copy weights into an existing, idle adapter of the same LoRA settings."""
+    from peft.utils import set_peft_model_state_dict
+
+    _check_fit(set_peft_model_state_dict(model, weights, adapter_name=name), name)
+
+
+def add_adapter(model, name: str, config, weights):
+    """Add a LoRA adapter under a new name; returns the (possibly newly wrapped) PeftModel."""
+    from peft import PeftModel, get_peft_model
+    from peft.utils import set_peft_model_state_dict
+
     if isinstance(model, PeftModel):
         model.add_adapter(name, config)
     else:
         model = get_peft_model(model, config, adapter_name=name)
     try:
-        result = set_peft_model_state_dict(model, weights, adapter_name=name)
-        missing = [k for k in result.missing_keys if name in k and "lora_" in k]
-        if result.unexpected_keys or missing:
-            raise AdapterctlError(f"the adapter does not fit the base model ({len(result.unexpected_keys)} unexpected, {len(missing)} missing tensors)")
+        _check_fit(set_peft_model_state_dict(model, weights, adapter_name=name), name)
     except Exception:
-        model.delete_adapter(name)
+        if len(model.peft_config) > 1:
+            model.delete_adapter(name)
+        else:
+            model.unload()  # get_peft_model changed the base model's modules in place: put them back
         raise
     model.eval()
     return model
+
+
+def _check_fit(result, name: str) -> None:
+    missing = [k for k in result.missing_keys if name in k and "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise AdapterctlError(f"the adapter does not fit the base model ({len(result.unexpected_keys)} unexpected, {len(missing)} missing tensors)")
 
 
 def _load_base(path: str, device: str):

@@ -135,8 +135,8 @@ class Follower:
                     if swap.error:
                         log.error("%s", swap.error)
                     else:
-                        log.info("%s: now serving %s (was %s; load %.0f ms, switch %.1f ms)", swap.line, swap.new, swap.old,
-                                 swap.load_s * 1000, swap.switch_s * 1000)
+                        log.info("%s: now serving %s (was %s; verify %.0f ms, load %.0f ms, switch %.1f ms)", swap.line, swap.new,
+                                 swap.old, swap.verify_s * 1000, swap.load_s * 1000, swap.switch_s * 1000)
             except Exception:
                 log.exception("refreshing the served adapters failed; will retry")
             if connection is not None:

@@ -25,6 +25,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/forgetting.py
 	$(BIN)/python bench/eval_speed.py
+	$(BIN)/python bench/hotswap.py
+	$(BIN)/python bench/serve_load.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache

@@ -164,7 +164,7 @@ class Follower:
 
 
 def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: float = 0.5, max_body_bytes: int = MAX_BODY_BYTES):
-    """The FastAPI application; its lifespan runs the follower and the feedback writer."""
+    """The ASGI application: FastAPI behind a guard; its lifespan runs the follower and the feedback writer."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
@@ -188,14 +188,11 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
     def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
         return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
 
-    def scope_of(request: Request) -> str | None:
-        header = request.headers.get("authorization", "")
-        if not header.lower().startswith("bearer "):
-            return None
-        secret = header[7:].strip()
+    def cached_scope(secret: str) -> tuple[bool, str | None]:
         cached = token_cache.get(secret)
-        if cached and time.monotonic() - cached[0] < TOKEN_CACHE_S:
-            return cached[1]
+        return (True, cached[1]) if cached and time.monotonic() - cached[0] < TOKEN_CACHE_S else (False, None)
+
+    def looked_up_scope(secret: str) -> str | None:
         with ws.transaction() as session:
             scope = tokens.scope_of(session, secret)
         token_cache[secret] = (time.monotonic(), scope)
@@ -203,27 +200,40 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
 
     NEEDS = {"/v1/chat/completions": "generate", "/v1/models": "generate", "/v1/feedback": "feedback", "/metrics": "admin"}
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        started = time.perf_counter()
-        response = await _guarded(request, call_next)
-        metrics.observe(request.url.path, response.status_code, time.perf_counter() - started)
-        return response
+    async def guard(scope, receive, send):
+        """Plain ASGI around the app: size limit, bearer token and scope, metrics (no per-request task)."""
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        started, path, status = time.perf_counter(), scope["path"], [500]
 
-    async def _guarded(request: Request, call_next):
-        length = request.headers.get("content-length")
+        async def send_noting_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        refusal = await _refusal(path, dict(scope["headers"]))
+        await (refusal or app)(scope, receive, send_noting_status)
+        metrics.observe(path, status[0], time.perf_counter() - started)
+
+    async def _refusal(path: str, headers: dict[bytes, bytes]):
+        length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
             return error(413, f"request body larger than {max_body_bytes} bytes")
-        needed = NEEDS.get(request.url.path)
-        if auth and needed:
-            from starlette.concurrency import run_in_threadpool
+        needed = NEEDS.get(path)
+        if not (auth and needed):
+            return None
+        from starlette.concurrency import run_in_threadpool
 
-            scope = await run_in_threadpool(scope_of, request)
-            if scope is None:
-                return error(401, "missing or invalid bearer token", "authentication_error")
-            if not tokens.allows(scope, needed):
-                return error(403, f"this token's scope is {scope}; {request.url.path} needs {needed}", "permission_error")
-        return await call_next(request)
+        header = headers.get(b"authorization", b"").decode("latin-1")
+        secret = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        known, token_scope = cached_scope(secret)
+        if secret and not known:  # tokens are looked up once per TOKEN_CACHE_S, off the event loop
+            token_scope = await run_in_threadpool(looked_up_scope, secret)
+        if token_scope is None:
+            return error(401, "missing or invalid bearer token", "authentication_error")
+        if not tokens.allows(token_scope, needed):
+            return error(403, f"this token's scope is {token_scope}; {path} needs {needed}", "permission_error")
+        return None
 
     async def body_of(request: Request) -> dict[str, Any]:
         raw = await request.body()
@@ -304,7 +314,7 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
     async def prometheus():
         return PlainTextResponse(metrics.render(runtime), media_type="text/plain; version=0.0.4")
 
-    return app
+    return guard
 
 
 def _completion_request(body: dict[str, Any]) -> tuple[str, list[dict[str, str]], dict[str, Any]]:

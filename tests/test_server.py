@@ -178,3 +178,20 @@ def test_forgetting_the_served_versions_data_moves_the_server(serving, ws, cli, 
     while server.chat(token["generate"])[1]["model"] != "facts@v2":
         assert time.monotonic() < deadline, "the server did not fall back"
         time.sleep(0.1)
+
+
+def test_streaming_sends_the_answer_as_it_is_generated(serving, ws, cli):
+    start, token = serving
+    assert cli("promote", "facts", "v1").returncode == 0
+    server = start()
+    whole = server.chat(token["generate"], max_tokens=16)[1]
+    status, events, headers = server.call("POST", "/v1/chat/completions", {"model": "facts", "messages": CHAT, "max_tokens": 16, "stream": True},
+                                          token["generate"])
+    assert status == 200 and headers["x-adapter-version"] == "facts@v1" and events.endswith("data: [DONE]\n\n")
+    chunks = [json.loads(line[6:]) for line in events.split("\n\n") if line.startswith("data: {")]
+    pieces = [c["choices"][0]["delta"].get("content", "") for c in chunks]
+    assert {c["model"] for c in chunks} == {"facts@v1"} and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert sum(bool(piece) for piece in pieces) > 1  # more than one piece of text: it streamed
+    assert "".join(pieces).strip() == whole["choices"][0]["message"]["content"]
+    status, body, _ = server.call("POST", "/v1/feedback", {"response_id": chunks[0]["id"], "rating": 1}, token["feedback"])
+    assert status == 200 and body["adapter_version"] == "facts@v1"  # a streamed answer takes feedback too

@@ -20,10 +20,12 @@ are never merged into the base weights.
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from sqlalchemy import select
 
@@ -193,23 +195,70 @@ class Runtime:
         """Answer chat messages with a line's active version (`line`) or a pinned one (`line@vN`)."""
         import torch
 
-        line, _, version = model.partition("@")
+        line, inputs, options = self._prepare(model, messages, max_tokens, temperature)
+        with self._lock:
+            served = self._choose(model)
+            if seed is not None:
+                torch.manual_seed(seed)
+            with using(self.model, served.adapter), torch.no_grad():
+                output = self.model.generate(**inputs, **options)
+        completion = output[0, inputs["input_ids"].shape[1]:]
+        text = self.tokenizer.decode(completion, skip_special_tokens=True).strip()
+        return Answer(text, f"{line}@{served.label}", int(inputs["input_ids"].shape[1]), int(completion.shape[0]))
+
+    def stream(self, model: str, messages: list[dict[str, str]], *, max_tokens: int = 64, temperature: float = 0.0,
+               seed: int | None = None) -> tuple[str, Iterator[str]]:
+        """Like `generate`, but returns what answers (`line@vN`) at once and the text as it is generated."""
+        import torch
+        from transformers import TextIteratorStreamer
+
+        line, inputs, options = self._prepare(model, messages, max_tokens, temperature)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
+        chosen: queue.Queue = queue.Queue(maxsize=1)
+
+        def run() -> None:
+            started = False
+            try:
+                with self._lock:  # held for the whole generation: the adapter cannot change under it
+                    served = self._choose(model)
+                    chosen.put(served.label)
+                    started = True
+                    if seed is not None:
+                        torch.manual_seed(seed)
+                    with using(self.model, served.adapter), torch.no_grad():
+                        self.model.generate(**inputs, **options, streamer=streamer)
+            except Exception as exc:
+                if not started:
+                    chosen.put(exc)
+                else:
+                    streamer.on_finalized_text("", stream_end=True)  # the client sees a short answer, not a hang
+
+        threading.Thread(target=run, name="adapterctl-stream", daemon=True).start()
+        label = chosen.get()
+        if isinstance(label, Exception):
+            raise label
+        return f"{line}@{label}", iter(streamer)
+
+    def _prepare(self, model: str, messages: list[dict[str, str]], max_tokens: int, temperature: float):
+        line = model.partition("@")[0]
         if line not in self._served:
             raise NotFound(f"model {model!r} is not served here; served: {', '.join(sorted(self._served))}")
         inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-        with self._lock:
-            served = self._pinned.get(model) if version and version != "base" else self._served[line] if not version else _Served("base", None)
-            if served is None:
-                raise NotFound(f"{model} is not loaded; pin it with `serve --pin {model}` or use {line}")
-            if seed is not None:
-                torch.manual_seed(seed)
-            with using(self.model, served.adapter), torch.no_grad():
-                output = self.model.generate(**inputs, max_new_tokens=max_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling)
-        completion = output[0, inputs["input_ids"].shape[1]:]
-        text = self.tokenizer.decode(completion, skip_special_tokens=True).strip()
-        return Answer(text, f"{line}@{served.label}", int(inputs["input_ids"].shape[1]), int(completion.shape[0]))
+        return line, inputs, {"max_new_tokens": max_tokens, "pad_token_id": self.tokenizer.pad_token_id, **sampling}
+
+    def _choose(self, model: str) -> _Served:
+        """What answers `model` now (call with the lock held): the line's active version, a pinned one, or base."""
+        line, _, version = model.partition("@")
+        if not version:
+            return self._served[line]
+        if version == "base":
+            return _Served("base", None)
+        served = self._pinned.get(model)
+        if served is None:
+            raise NotFound(f"{model} is not loaded; pin it with `serve --pin {model}` or use {line}")
+        return served
 
 
 def parse_adapter(files: dict[str, bytes]):

@@ -1,7 +1,8 @@
 """`adapterctl serve`: an OpenAI-compatible HTTP server around the runtime, following activations.
 
-    POST /v1/chat/completions   generate (scope generate); the body's and the X-Adapter-Version
-                                header's `line@vN` name exactly what answered
+    POST /v1/chat/completions   generate (scope generate), whole or streamed (SSE) as it is generated;
+                                the body's and the X-Adapter-Version header's `line@vN` name exactly
+                                what answered
     GET  /v1/models             served lines and pinned versions (scope generate)
     POST /v1/feedback           feedback on a response this server issued (scope feedback)
     GET  /healthz               liveness and what each line serves (no token)
@@ -258,20 +259,36 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
 
         body = await body_of(request)
         model, messages, options = _completion_request(body)
-        answer = await run_in_threadpool(lambda: runtime.generate(model, messages, **options))
         response_id = f"chatcmpl-{uuid.uuid4().hex}"
-        with responses_lock:
-            responses[response_id] = {"line": model.split("@")[0], "served_by": answer.served_by, "prompt": messages, "response": answer.text}
-            while len(responses) > REMEMBERED_RESPONSES:
-                responses.popitem(last=False)
-        headers = {"X-Adapter-Version": answer.served_by}
         created = int(time.time())
+
+        def remember(served_by: str, text: str) -> None:
+            with responses_lock:
+                responses[response_id] = {"line": model.split("@")[0], "served_by": served_by, "prompt": messages, "response": text}
+                while len(responses) > REMEMBERED_RESPONSES:
+                    responses.popitem(last=False)
+
         if body.get("stream"):
-            chunks = [{"id": response_id, "object": "chat.completion.chunk", "created": created, "model": answer.served_by,
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-                      for delta, finish in (({"role": "assistant", "content": answer.text}, None), ({}, "stop"))]
-            stream = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-            return StreamingResponse(iter([stream]), media_type="text/event-stream", headers=headers)
+            served_by, pieces = await run_in_threadpool(lambda: runtime.stream(model, messages, **options))
+
+            def events():
+                def chunk(delta: dict, finish: str | None = None) -> str:
+                    return "data: " + json.dumps({"id": response_id, "object": "chat.completion.chunk", "created": created, "model": served_by,
+                                                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+
+                yield chunk({"role": "assistant", "content": ""})
+                text = []
+                for piece in pieces:
+                    if piece:
+                        text.append(piece)
+                        yield chunk({"content": piece})
+                remember(served_by, "".join(text).strip())
+                yield chunk({}, "stop") + "data: [DONE]\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream", headers={"X-Adapter-Version": served_by})
+        answer = await run_in_threadpool(lambda: runtime.generate(model, messages, **options))
+        remember(answer.served_by, answer.text)
+        headers = {"X-Adapter-Version": answer.served_by}
         return JSONResponse({
             "id": response_id, "object": "chat.completion", "created": created, "model": answer.served_by,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": "stop"}],

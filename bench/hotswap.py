@@ -190,14 +190,14 @@ def main() -> None:
         floor, fresh_s = statistics.median(floors), statistics.median(fresh)
 
         # (b) requests during swaps
-        quiet, quiet_failures = request_loop(runtime, 10.0)
+        quiet, quiet_failures = request_loop(runtime, 0.5 * args.swaps)  # as long as the swaps take
         cycle = iter(range(args.swaps))
 
         def swapper():
             for i in cycle:
                 promote(ws, 1 + i % 4)
                 runtime.refresh()
-                time.sleep(0.1)
+                time.sleep(0.5)
 
         busy, busy_failures = request_loop(runtime, 0, swapper)
 
@@ -210,7 +210,7 @@ def main() -> None:
     print(f"hot-swap: {summary['parameters'] / 1e6:.0f}M-parameter model ({args.layers} x {args.hidden}), rank-{args.rank} LoRA on all "
           f"linear layers ({adapter_mb:.1f} MB), CPU, {settings.db_url.split(':')[0]}")
     print("(a) promote -> serving, median of 10 swaps:")
-    print(f"    verify (read + sha256) {verify * 1000:7.1f} ms   load (add to model) {load * 1000:7.1f} ms   switch {switch * 1000:6.2f} ms")
+    print(f"    verify (read + sha256) {verify * 1000:7.1f} ms   load (into the model) {load * 1000:7.1f} ms   switch {switch * 1000:6.2f} ms")
     print(f"    floor: read + sha256 once {floor * 1000:.1f} ms; fresh PeftModel.from_pretrained {fresh_s * 1000:.1f} ms")
     print(f"    verify+load+switch = {(verify + load + switch) * 1000:.1f} ms = {(verify + load + switch) / floor:.2f}x the floor, "
           f"{(verify + load + switch) / fresh_s:.2f}x a fresh load")

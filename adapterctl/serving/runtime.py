@@ -154,7 +154,7 @@ class Runtime:
         from peft import PeftModel
 
         started = time.perf_counter()
-        config, weights = parse_adapter(self.store.verify(relative_path, sha256))
+        config, weights = parse_adapter(self.store.verify(relative_path, sha256))  # weights: safetensors bytes
         verified = time.perf_counter()
         spare = self._spare.get(line) if reuse else None
         if spare and same_lora(self.model.peft_config[spare], config):
@@ -262,13 +262,12 @@ class Runtime:
 
 
 def parse_adapter(files: dict[str, bytes]):
-    """The LoRA config and weights of a PEFT adapter, from its files' bytes."""
+    """The LoRA config of a PEFT adapter and its weights' safetensors bytes."""
     from peft import LoraConfig
-    from safetensors.torch import load as load_safetensors
 
     try:
         config = LoraConfig(**{k: v for k, v in json.loads(files["adapter_config.json"]).items() if k in LoraConfig.__dataclass_fields__})
-        weights = load_safetensors(files["adapter_model.safetensors"])
+        weights = files["adapter_model.safetensors"]
     except (KeyError, ValueError, TypeError) as exc:
         raise AdapterctlError(f"not a PEFT LoRA adapter: {exc}") from None
     config.inference_mode = True
@@ -287,11 +286,32 @@ def same_lora(a, b) -> bool:
     return targets(a) == targets(b) and all(getattr(a, f, None) == getattr(b, f, None) for f in SHAPE_FIELDS)
 
 
-def fill_adapter(model, name: str, weights) -> None:
-    """Copy weights into an existing, idle adapter of the same LoRA settings."""
-    from peft.utils import set_peft_model_state_dict
+SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 
-    _check_fit(set_peft_model_state_dict(model, weights, adapter_name=name), name)
+
+def fill_adapter(model, name: str, weights: bytes) -> None:
+    """Copy safetensors bytes straight into an existing, idle adapter of the same LoRA settings: one copy,
+    no intermediate tensors. Every tensor must match a parameter of that adapter in name and shape."""
+    import torch
+
+    marker = f".{name}."
+    params = {key.replace(marker, "."): value for key, value in model.named_parameters() if marker in key}
+    header_size = int.from_bytes(weights[:8], "little")
+    header = json.loads(weights[8 : 8 + header_size])
+    header.pop("__metadata__", None)
+    if set(header) != set(params):
+        raise AdapterctlError(f"the adapter does not fit its slot ({len(set(header) ^ set(params))} tensors differ)")
+    start_of_data = 8 + header_size
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # frombuffer on read-only bytes: we only read them
+        for key, info in header.items():
+            dtype = getattr(torch, SAFETENSORS_DTYPES[info["dtype"]])
+            begin, end = info["data_offsets"]
+            source = torch.frombuffer(weights, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=start_of_data + begin)
+            target = params[key]
+            if list(target.shape) != info["shape"]:
+                raise AdapterctlError(f"the adapter does not fit its slot: {key} is {info['shape']}, the slot {list(target.shape)}")
+            target.copy_(source.view(info["shape"]))
 
 
 def add_adapter(model, name: str, config, weights):
@@ -303,8 +323,10 @@ def add_adapter(model, name: str, config, weights):
         model.add_adapter(name, config)
     else:
         model = get_peft_model(model, config, adapter_name=name)
+    from safetensors.torch import load as load_safetensors
+
     try:
-        _check_fit(set_peft_model_state_dict(model, weights, adapter_name=name), name)
+        _check_fit(set_peft_model_state_dict(model, load_safetensors(weights), adapter_name=name), name)
     except Exception:
         if len(model.peft_config) > 1:
             model.delete_adapter(name)

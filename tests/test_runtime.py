@@ -180,3 +180,23 @@ def test_an_adapter_for_another_model_is_refused_and_the_base_model_is_left_inta
     assert swap.error is not None and swap.error.startswith("facts: loading v1 failed, still serving base")
     after = ask(runtime)
     assert (after.served_by, after.text) == ("facts@base", base_answer.text) == ("facts@base", fresh_answer(ws, tiny_model, tiny_line))
+
+
+def test_concurrent_requests_for_several_versions_share_batches_and_get_their_own_answers(ws, tiny_line, tiny_model):
+    approved_version(ws, tiny_line, tiny_model, seed=1)
+    approved_version(ws, tiny_line, tiny_model, seed=2)
+    promote(ws, tiny_line, 1)
+    runtime = Runtime(ws, [tiny_line])
+    runtime.pin(tiny_line, 2)
+    expected = {"facts": fresh_answer(ws, tiny_model, tiny_line, 1), "facts@v2": fresh_answer(ws, tiny_model, tiny_line, 2),
+                "facts@base": fresh_answer(ws, tiny_model, tiny_line)}
+    models = list(expected) * 8
+    answers: dict[int, object] = {}
+    threads = [threading.Thread(target=lambda i=i, m=m: answers.__setitem__(i, ask(runtime, m))) for i, m in enumerate(models)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert [answers[i].text for i in range(len(models))] == [expected[m] for m in models]
+    assert [answers[i].served_by for i in range(len(models))] == [{"facts": "facts@v1"}.get(m, m) for m in models]
+    assert runtime.stats.largest_batch > 1 and runtime.stats.mixed_batches >= 1

@@ -24,6 +24,7 @@ import queue
 import threading
 import time
 import warnings
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -69,7 +70,20 @@ class _Served:
 
 
 @dataclass
+class _Request:
+    model: str
+    line: str
+    ids: list[int]
+    max_tokens: int
+    done: Future = field(default_factory=Future)
+
+
+@dataclass
 class RuntimeStats:
+    batches: int = 0
+    largest_batch: int = 0
+    mixed_batches: int = 0
+    """Batches that served several adapters (or an adapter and the base model) at once."""
     swaps: int = 0
     failed_loads: int = 0
     errors: list[str] = field(default_factory=list)
@@ -78,7 +92,7 @@ class RuntimeStats:
 class Runtime:
     """Serves lines of one base model; follow the database with `refresh()` (a server calls it in a loop)."""
 
-    def __init__(self, ws: Workspace, lines: list[str] | None = None, *, device: str = "auto") -> None:
+    def __init__(self, ws: Workspace, lines: list[str] | None = None, *, device: str = "auto", max_batch: int = 8) -> None:
         self.ws = ws
         self.store = ArtifactStore(ws.settings.artifacts_dir)
         with ws.transaction() as session:
@@ -98,6 +112,9 @@ class Runtime:
         self._spare: dict[str, str] = {}  # line -> an idle adapter slot its next version can be copied into
         self._slots = 0
         self.stats = RuntimeStats()
+        self.max_batch = max_batch
+        self._pending: queue.Queue[_Request | None] = queue.Queue()
+        threading.Thread(target=self._batches, name="adapterctl-batcher", daemon=True).start()
         self.refresh()
 
     # ------------------------------------------------------------ following activations
@@ -192,10 +209,18 @@ class Runtime:
 
     def generate(self, model: str, messages: list[dict[str, str]], *, max_tokens: int = 64, temperature: float = 0.0,
                  seed: int | None = None) -> Answer:
-        """Answer chat messages with a line's active version (`line`) or a pinned one (`line@vN`)."""
+        """Answer chat messages with a line's active version (`line`) or a pinned one (`line@vN`).
+
+        Greedy requests that arrive while the model is busy are answered together in one batch, lines
+        mixed (PEFT's `adapter_names`); sampled ones run alone, so that their seed means what it says.
+        """
         import torch
 
         line, inputs, options = self._prepare(model, messages, max_tokens, temperature)
+        if temperature == 0 and seed is None:
+            request = _Request(model, line, inputs["input_ids"][0].tolist(), max_tokens)
+            self._pending.put(request)
+            return request.done.result()
         with self._lock:
             served = self._choose(model)
             if seed is not None:
@@ -205,6 +230,58 @@ class Runtime:
         completion = output[0, inputs["input_ids"].shape[1]:]
         text = self.tokenizer.decode(completion, skip_special_tokens=True).strip()
         return Answer(text, f"{line}@{served.label}", int(inputs["input_ids"].shape[1]), int(completion.shape[0]))
+
+    def _batches(self) -> None:
+        """Take what waits (up to max_batch) whenever the model is free: batches form under load only."""
+        while True:
+            batch = [self._pending.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._pending.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._answer(batch)
+            except Exception as exc:  # the model failed: every request of the batch gets the error
+                for request in batch:
+                    if not request.done.done():
+                        request.done.set_exception(exc)
+
+    def _answer(self, batch: list[_Request]) -> None:
+        import torch
+        from peft import PeftModel
+
+        with self._lock:
+            live = []
+            for request in batch:
+                try:
+                    live.append((request, self._choose(request.model)))
+                except Exception as exc:
+                    request.done.set_exception(exc)
+            if not live:
+                return
+            width = max(len(r.ids) for r, _ in live)
+            pad = self.tokenizer.pad_token_id
+            input_ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r, _ in live], device=self.model.device)
+            attention = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r, _ in live], device=self.model.device)
+            adapters = {served.adapter for _, served in live}
+            options = {"max_new_tokens": max(r.max_tokens for r, _ in live), "do_sample": False, "pad_token_id": pad}
+            if len(adapters) > 1 and isinstance(self.model, PeftModel):  # several lines (or base) in one batch
+                options["adapter_names"] = [served.adapter or "__base__" for _, served in live]
+                context = torch.no_grad()
+            else:
+                context = using(self.model, next(iter(adapters)))
+            with context, torch.no_grad():
+                output = self.model.generate(input_ids=input_ids, attention_mask=attention, **options)
+            self.stats.batches += 1
+            self.stats.largest_batch = max(self.stats.largest_batch, len(live))
+            self.stats.mixed_batches += "adapter_names" in options
+        for row, (request, served) in enumerate(live):
+            completion = output[row, width : width + request.max_tokens].tolist()
+            if self.tokenizer.eos_token_id in completion:
+                completion = completion[: completion.index(self.tokenizer.eos_token_id) + 1]
+            text = self.tokenizer.decode(completion, skip_special_tokens=True).strip()
+            request.done.set_result(Answer(text, f"{request.line}@{served.label}", len(request.ids), len(completion)))
 
     def stream(self, model: str, messages: list[dict[str, str]], *, max_tokens: int = 64, temperature: float = 0.0,
                seed: int | None = None) -> tuple[str, Iterator[str]]:

@@ -62,8 +62,10 @@ class Metrics:
                           f'adapterctl_request_seconds_count{{path="{path}"}} {self.latency_count[path]}']
         lines += ["# TYPE adapterctl_active_version gauge"]
         lines += [f'adapterctl_active_version{{line="{line}",version="{label.split("@")[1]}"}} 1' for line, label in sorted(runtime.served().items())]
-        lines += ["# TYPE adapterctl_swaps_total counter", f"adapterctl_swaps_total {runtime.stats.swaps}",
-                  "# TYPE adapterctl_failed_loads_total counter", f"adapterctl_failed_loads_total {runtime.stats.failed_loads}"]
+        stats = runtime.stats
+        for name, value in (("swaps", stats.swaps), ("failed_loads", stats.failed_loads), ("batches", stats.batches),
+                            ("mixed_batches", stats.mixed_batches)):
+            lines += [f"# TYPE adapterctl_{name}_total counter", f"adapterctl_{name}_total {value}"]
         return "\n".join(lines) + "\n"
 
 

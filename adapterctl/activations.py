@@ -18,7 +18,7 @@ from adapterctl import audit, registry
 from adapterctl.artifacts import ArtifactStore
 from adapterctl.db.models import Activation, Adapter, Line
 from adapterctl.errors import InvalidInput, InvalidTransition
-from adapterctl.lines import get_line
+from adapterctl.lines import get_line, lock_line
 
 BASE = "base"
 CHANNEL = "adapterctl_activations"
@@ -67,7 +67,7 @@ def rollback(session: Session, store: ArtifactStore, *, line: str, to: str | Non
 
 def fall_back(session: Session, line_id: int, *, actor: str, reason: str) -> Activation | None:
     """If the line serves a revoked version, serve its newest clean approved version (or the base model) now."""
-    session.scalar(select(Line.id).where(Line.id == line_id).with_for_update())
+    lock_line(session, line_id)
     line_row = session.get(Line, line_id)
     now = current(session, line_id)
     if now is None or now.adapter is None or now.adapter.status != "revoked":
@@ -107,7 +107,7 @@ def _activate(session: Session, line: Line, adapter: Adapter | None, *, kind: st
 
 def _locked_line(session: Session, name: str) -> Line:
     line = get_line(session, name)
-    session.scalar(select(Line.id).where(Line.id == line.id).with_for_update())
+    lock_line(session, line.id)
     return line
 
 

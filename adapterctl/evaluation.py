@@ -171,7 +171,7 @@ def _measure(base_path: str, models: dict[str, tuple[int, str] | None], cases: C
     return results, samples, round(time.perf_counter() - started, 3)
 
 
-def load_models(base_path: str, adapters: dict[str, str]):
+def load_models(base_path: str, adapters: dict[str, str], device: str = "auto"):
     """The base model once, with every adapter loaded under its role's name; and the tokenizer."""
     import torch
     from peft import PeftModel
@@ -183,7 +183,7 @@ def load_models(base_path: str, adapters: dict[str, str]):
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    device, dtype = resolve_device("auto")
+    device, dtype = resolve_device(device)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype)).to(device)
     for index, (name, path) in enumerate(adapters.items()):
         if index == 0:

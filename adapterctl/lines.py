@@ -117,6 +117,12 @@ def line_id_of(session: Session, name: str) -> int:
     return line_id
 
 
+def lock_line(session: Session, line_id: int) -> None:
+    """Serialise changes to one line until the transaction ends (SELECT … FOR UPDATE; SQLite's write
+    transaction already excludes other writers): reviews, promotions, rollbacks and fallbacks."""
+    session.scalar(select(Line.id).where(Line.id == line_id).with_for_update())
+
+
 def list_lines(session: Session) -> list[Line]:
     return list(session.scalars(select(Line).order_by(Line.name)))
 

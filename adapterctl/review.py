@@ -20,7 +20,7 @@ from adapterctl.db.models import Adapter, Feedback, Line, ReviewDecision, Review
 from adapterctl.db.types import utcnow
 from adapterctl.errors import AlreadyExists, InvalidInput, InvalidTransition, NotFound, PermissionDenied
 from adapterctl.dataset import example_of
-from adapterctl.lines import settings_of
+from adapterctl.lines import lock_line, settings_of
 
 ROLES = ("reviewer", "admin")
 TRAINING_EXAMPLES_SHOWN = 5
@@ -154,7 +154,7 @@ def _decide(session: Session, adapter_id: int, reviewer: str, decision: str, not
         raise InvalidInput(f"the note is {len(note)} characters, more than the limit of {MAX_NOTE_CHARS}")
     get_reviewer(session, reviewer)
     adapter = registry.get_adapter(session, adapter_id)
-    session.scalar(select(Line.id).where(Line.id == adapter.line_id).with_for_update())  # serialise the line's decisions
+    lock_line(session, adapter.line_id)
     session.refresh(adapter)
     if adapter.status != "pending_review":
         hint = {"evaluating": "it has not passed the evaluation gate yet"}.get(adapter.status, "only pending candidates are reviewed")

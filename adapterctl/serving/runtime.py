@@ -34,7 +34,7 @@ from adapterctl import activations, base_models, registry
 from adapterctl.artifacts import ArtifactStore
 from adapterctl.db.models import Line
 from adapterctl.errors import AdapterctlError, InvalidInput, NotFound
-from adapterctl.evaluation import using
+from adapterctl.evaluation import load_models, using
 from adapterctl.lines import get_line
 from adapterctl.workspace import Workspace
 
@@ -105,7 +105,7 @@ class Runtime:
             self.lines = [row.name for row in rows]
             self.base_name = rows[0].base_model.name
             base_path = base_models.local_path(rows[0].base_model)
-        self.model, self.tokenizer = _load_base(base_path, device)
+        self.model, self.tokenizer = load_models(base_path, {}, device)  # the base model alone, left padding
         self._lock = threading.Lock()  # one request on the model at a time: the active adapter is model state
         self._served: dict[str, _Served] = {line: _Served("base", None) for line in self.lines}
         self._pinned: dict[str, _Served] = {}  # "line@vN" -> adapter kept loaded for pinned requests
@@ -418,21 +418,3 @@ def _check_fit(result, name: str) -> None:
     missing = [k for k in result.missing_keys if name in k and "lora_" in k]
     if result.unexpected_keys or missing:
         raise AdapterctlError(f"the adapter does not fit the base model ({len(result.unexpected_keys)} unexpected, {len(missing)} missing tensors)")
-
-
-def _load_base(path: str, device: str):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from adapterctl.training import ensure_chat_template, resolve_device
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    device, dtype = resolve_device(device)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    ensure_chat_template(tokenizer)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer

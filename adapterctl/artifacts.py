@@ -150,22 +150,27 @@ class ArtifactStore:
         """Verify the artifact, then write it as a plain PEFT directory (no manifest) to `destination`."""
         contents = self.verify(relative_path, expected_sha256)
         destination = Path(destination)
-        if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
-            raise InvalidInput(f"export destination {destination} exists and is not an empty folder")
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        temporary = destination.parent / f".{destination.name}.tmp-{uuid.uuid4().hex[:8]}"
+        if destination.is_symlink():
+            raise InvalidInput(f"export destination {destination} is a symbolic link; name a new or empty folder")
         try:
-            for name, data in contents.items():
-                (temporary / name).parent.mkdir(parents=True, exist_ok=True)
-                with open(temporary / name, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-            if destination.exists():
-                destination.rmdir()  # empty, checked above; rename over a folder is not portable
-            os.replace(temporary, destination)
-        finally:
-            shutil.rmtree(temporary, ignore_errors=True)
+            if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+                raise InvalidInput(f"export destination {destination} exists and is not an empty folder")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            temporary = destination.parent / f".{destination.name}.tmp-{uuid.uuid4().hex[:8]}"
+            try:
+                for name, data in contents.items():
+                    (temporary / name).parent.mkdir(parents=True, exist_ok=True)
+                    with open(temporary / name, "wb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                if destination.exists():
+                    destination.rmdir()  # empty, checked above; rename over a folder is not portable
+                os.replace(temporary, destination)
+            finally:
+                shutil.rmtree(temporary, ignore_errors=True)
+        except OSError as exc:  # below a file, in /proc, read-only, full: the operator's path, a one-line error
+            raise InvalidInput(f"cannot export to {destination}: {exc.strerror or exc}") from None
         return destination
 
 

@@ -5,12 +5,25 @@ class AdapterctlError(Exception):
     """Base class of every error adapterctl raises on purpose."""
 
     exit_code = 1
+    code: str | None = None
+    """A stable name for programs (the `code` of an HTTP error body), where the kind of error has one."""
+
+    def __init__(self, message: str = "", *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        """The request field the error is about, where there is one (the `param` of an HTTP error body)."""
 
 
 class InvalidInput(AdapterctlError):
     """A value given by the user is malformed or out of range; nothing was written."""
 
     exit_code = 2
+
+
+class ContextLengthExceeded(InvalidInput):
+    """A prompt and the tokens asked for do not fit the model's context."""
+
+    code = "context_length_exceeded"
 
 
 class NotFound(AdapterctlError):
@@ -51,6 +64,12 @@ class Interrupted(AdapterctlError):
 
 class LockHeld(AdapterctlError):
     """Another job holds the lock for this work; try again later."""
+
+    exit_code = 75
+
+
+class Busy(AdapterctlError):
+    """The database stayed locked by other work for longer than we wait; retrying later will succeed."""
 
     exit_code = 75
 

@@ -79,7 +79,7 @@ def evaluate_candidate(ws: Workspace, adapter_id: int, *, settings: EvalSettings
 
     Returns the evaluation's id.
     """
-    with ws.transaction() as session:
+    with ws.reading() as session:
         candidate = registry.get_adapter(session, adapter_id)
         if candidate.status in ("gate_failed", "rejected", "revoked"):
             raise InvalidTransition(f"adapter {adapter_id} is {candidate.status}; there is nothing to decide on")
@@ -101,7 +101,7 @@ def evaluate_candidate(ws: Workspace, adapter_id: int, *, settings: EvalSettings
 def evaluate_version(ws: Workspace, line: str, version: int | None = None, *, settings: EvalSettings = EvalSettings(),
                      progress: Progress = None) -> int:
     """Re-evaluate the active version (or the given one) on the line's current suites; kept as history. Returns its id."""
-    with ws.transaction() as session:
+    with ws.reading() as session:
         line_row = get_line(session, line)
         subject = registry.get_version(session, line_row.id, version) if version else registry.active_adapter(session, line_row.id)
         if subject is None:
@@ -175,10 +175,11 @@ def load_models(base_path: str, adapters: dict[str, str], device: str = "auto"):
     """The base model once, with every adapter loaded under its role's name; and the tokenizer."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from adapterctl.training import ensure_chat_template, resolve_device
+    from adapterctl.chat import load_tokenizer
+    from adapterctl.training import resolve_device
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -191,8 +192,7 @@ def load_models(base_path: str, adapters: dict[str, str], device: str = "auto"):
         else:
             model.load_adapter(path, adapter_name=name)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
-    ensure_chat_template(tokenizer)
+    tokenizer = load_tokenizer(base_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

@@ -159,11 +159,19 @@ def parse_prompt(value: Any, max_bytes: int) -> list[dict[str, str]]:
 def _rating(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidInput(f"rating must be a number between -1 and 1, got {value!r}")
-    if not -1.0 <= value <= 1.0:
-        raise InvalidInput(f"rating {value!r} is out of range [-1, 1]")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
+        raise InvalidInput(f"rating must be a number between -1 and 1, got {_shown(value)}")
+    if not -1 <= value <= 1:  # compared as given: an integer too large for a float must not crash a conversion
+        raise InvalidInput(f"rating {_shown(value)} is out of range [-1, 1]")
     return float(value)
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message quotes it: at most 40 characters."""
+    if isinstance(value, int) and abs(value) >= 10**40:
+        return f"{'-' if value < 0 else ''}(a number of {len(str(abs(value)))} digits)"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _tags(value: Any) -> list[str]:
@@ -186,8 +194,11 @@ def _timestamp(value: Any) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidInput(f"created_at {value!r} is not an ISO 8601 timestamp") from None
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+        raise InvalidInput(f"created_at {_shown(value)} is not an ISO 8601 timestamp") from None
+    try:
+        return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    except OverflowError:  # 9999-12-31T23:59:59-05:00 is past the end of year 9999 in UTC
+        raise InvalidInput(f"created_at {_shown(value)} is out of range: in UTC it falls outside the years 1 to 9999") from None
 
 
 # ---------------------------------------------------------------- storing

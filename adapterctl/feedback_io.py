@@ -20,7 +20,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, TextIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from adapterctl import audit
+from adapterctl import audit, json_input
 from adapterctl.db.models import Feedback, Line
 from adapterctl.db.types import utcnow
 from adapterctl.errors import InvalidInput
@@ -136,7 +136,7 @@ def _parse_batch(job: tuple[list[tuple[int, bytes]], int]) -> list[tuple[int, An
     for number, raw_line in batch:
         line_name = None
         try:
-            raw = _json_line(raw_line)
+            raw = json_input.loads(raw_line)
             line_name = raw.pop("line", None) if isinstance(raw, dict) else None
             r = parse_record(raw, max_field_bytes=max_field_bytes)
         except InvalidInput as exc:
@@ -244,9 +244,9 @@ class _LineIds:
             raise InvalidInput("line is missing (give --line or a 'line' field)")
         if self._default is not None and name != self._default:
             raise InvalidInput(f"line {name!r} differs from --line {self._default!r}")
+        if not isinstance(name, str):
+            raise InvalidInput(f"line must be a string, got {type(name).__name__}")
         if name not in self._ids:
-            if not isinstance(name, str):
-                raise InvalidInput("line must be a string")
             line_id = self._session.scalar(select(Line.id).where(Line.name == name))
             if line_id is None:
                 raise InvalidInput(f"line {name!r} does not exist (create it with `adapterctl line create`)")
@@ -263,17 +263,6 @@ def _open_binary(path: Path) -> BinaryIO:
         return path.open("rb")
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _json_line(raw_line: bytes) -> Any:
-    try:
-        decoded = raw_line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"not valid UTF-8 (byte {exc.start + 1})") from None
-    try:
-        return json.loads(decoded)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
 
 
 def _file_sha256(path: Path) -> str:

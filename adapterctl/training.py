@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from adapterctl.chat import ensure_chat_template, load_tokenizer
 from adapterctl.errors import InvalidInput
 
 IGNORE = -100  # label of tokens the loss skips: the prompt and padding
@@ -163,18 +164,6 @@ def tokenize(tokenizer, examples: list[dict[str, Any]], max_length: int) -> tupl
     return rows, truncated
 
 
-PLAIN_CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{{ eos_token if m['role'] == 'assistant' else '\\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}assistant: {% endif %}"
-)
-
-
-def ensure_chat_template(tokenizer) -> None:
-    """Base (non-chat) models have no template; give them a plain one so chat feedback still trains."""
-    if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
-
-
 class PadCollator:
     """Pads a batch to its longest row, with an attention mask (for evaluation and generation)."""
 
@@ -270,7 +259,7 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
     """Train the job in `work_dir` and save the adapter; in a torchrun launch every process calls this."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, PrinterCallback, Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -281,7 +270,7 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
     device, dtype = resolve_device(settings.device)
 
     # 1. data
-    tokenizer = AutoTokenizer.from_pretrained(job.base_model)
+    tokenizer = load_tokenizer(job.base_model)
     examples = [json.loads(line) for line in (work_dir / "examples.jsonl").read_text().splitlines()]
     train_rows, truncated = tokenize(tokenizer, [e for e in examples if e["split"] in ("train", "replay", "reference")], settings.max_length)
     heldout_rows, _ = tokenize(tokenizer, [e for e in examples if e["split"] == "heldout"], settings.max_length)

@@ -40,6 +40,11 @@ class Workspace:
         with self.db.transaction() as session:
             yield session
 
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        with self.db.reading() as session:
+            yield session
+
     def log_feedback(self, **fields: Any) -> int:
         """Store one feedback record in its own transaction; see `adapterctl.feedback.log_feedback`."""
         with self.transaction() as session:

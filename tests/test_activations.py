@@ -139,6 +139,10 @@ def test_the_cli_promotes_rolls_back_shows_history_and_exports(ws, line, cli, tm
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     refused = cli("promote", line, "v9")
     assert refused.returncode == 2 and "v9 does not exist" in refused.stderr
+    (tmp_path / "file").write_text("x")
+    below_a_file = cli("adapters", "export", "1", str(tmp_path / "file" / "out"))
+    assert below_a_file.returncode == 2 and below_a_file.stderr.startswith(f"adapterctl: cannot export to {tmp_path / 'file' / 'out'}: ")
+    assert "Traceback" not in below_a_file.stderr
 
 
 def test_promote_racing_rollback_leaves_one_consistent_history(ws, line, cli):

@@ -357,3 +357,19 @@ def test_export_refuses_a_non_empty_destination(store, tmp_path):
     with pytest.raises(InvalidInput, match="not an empty folder"):
         store.export(artifact.relative_path, artifact.sha256, destination)
     assert [p.name for p in destination.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("where", ["dangling symlink", "below a file", "under /proc"])
+def test_export_to_an_unwritable_place_is_one_clear_error(store, tmp_path, where):
+    artifact = committed(store)
+    if where == "dangling symlink":
+        destination = tmp_path / "link"
+        destination.symlink_to(tmp_path / "missing")
+    elif where == "below a file":
+        (tmp_path / "file").write_text("x")
+        destination = tmp_path / "file" / "out"
+    else:
+        destination = Path("/proc/adapterctl-export")
+    with pytest.raises(InvalidInput, match=f"{destination}"):
+        store.export(artifact.relative_path, artifact.sha256, destination)
+    assert not (tmp_path / "missing").exists()

@@ -100,6 +100,30 @@ def test_import_with_a_bad_line_exits_2_and_writes_nothing(ready, tmp_path):
     assert ready.json("feedback", "list")["total"] == 0
 
 
+HOSTILE_LINES = [
+    (b'{"prompt": "a", "response": "b", "rating": 1' + b"0" * 400 + b"}", "rating (a number of 401 digits) is out of range"),
+    (b'{"prompt": "a", "response": "b", "rating": 1, "n": ' + b"7" * 4400 + b"}", "a number has more than 4300 digits"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"prompt": "a", "response": "b", "rating": 1, "created_at": "9999-12-31T23:59:59-05:00"}', "created_at '9999-12-31T23:59:59-05:00' is out of range"),
+    (b'{"prompt": "a", "response": "b", "rating": 1, "created_at": "0001-01-01T00:00:00+05:00"}', "created_at '0001-01-01T00:00:00+05:00' is out of range"),
+    (b'{"prompt": "a", "response": "b", "rating": 1, "line": ["x"]}', "line must be a string, got list"),
+    (b'{"prompt": "a", "response": "b", "rating": 7, "rating": 1}', "key 'rating' appears twice in one object"),
+    (b'{"prompt": "a", "response": "b", "rating": NaN}', "NaN is not a number JSON knows"),
+    (b'{"prompt": "a", "response": "b", "rating": 1e999}', "the number 1e999 is out of range"),
+]
+
+
+@pytest.mark.parametrize("content, message", HOSTILE_LINES, ids=[m[:24] for _, m in HOSTILE_LINES])
+def test_hostile_import_lines_are_one_line_errors_naming_file_and_line(ready, tmp_path, content, message):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"line": "support-bot", "prompt": "ok", "response": "b", "rating": 1}\n' + content + b"\n")
+    result = ready("feedback", "import", str(path))  # without --line: each record names its line
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.startswith("adapterctl: 1 invalid line(s), nothing imported") and f"{path}:2: " in result.stderr
+    assert message in result.stderr
+    assert ready.json("feedback", "list")["total"] == 0
+
+
 def test_unknown_command_and_missing_option_are_usage_errors(ready):
     assert ready("frobnicate").returncode == 2
     assert ready("feedback", "log", "--prompt", "p").returncode == 2

@@ -9,10 +9,16 @@ from adapterctl.errors import AlreadyExists, InvalidInput, NotFound
 from adapterctl.lines import GateThresholds, LineSettings
 
 
-@pytest.mark.parametrize("name", ["", "../x", "a/b", "Upper", "-lead", "line@v1", "x" * 64, ".hidden"])
+@pytest.mark.parametrize("name", ["", "../x", "a/b", "Upper", "-lead", "line@v1", "x" * 64, ".hidden", "a.", "a..b", "con", "lpt1.x", "nul"])
 def test_names_that_could_escape_a_path_or_a_model_id_are_refused(ws, line, name):
     with ws.transaction() as session, pytest.raises(InvalidInput, match="invalid line name"):
         lines.create_line(session, name=name, base="tiny", actor="tester")
+
+
+@pytest.mark.parametrize("name", ["a.b", "v1.2-beta_3", "console", "com10", "a-"])
+def test_names_close_to_refused_ones_are_accepted(ws, line, name):
+    with ws.transaction() as session:
+        assert lines.create_line(session, name=name, base="tiny", actor="tester").name == name
 
 
 def test_settings_problems_are_reported_together(ws, line):

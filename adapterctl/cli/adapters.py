@@ -23,7 +23,7 @@ def list_(
     json_output: JsonOption = False,
 ) -> None:
     """List adapters, newest first."""
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         rows = [registry.as_dict(a) for a in registry.list_adapters(session, line=line, status=status)]
     if json_output:
         print_json(rows)
@@ -36,7 +36,7 @@ def list_(
 @app.command()
 def show(ctx: typer.Context, adapter_id: Annotated[int, typer.Argument(metavar="ID", help="Adapter (candidate) id.")], json_output: JsonOption = False) -> None:
     """Show an adapter: state, version, lineage, evaluations, reviews and activations."""
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         result = registry.details(session, adapter_id)
     if json_output:
         print_json(result)
@@ -54,7 +54,7 @@ def export(
 ) -> None:
     """Write the adapter as a plain PEFT folder (after checking its hash), for vLLM, LoRAX or PEFT."""
     ws = workspace(ctx)
-    with ws.transaction() as session:
+    with ws.reading() as session:
         adapter = registry.get_adapter(session, adapter_id)
         if adapter.status == "revoked":
             raise InvalidTransition(f"adapter {adapter_id} is revoked; it must not be served anywhere")

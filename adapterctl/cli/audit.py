@@ -21,7 +21,7 @@ def log(
     json_output: JsonOption = False,
 ) -> None:
     """Show audit events, newest first."""
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         events = [audit.as_dict(e) for e in audit.list_events(session, limit=limit, action=action, subject=subject)]
     if json_output:
         print_json(events)
@@ -38,7 +38,7 @@ def verify(
     json_output: JsonOption = False,
 ) -> None:
     """Check the hash chain; exit 1 naming the first edited or deleted event."""
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         result = audit.verify(session, anchor=anchor)
     if json_output:
         print_json(result.__dict__)

@@ -64,7 +64,7 @@ def create_tiny(
 @app.command("list")
 def list_(ctx: typer.Context, json_output: JsonOption = False) -> None:
     """List registered base models."""
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         models = [base_models.as_dict(m) for m in base_models.list_base_models(session)]
     if json_output:
         print_json(models)
@@ -77,7 +77,7 @@ def list_(ctx: typer.Context, json_output: JsonOption = False) -> None:
 @app.command()
 def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Base model name.")], json_output: JsonOption = False) -> None:
     """Show a base model and the hash of each file."""
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         model = base_models.as_dict(base_models.get_base_model(session, name))
     if json_output:
         print_json(model)

@@ -45,7 +45,7 @@ def suite_add(
 @suite_app.command("list")
 def suite_list(ctx: typer.Context, line: LineOption, json_output: JsonOption = False) -> None:
     """The newest version of each suite of a line."""
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         from adapterctl.lines import get_line
 
         rows = [suites.as_dict(s) for s in suites.current_suites(session, get_line(session, line).id)]
@@ -65,7 +65,7 @@ def suite_show(
     json_output: JsonOption = False,
 ) -> None:
     """A suite's cases."""
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         result = suites.as_dict(suites.get_suite(session, line=line, name=name, version=version), with_cases=True)
     if json_output:
         print_json(result)
@@ -97,7 +97,7 @@ def run(
         evaluation_id = evaluation.evaluate_candidate(ws, candidate, settings=settings)
     else:
         evaluation_id = evaluation.evaluate_version(ws, line, registry.parse_version(version) if version else None, settings=settings)
-    with ws.transaction() as session:
+    with ws.reading() as session:
         from adapterctl.review import comparison_table
 
         stored = evaluation.get_evaluation(session, evaluation_id)
@@ -133,7 +133,7 @@ def print_metric_table(table: list[dict]) -> None:
 @app.command("history")
 def history(ctx: typer.Context, line: LineOption, json_output: JsonOption = False) -> None:
     """Scores of the line's versions over time, per suite; flags a drop since the version was approved."""
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         entries = evaluation.history(session, line)
     if json_output:
         print_json(entries)

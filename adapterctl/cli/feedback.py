@@ -63,7 +63,7 @@ def log(
         line=line, prompt=prompt_value, response=response, rating=rating, correction=correction, chosen=chosen,
         rejected=rejected, source=source, tags=tag, adapter_version=adapter_version, request_id=request_id,
     )
-    with ws.transaction() as session:
+    with ws.reading() as session:
         times_seen = feedback.get_feedback(session, feedback_id).times_seen
     if json_output:
         print_json({"id": feedback_id, "times_seen": times_seen, "duplicate": times_seen > 1})
@@ -111,7 +111,7 @@ def list_(
 ) -> None:
     """List feedback, newest first."""
     filters = FeedbackQuery(line=line, source=source, rating=rating, since=parse_since(since), status=None if status == "all" else status)
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         rows, total = feedback.list_feedback(session, filters, limit=limit, offset=offset)
         records = [feedback.as_dict(row) for row in rows]
     if json_output:
@@ -139,7 +139,7 @@ def _signal(record: dict) -> str:
 @app.command()
 def show(ctx: typer.Context, feedback_id: Annotated[int, typer.Argument(metavar="ID", help="Feedback id.")], json_output: JsonOption = False) -> None:
     """Show one feedback record (or its tombstone)."""
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         record = feedback.as_dict(feedback.get_feedback(session, feedback_id))
     if json_output:
         print_json(record)
@@ -155,7 +155,7 @@ def stats(
     json_output: JsonOption = False,
 ) -> None:
     """Count feedback per line (and source): records, duplicates, ratings, corrections, pairs."""
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         rows = feedback.feedback_stats(session, line=line, by_source=by_source)
     if json_output:
         print_json(rows)
@@ -174,7 +174,7 @@ def export(
 ) -> None:
     """Write active feedback as JSONL in the format `feedback import` reads."""
     filters = FeedbackQuery(line=line, source=source, since=parse_since(since))
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         if output is None:
             feedback_io.export_feedback(session, sys.stdout, filters)
             return

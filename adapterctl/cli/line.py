@@ -67,7 +67,7 @@ def create(
 @app.command("list")
 def list_(ctx: typer.Context, json_output: JsonOption = False) -> None:
     """List lines."""
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         rows = [lines.as_dict(line) for line in lines.list_lines(session)]
     if json_output:
         print_json(rows)
@@ -78,7 +78,7 @@ def list_(ctx: typer.Context, json_output: JsonOption = False) -> None:
 @app.command()
 def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Line name.")], json_output: JsonOption = False) -> None:
     """Show a line and its settings (LoRA, approvals, gate thresholds)."""
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         result = lines.as_dict(lines.get_line(session, name))
     if json_output:
         print_json(result)

@@ -20,7 +20,7 @@ SPARK = "▁▂▃▄▅▆▇█"
 @app.command("list")
 def list_(ctx: typer.Context, line: Annotated[Optional[str], typer.Option(help="Only this line.")] = None, json_output: JsonOption = False) -> None:
     """Candidates waiting for a decision, oldest first."""
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         rows = review.queue(session, line=line)
     if json_output:
         print_json(rows)
@@ -38,7 +38,7 @@ def show(
     json_output: JsonOption = False,
 ) -> None:
     """The report a reviewer decides from: evals against base and active, gate, training, data, samples."""
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         report = review.report(session, adapter_id)
     if html is not None:
         from adapterctl.report_html import write_html
@@ -159,7 +159,7 @@ def reviewer_add(
 @reviewers_app.command("list")
 def reviewer_list(ctx: typer.Context, json_output: JsonOption = False) -> None:
     """Registered reviewers."""
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         rows = [{"name": r.name, "role": r.role, "created_at": r.created_at.isoformat(), "created_by": r.created_by}
                 for r in review.list_reviewers(session)]
     if json_output:

@@ -33,7 +33,7 @@ def create(
 @app.command("list")
 def list_(ctx: typer.Context, json_output: JsonOption = False) -> None:
     """Tokens (never their secrets)."""
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         rows = tokens.list_tokens(session)
     if json_output:
         print_json(rows)

@@ -42,7 +42,7 @@ def train(
 ) -> None:
     """Train a candidate adapter from a line's new feedback (exit 0 with "nothing to do" when too little)."""
     ws = workspace(ctx)
-    with ws.transaction() as session:
+    with ws.reading() as session:
         from adapterctl.lines import get_line, settings_of
 
         line_settings = settings_of(get_line(session, line))

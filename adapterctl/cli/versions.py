@@ -47,7 +47,7 @@ def rollback(
 
 def history(ctx: typer.Context, line: LineArgument, json_output: JsonOption = False) -> None:
     """Every activation of a line: from what to what, who, when and why."""
-    with workspace(ctx).transaction() as session:
+    with workspace(ctx).reading() as session:
         entries = activations.history(session, line)
     if json_output:
         print_json(entries)

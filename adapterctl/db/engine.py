@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapterctl.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_S = 30
+READ_ONLY = "adapterctl_read_only"
+"""Execution option of connections whose transactions only read: on SQLite they begin DEFERRED."""
 
 
 def normalize_url(url: str) -> str:
@@ -62,9 +64,11 @@ def _configure_sqlite(engine: Engine, *, foreign_keys: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:
-        # Take the write lock up front: a deferred transaction that reads and then writes fails at once
-        # with "database is locked" when another writer committed in between, whatever the busy timeout.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A transaction that may write takes the write lock up front: a deferred one that reads and then
+        # writes fails at once with "database is locked" when another writer committed in between,
+        # whatever the busy timeout. Reads take no lock at all (WAL), so writers never hold them up.
+        reading = connection.get_execution_options().get(READ_ONLY)
+        connection.exec_driver_sql("BEGIN DEFERRED" if reading else "BEGIN IMMEDIATE")
 
 
 class Database:
@@ -74,6 +78,7 @@ class Database:
         self.url = normalize_url(url)
         self.engine = make_engine(self.url, foreign_keys=foreign_keys)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
     @property
     def backend(self) -> str:
@@ -83,6 +88,12 @@ class Database:
     def transaction(self) -> Iterator[Session]:
         """A session inside one transaction: committed when the block ends, rolled back on error."""
         with self._sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session inside a transaction that only reads: on SQLite it never waits for, nor holds up, a writer."""
+        with self._readers.begin() as session:
             yield session
 
     def dispose(self) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, inspect, text
 
-from adapterctl.db.engine import make_engine, normalize_url
+from adapterctl.db.engine import READ_ONLY, make_engine, normalize_url
 from adapterctl.errors import IntegrityError, SchemaError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -48,7 +48,7 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as connection:
+    with engine.connect().execution_options(**{READ_ONLY: True}) as connection:
         if not inspect(connection).has_table("alembic_version"):
             return None
         return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()

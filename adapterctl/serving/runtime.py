@@ -95,7 +95,7 @@ class Runtime:
     def __init__(self, ws: Workspace, lines: list[str] | None = None, *, device: str = "auto", max_batch: int = 8) -> None:
         self.ws = ws
         self.store = ArtifactStore(ws.settings.artifacts_dir)
-        with ws.transaction() as session:
+        with ws.reading() as session:
             rows = [get_line(session, name) for name in lines] if lines else list(session.scalars(select(Line).order_by(Line.name)))
             if not rows:
                 raise InvalidInput("no lines to serve; create one with `adapterctl line create`")
@@ -125,7 +125,7 @@ class Runtime:
 
     def refresh(self) -> list[Swap]:
         """Bring every line to its newest activation; return the swaps made (or attempted)."""
-        with self.ws.transaction() as session:
+        with self.ws.reading() as session:
             wanted = {}
             for line in self.lines:
                 activation = activations.current(session, get_line(session, line).id)
@@ -194,7 +194,7 @@ class Runtime:
         """Keep `line@vN` loaded for requests that name it, whatever the line serves."""
         key = f"{line}@v{version}"
         if key not in self._pinned:
-            with self.ws.transaction() as session:
+            with self.ws.reading() as session:
                 adapter = registry.get_version(session, get_line(session, line).id, version)
                 if adapter.status not in ("approved", "active", "inactive"):
                     raise InvalidInput(f"{key} is {adapter.status}; it cannot be served")

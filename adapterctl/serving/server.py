@@ -196,7 +196,7 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
         return (True, cached[1]) if cached and time.monotonic() - cached[0] < TOKEN_CACHE_S else (False, None)
 
     def looked_up_scope(secret: str) -> str | None:
-        with ws.transaction() as session:
+        with ws.reading() as session:
             scope = tokens.scope_of(session, secret)
         token_cache[secret] = (time.monotonic(), scope)
         return scope

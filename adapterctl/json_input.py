@@ -1,0 +1,53 @@
+"""JSON from outside (feedback files, HTTP bodies), parsed strictly: every problem is one InvalidInput.
+
+`json.loads` accepts what adapterctl must refuse and crashes on some of what it cannot parse:
+- a key given twice in one object (`"rating": 7, "rating": 1`): the last one silently wins;
+- NaN, Infinity and numbers like 1e400 (which become infinity): none of them is a JSON number;
+- deep nesting raises RecursionError, an integer of over 4,300 digits a bare ValueError.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+from adapterctl.errors import InvalidInput
+
+
+def loads(text: str | bytes) -> Any:
+    """The JSON value in `text`, or InvalidInput saying what is wrong with it."""
+    try:
+        return _DECODER.decode(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"not valid UTF-8 (byte {exc.start + 1})") from None
+    except RecursionError:
+        raise InvalidInput("not valid JSON: nested too deeply") from None
+    except ValueError:  # Python's limit on the digits of an integer
+        raise InvalidInput(f"not valid JSON: a number has more than {sys.get_int_max_str_digits()} digits") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise InvalidInput(f"not valid JSON: key {duplicate!r} appears twice in one object")
+    return value
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidInput(f"not valid JSON: the number {text[:40]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise InvalidInput(f"not valid JSON: {name} is not a number JSON knows")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_float=_finite, parse_constant=_no_constant)

@@ -20,7 +20,7 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -74,18 +74,24 @@ class Dataset:
         return sum(e.split in ("train", "heldout") for e in self.examples)
 
 
-def build_dataset(session: Session, line_id: int, settings: DataSettings) -> Dataset:
-    """Select and clean the examples of the next run of a line; nothing is written."""
+def build_dataset(session: Session, line_id: int, settings: DataSettings, problem_of: Callable[[Example], str | None] | None = None) -> Dataset:
+    """Select and clean the examples of the next run of a line; nothing is written.
+
+    `problem_of` says why an example cannot be trained on (the base model's chat template cannot render
+    it), or None; such examples are left out and counted, so that one bad record never fails a run.
+    """
+    unrenderable = Unrenderable(problem_of)
     eligible = [e for e in map(example_of, session.scalars(_new_feedback(line_id))) if e is not None]
-    unique, exact, normalised = _deduplicate(eligible)
+    unique, exact, normalised = _deduplicate(unrenderable.keep(eligible))
     kept, capped = _cap_sources(unique, settings.max_source_share)
     new = [_with_split(e, "heldout" if is_heldout(e.feedback_id, settings.holdout_fraction) else "train") for e in kept]
     train_count = sum(e.split == "train" for e in new)
-    replay = _replay(session, line_id, {e.feedback_id for e in new}, train_count, settings)
+    replay = unrenderable.keep(_replay(session, line_id, {e.feedback_id for e in new}, train_count, settings))
     anchors, reference_version = _reference_anchors(session, line_id, settings.reference_anchor_share)
-    examples = new + replay + anchors
+    examples = new + replay + unrenderable.keep(anchors)
     report = {
         "eligible": len(eligible),
+        "unrenderable": unrenderable.report(),
         "duplicates_removed": {"exact": exact, "normalised": normalised},
         "capped_sources": capped,
         "sources": dict(sorted(Counter(e.source or NO_SOURCE for e in new).items())),
@@ -95,6 +101,31 @@ def build_dataset(session: Session, line_id: int, settings: DataSettings) -> Dat
         "settings": asdict(settings),
     }
     return Dataset(examples, report)
+
+
+class Unrenderable:
+    """Examples left out because the chat template cannot render them: how many, which records, why."""
+
+    SHOWN_IDS = 100
+
+    def __init__(self, problem_of: Callable[[Example], str | None] | None) -> None:
+        self.problem_of = problem_of
+        self.skipped: list[tuple[Example, str]] = []
+
+    def keep(self, examples: list[Example]) -> list[Example]:
+        if self.problem_of is None:
+            return examples
+        kept = []
+        for example in examples:
+            if problem := self.problem_of(example):
+                self.skipped.append((example, problem))
+            else:
+                kept.append(example)
+        return kept
+
+    def report(self) -> dict[str, Any]:
+        ids = [e.feedback_id for e, _ in self.skipped if e.feedback_id is not None]
+        return {"count": len(self.skipped), "feedback_ids": ids[: self.SHOWN_IDS], "reasons": sorted({p for _, p in self.skipped})[:5]}
 
 
 def _new_feedback(line_id: int):

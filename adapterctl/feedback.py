@@ -137,22 +137,23 @@ def _short_text(value: Any, name: str) -> str | None:
     return text_value
 
 
-def parse_prompt(value: Any, max_bytes: int) -> list[dict[str, str]]:
+def parse_prompt(value: Any, max_bytes: int, field: str = "prompt") -> list[dict[str, str]]:
+    """Chat messages from a string (one user message) or a list of {role, content}; errors name `field`."""
     if isinstance(value, str) or value is None:
-        return [{"role": "user", "content": _text(value, "prompt", max_bytes, required=True)}]
+        return [{"role": "user", "content": _text(value, field, max_bytes, required=True)}]
     if not isinstance(value, list) or not value:
-        raise InvalidInput("prompt must be a non-empty string or a non-empty list of chat messages {role, content}")
+        raise InvalidInput(f"{field} must be a non-empty string or a non-empty list of chat messages {{role, content}}")
     has_user = False
     for index, message in enumerate(value):
         if not isinstance(message, dict) or len(message) != 2 or "role" not in message or "content" not in message:
-            raise InvalidInput(f"prompt[{index}] must be an object with exactly the keys 'role' and 'content'")
+            raise InvalidInput(f"{field}[{index}] must be an object with exactly the keys 'role' and 'content'")
         role = message["role"]
         if role not in ROLES:
-            raise InvalidInput(f"prompt[{index}].role {role!r} is not one of {', '.join(ROLES)}")
-        _text(message["content"], f"prompt[{index}].content", max_bytes, required=True)
+            raise InvalidInput(f"{field}[{index}].role {role!r} is not one of {', '.join(ROLES)}")
+        _text(message["content"], f"{field}[{index}].content", max_bytes, required=True)
         has_user = has_user or role == "user"
     if not has_user:
-        raise InvalidInput("prompt has no message with role 'user'")
+        raise InvalidInput(f"{field} has no message with role 'user'")
     return [{"role": message["role"], "content": message["content"]} for message in value]
 
 

@@ -60,6 +60,12 @@ def acquire(session: Session, name: str, holder: str, ttl: timedelta = DEFAULT_T
     return current.expires_at
 
 
+def live_holder(session: Session, name: str) -> str | None:
+    """Who holds the lease now, or None when nobody does (it expired, or its process on this host died)."""
+    holder = session.scalar(select(Lease.holder).where(Lease.name == name, Lease.expires_at > utcnow()))
+    return None if holder is None or _died_on_this_host(holder) else holder
+
+
 def _died_on_this_host(holder: str) -> bool:
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from adapterctl import audit, evaluation, registry
+from adapterctl import audit, evaluation, leases, registry
 from adapterctl.db.models import Adapter, Feedback, Line, ReviewDecision, Reviewer, RunExample
 from adapterctl.db.types import utcnow
 from adapterctl.errors import AlreadyExists, InvalidInput, InvalidTransition, NotFound, PermissionDenied
@@ -86,21 +86,32 @@ def _require_admin_once_one_exists(session: Session, actor: str, what: str) -> N
 
 
 def queue(session: Session, *, line: str | None = None) -> list[dict[str, Any]]:
-    """Pending candidates, oldest first, with the gate's summary and the approvals so far."""
-    query = select(Adapter).join(Adapter.line).where(Adapter.status == "pending_review").order_by(Adapter.created_at, Adapter.id)
+    """Pending candidates, oldest first, with the gate's summary and the approvals so far; and candidates
+    still `evaluating`, saying whether a job is evaluating them now or what evaluates them."""
+    query = (select(Adapter).join(Adapter.line).where(Adapter.status.in_(("pending_review", "evaluating")))
+             .order_by(Adapter.created_at, Adapter.id))
     if line is not None:
         query = query.where(Line.name == line)
     now = utcnow()
     entries = []
     for adapter in session.scalars(query):
-        approvals = approvers(session, adapter.id)
         latest = evaluation.latest_evaluation(session, adapter.id)
+        gate = _gate_summary(latest.gate if latest else None) if adapter.status == "pending_review" else _evaluating(session, adapter)
         entries.append({
-            "id": adapter.id, "line": adapter.line.name, "created_at": adapter.created_at.isoformat(),
-            "age": _age(now, adapter.created_at), "gate": _gate_summary(latest.gate if latest else None),
-            "approvals": approvals, "approvals_required": settings_of(adapter.line).approvals_required,
+            "id": adapter.id, "line": adapter.line.name, "status": adapter.status, "created_at": adapter.created_at.isoformat(),
+            "age": _age(now, adapter.created_at), "gate": gate, "approvals": approvers(session, adapter.id),
+            "approvals_required": settings_of(adapter.line).approvals_required,
         })
     return entries
+
+
+def _evaluating(session: Session, adapter: Adapter) -> str:
+    """Training jobs evaluate their candidates under the line's lease: without a holder, the job died."""
+    line = adapter.line.name
+    if leases.live_holder(session, f"train:{line}") is not None:
+        return "being evaluated by the training job"
+    return (f"evaluation interrupted: the next `adapterctl train --line {line}` evaluates it, "
+            f"or run `adapterctl eval run --candidate {adapter.id}`")
 
 
 def _age(now: datetime, then: datetime) -> str:

@@ -25,12 +25,13 @@ from typing import Any, Callable, Iterator
 
 from sqlalchemy import insert, select
 
-from adapterctl import __version__, audit, base_models, registry
+from adapterctl import __version__, audit, base_models, chat, registry
 from adapterctl.artifacts import ArtifactStore
 from adapterctl.dataset import DataSettings, Dataset, build_dataset, lineage_rows
 from adapterctl.db.models import Feedback, Line, RunExample, TrainingRun
 from adapterctl.db.types import utcnow
 from adapterctl.errors import AdapterctlError, Interrupted, InvalidInput
+from adapterctl.faults import crash_point
 from adapterctl.leases import HeldLease
 from adapterctl.lines import get_line, settings_of
 from adapterctl.training import LoraSettings, TrainingJob, TrainResult, TrainSettings
@@ -66,17 +67,25 @@ class TrainOutcome:
     resumed: bool = False
     dataset: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    leftovers: list[dict[str, Any]] = field(default_factory=list)
+    """Candidates an interrupted job had left `evaluating`, evaluated by this job first."""
 
 
 def train_line(ws: Workspace, request: TrainRequest, progress: Callable[[dict], None] | None = None) -> TrainOutcome:
-    """Run the batch job for one line. Raises LockHeld when another job is training the line."""
+    """Run the batch job for one line. Raises LockHeld when another job is training the line.
+
+    Evaluation runs under the line's lease too, so a candidate found `evaluating` by a job that holds
+    the lease was left so by a job that died: it is evaluated first.
+    """
     if problems := request.training.problems():
         raise InvalidInput("; ".join(problems))
     store = ArtifactStore(ws.settings.artifacts_dir)
     with HeldLease(ws.db, f"train:{request.line}") as lease:
+        leftovers = _evaluate_leftovers(ws, request.line) if request.evaluate else []
         run_id, resumed, dataset_report = _start_or_resume(ws, request, store)
         if run_id is None:
-            return TrainOutcome("nothing_to_do", request.line, reason=dataset_report.pop("reason"), dataset=dataset_report)
+            return TrainOutcome("nothing_to_do", request.line, reason=dataset_report.pop("reason"), dataset=dataset_report,
+                                leftovers=leftovers)
         work_dir = _work_dir(ws, request.line, run_id)
         try:
             with _interrupted_by_signals():
@@ -92,21 +101,37 @@ def train_line(ws: Workspace, request: TrainRequest, progress: Callable[[dict], 
             _record_failure(ws, store, run_id, exc, work_dir)
             raise
         shutil.rmtree(work_dir, ignore_errors=True)
-    outcome = TrainOutcome("trained", request.line, run_id=run_id, candidate_id=candidate_id, candidate_status="evaluating",
-                           resumed=resumed, dataset=dataset_report, metrics=_metrics(result))
-    if request.evaluate:
-        outcome.gate = _evaluate(ws, request.line, candidate_id)
-        outcome.candidate_status = "pending_review" if outcome.gate["passed"] else "gate_failed"
+        outcome = TrainOutcome("trained", request.line, run_id=run_id, candidate_id=candidate_id, candidate_status="evaluating",
+                               resumed=resumed, dataset=dataset_report, metrics=_metrics(result), leftovers=leftovers)
+        if request.evaluate:
+            outcome.gate = _evaluate(ws, request.line, candidate_id)
+            outcome.candidate_status = "pending_review" if outcome.gate["passed"] else "gate_failed"
     return outcome
+
+
+def _evaluate_leftovers(ws: Workspace, line: str) -> list[dict[str, Any]]:
+    """Evaluate the line's candidates that a killed job left `evaluating`; a failure is reported, not raised."""
+    with ws.reading() as session:
+        stuck = [adapter.id for adapter in registry.list_adapters(session, line=line, status="evaluating")]
+    evaluated = []
+    for candidate_id in sorted(stuck):
+        try:
+            gate = _evaluate(ws, line, candidate_id)
+        except AdapterctlError as exc:
+            evaluated.append({"candidate_id": candidate_id, "status": "evaluating", "error": str(exc)})
+            continue
+        evaluated.append({"candidate_id": candidate_id, "status": "pending_review" if gate["passed"] else "gate_failed", "gate": gate})
+    return evaluated
 
 
 def _evaluate(ws: Workspace, line: str, candidate_id: int) -> dict[str, Any]:
     """The gate's verdict on a new candidate; a failed evaluation leaves it `evaluating`, ready for a retry."""
     from adapterctl.evaluation import evaluate_candidate, get_evaluation
 
+    crash_point("train.evaluate")
     try:
         evaluation_id = evaluate_candidate(ws, candidate_id)
-        with ws.transaction() as session:
+        with ws.reading() as session:
             return get_evaluation(session, evaluation_id).gate
     except Exception as exc:
         raise AdapterctlError(f"candidate {candidate_id} of {line} was trained but its evaluation failed: "
@@ -135,16 +160,23 @@ def _start_or_resume(ws: Workspace, request: TrainRequest, store: ArtifactStore)
             _abandon(session, stale, ws.user)
             shutil.rmtree(_work_dir(ws, line.name, stale.id), ignore_errors=True)
 
-    with ws.transaction() as session:
+    with ws.reading() as session:  # we hold the lease: nobody else starts a run of this line meanwhile
         line = get_line(session, request.line)
         line_settings = settings_of(line)
         data_settings = request.data or DataSettings(max_source_share=line_settings.max_source_share, seed=request.training.seed,
                                                      reference_anchor_share=line_settings.reference_anchor_share)
-        dataset = build_dataset(session, line.id, data_settings)
         min_examples = request.min_examples or line_settings.min_examples
-        if dataset.new_count < min_examples:
-            reason = f"{dataset.new_count} new eligible examples, fewer than --min-examples {min_examples}"
-            return None, False, {**dataset.report, "reason": reason}
+        dataset = build_dataset(session, line.id, data_settings)
+        if dataset.new_count:  # worth loading the tokenizer, to leave out what its chat template cannot render
+            tokenizer = chat.load_tokenizer(base_models.local_path(line.base_model))
+            dataset = build_dataset(session, line.id, data_settings, lambda e: chat.training_problem(tokenizer, e.prompt, e.answer))
+    if dataset.new_count < min_examples:
+        skipped = dataset.report["unrenderable"]["count"]
+        reason = f"{dataset.new_count} new eligible examples, fewer than --min-examples {min_examples}" + (
+            f" ({skipped} left out: the base model's chat template cannot render them)" if skipped else "")
+        return None, False, {**dataset.report, "reason": reason}
+    with ws.transaction() as session:
+        line = get_line(session, request.line)
         run = _create_run(session, ws, line, request, dataset)
         work_dir = _work_dir(ws, line.name, run.id)
         staging = store.staging_dir(line.name, f"run-{run.id}")

@@ -175,6 +175,12 @@ class Cli:
             [sys.executable, "-m", "adapterctl", *args], input=input, capture_output=True, text=True, env=env, timeout=120
         )
 
+    def env_with(self, **variables: str) -> Cli:
+        """The same CLI with more environment variables set."""
+        other = Cli.__new__(Cli)
+        other.env = {**self.env, **variables}
+        return other
+
     def json(self, *args: str) -> object:
         result = self(*args, "--json")
         assert result.returncode == 0, result.stderr

@@ -4,12 +4,14 @@ bad artifacts never replace a good one, requests keep flowing during swaps."""
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import pytest
 
 from adapterctl import activations, feedback, registry
 from adapterctl.artifacts import ArtifactStore
 from adapterctl.db.models import RunExample, TrainingRun
+from adapterctl.errors import ContextLengthExceeded, InvalidInput
 from adapterctl.lines import get_line
 from adapterctl.serving.runtime import Runtime
 
@@ -17,8 +19,9 @@ pytestmark = pytest.mark.slow
 CHAT = [{"role": "user", "content": "What is the code for room 3?"}]
 
 
-def real_adapter(folder, tiny_model, seed: int, rank: int = 4):
-    """A real PEFT LoRA adapter on the tiny model, with random (non-zero) weights so it changes answers."""
+def real_adapter(folder, tiny_model, seed: int, rank: int = 4, broken: bool = False):
+    """A real PEFT LoRA adapter on the tiny model, with random (non-zero) weights so it changes answers;
+    `broken`: NaN weights, as a diverged training run leaves them (sampling from it fails)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -29,12 +32,14 @@ def real_adapter(folder, tiny_model, seed: int, rank: int = 4):
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0, 0.5)
+                if broken:
+                    parameter.fill_(float("nan"))
     model.save_pretrained(folder)
     (folder / "README.md").unlink(missing_ok=True)
     return folder
 
 
-def approved_version(ws, line, tiny_model, seed: int, *, trained_on=(), rank: int = 4) -> int:
+def approved_version(ws, line, tiny_model, seed: int, *, trained_on=(), rank: int = 4, broken: bool = False) -> int:
     store = ArtifactStore(ws.settings.artifacts_dir)
     with ws.transaction() as session:
         line_row = get_line(session, line)
@@ -42,7 +47,7 @@ def approved_version(ws, line, tiny_model, seed: int, *, trained_on=(), rank: in
         session.add(run)
         session.flush()
         session.add_all([RunExample(run_id=run.id, feedback_id=i, split="train") for i in trained_on])
-        stored = store.commit(real_adapter(store.staging_dir(line, f"run-{run.id}"), tiny_model, seed, rank), line, run.id)
+        stored = store.commit(real_adapter(store.staging_dir(line, f"run-{run.id}"), tiny_model, seed, rank, broken), line, run.id)
         adapter = registry.create_candidate(session, run=run, artifact_path=stored.relative_path, sha256=stored.sha256, actor="cron", status="pending_review")
         adapter.version = registry.next_version(session, line_row.id)
         session.flush()
@@ -59,8 +64,16 @@ def promote(ws, line, number=None, *, to=None):
             activations.rollback(session, store, line=line, to=to, actor="ops")
 
 
-def fresh_answer(ws, tiny_model, line, number=None) -> str:
+def fresh_answer(ws, tiny_model, line, number=None, max_new_tokens: int = 16) -> str:
     """What a freshly loaded model (plus the version's adapter, as plain PEFT loads it) answers."""
+    from transformers import AutoTokenizer
+
+    completion = fresh_completion(ws, tiny_model, line, number, max_new_tokens)
+    return AutoTokenizer.from_pretrained(tiny_model).decode(completion, skip_special_tokens=True).strip()
+
+
+def fresh_completion(ws, tiny_model, line, number=None, max_new_tokens: int = 16) -> list[int]:
+    """The token ids a freshly loaded model generates (greedy) for CHAT."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -73,8 +86,8 @@ def fresh_answer(ws, tiny_model, line, number=None) -> str:
         model = PeftModel.from_pretrained(model, path).eval()
     inputs = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return output[0, inputs["input_ids"].shape[1]:].tolist()
 
 
 def ask(runtime, model="facts"):
@@ -200,3 +213,73 @@ def test_concurrent_requests_for_several_versions_share_batches_and_get_their_ow
     assert [answers[i].text for i in range(len(models))] == [expected[m] for m in models]
     assert [answers[i].served_by for i in range(len(models))] == [{"facts": "facts@v1"}.get(m, m) for m in models]
     assert runtime.stats.largest_batch > 1 and runtime.stats.mixed_batches >= 1
+
+
+# --- limits: context, deadline, finish_reason, what the chat template renders ---------------------
+
+
+def answers_by_every_path(runtime, max_tokens: int) -> list:
+    """The same greedy request through the batcher, the single-request path (a seed) and a stream."""
+    stream = runtime.stream("facts", CHAT, max_tokens=max_tokens)
+    text = "".join(stream).strip()
+    return [runtime.generate("facts", CHAT, max_tokens=max_tokens), runtime.generate("facts", CHAT, max_tokens=max_tokens, seed=1),
+            SimpleNamespace(text=text, finish_reason=stream.finish_reason, completion_tokens=stream.completion_tokens)]
+
+
+def test_an_answer_cut_at_max_tokens_says_length_and_one_the_model_ended_says_stop(ws, tiny_line, tiny_model):
+    runtime = Runtime(ws, [tiny_line])
+    completion = fresh_completion(ws, tiny_model, tiny_line, max_new_tokens=12)
+    assert runtime.tokenizer.eos_token_id not in completion  # the random tiny model never ends an answer
+    for answer in answers_by_every_path(runtime, 12):
+        assert (answer.finish_reason, answer.completion_tokens) == ("length", 12)
+        assert answer.text == runtime.tokenizer.decode(completion, skip_special_tokens=True).strip()
+    ended = runtime._answer_of([*completion[:3], runtime.tokenizer.eos_token_id, *completion[3:]], "facts@base", 5)
+    assert (ended.finish_reason, ended.completion_tokens) == ("stop", 4)
+
+
+def test_the_request_deadline_cuts_the_answer_on_every_path(ws, tiny_line, tiny_model):
+    runtime = Runtime(ws, [tiny_line], request_deadline_s=1e-6)  # past after the first token
+    first = fresh_completion(ws, tiny_model, tiny_line, max_new_tokens=1)
+    for answer in answers_by_every_path(runtime, 200):
+        assert (answer.finish_reason, answer.completion_tokens) == ("length", 1)
+        assert answer.text == runtime.tokenizer.decode(first, skip_special_tokens=True).strip()
+
+
+def test_prompts_and_max_tokens_beyond_the_context_are_refused_before_generating(ws, tiny_line):
+    runtime = Runtime(ws, [tiny_line])
+    assert runtime.context_tokens == 1024  # the tiny model's positions
+    long = [{"role": "user", "content": "x y z " * 5000}]
+    for call in (runtime.generate, runtime.stream):
+        with pytest.raises(ContextLengthExceeded, match=r"maximum context length is 1024 tokens.*\(\d+ in the messages, 16 in the completion\)") as caught:
+            call("facts", long, max_tokens=16)
+        assert (caught.value.code, caught.value.param) == ("context_length_exceeded", "messages")
+        with pytest.raises(InvalidInput, match="max_tokens 1024 does not fit the model's context of 1024 tokens") as caught:
+            call("facts", CHAT, max_tokens=1024)
+        assert caught.value.param == "max_tokens"
+    capped = Runtime(ws, [tiny_line], max_context_tokens=40)
+    prompt_tokens = capped.generate("facts", CHAT, max_tokens=4).prompt_tokens
+    assert capped.generate("facts", CHAT, max_tokens=40 - prompt_tokens).completion_tokens == 40 - prompt_tokens
+    with pytest.raises(ContextLengthExceeded):
+        capped.generate("facts", CHAT, max_tokens=41 - prompt_tokens)
+
+
+def test_a_role_the_chat_template_cannot_render_is_refused_naming_the_message(ws, tiny_line):
+    runtime = Runtime(ws, [tiny_line])
+    assert runtime.roles == ["system", "user", "assistant"]  # the tiny model's template refuses tool
+    messages = [*CHAT, {"role": "assistant", "content": "1234"}, {"role": "tool", "content": "{}"}]
+    for call in (runtime.generate, runtime.stream):
+        with pytest.raises(InvalidInput, match=r"messages\[2\]\.role 'tool' is not supported by the base model's chat template") as caught:
+            call("facts", messages, max_tokens=4)
+        assert caught.value.param == "messages[2].role"
+
+
+def test_a_stream_whose_generation_fails_midway_raises_at_its_end(ws, tiny_line, tiny_model):
+    approved_version(ws, tiny_line, tiny_model, seed=1, broken=True)  # NaN weights: sampling from them fails
+    promote(ws, tiny_line, 1)
+    runtime = Runtime(ws, [tiny_line])
+    stream = runtime.stream("facts", CHAT, max_tokens=8, temperature=1.0)
+    assert stream.served_by == "facts@v1"
+    with pytest.raises(RuntimeError, match="probability tensor"):
+        list(stream)
+    assert stream.finish_reason is None
+    assert runtime.generate("facts@base", CHAT, max_tokens=4).completion_tokens == 4  # the runtime serves on

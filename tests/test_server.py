@@ -12,9 +12,10 @@ import urllib.error
 import urllib.request
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from adapterctl.db.models import Feedback
+from tests.conftest import Cli
 from tests.test_runtime import approved_version
 
 pytestmark = pytest.mark.slow
@@ -105,7 +106,7 @@ def test_tokens_scopes_and_bad_requests(serving, ws):
     status, body, headers = server.chat(token["generate"])
     assert status == 200 and body["model"] == headers["x-adapter-version"] == "facts@base"
     assert body["choices"][0]["message"]["role"] == "assistant" and body["usage"]["completion_tokens"] > 0
-    for bad, message in (({"model": "facts", "messages": []}, "prompt must be"), ({"model": "facts", "messages": CHAT, "max_tokens": 0}, "max_tokens"),
+    for bad, message in (({"model": "facts", "messages": []}, "messages must be"), ({"model": "facts", "messages": CHAT, "max_tokens": 0}, "max_tokens"),
                          ({"messages": CHAT}, "'model' is required"), ({"model": "nope", "messages": CHAT}, "not served here")):
         status, body, _ = server.call("POST", "/v1/chat/completions", bad, token["generate"])
         assert 400 <= status < 500 and message in body["error"]["message"], (bad, body)
@@ -190,8 +191,158 @@ def test_streaming_sends_the_answer_as_it_is_generated(serving, ws, cli):
     assert status == 200 and headers["x-adapter-version"] == "facts@v1" and events.endswith("data: [DONE]\n\n")
     chunks = [json.loads(line[6:]) for line in events.split("\n\n") if line.startswith("data: {")]
     pieces = [c["choices"][0]["delta"].get("content", "") for c in chunks]
-    assert {c["model"] for c in chunks} == {"facts@v1"} and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert {c["model"] for c in chunks} == {"facts@v1"}
+    assert chunks[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"] == "length"  # cut at max_tokens
     assert sum(bool(piece) for piece in pieces) > 1  # more than one piece of text: it streamed
     assert "".join(pieces).strip() == whole["choices"][0]["message"]["content"]
     status, body, _ = server.call("POST", "/v1/feedback", {"response_id": chunks[0]["id"], "rating": 1}, token["feedback"])
     assert status == 200 and body["adapter_version"] == "facts@v1"  # a streamed answer takes feedback too
+
+
+# --- hostile input and limits (probed: each of these was a hole) ----------------------------------
+
+
+def send_chunked(server, path: str, token: str, chunks: int, chunk_bytes: int = 64 << 10) -> int:
+    """Send `chunks` pieces of a chunked body and then read the answer, without ever ending the body:
+    a server that waits for the whole body never answers."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.putrequest("POST", path)
+    for name, value in (("Content-Type", "application/json"), ("Transfer-Encoding", "chunked"), ("Authorization", f"Bearer {token}")):
+        connection.putheader(name, value)
+    connection.endheaders()
+    piece = b'{"x": "' + b"a" * chunk_bytes
+    try:
+        for _ in range(chunks):
+            connection.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+    except OSError:  # the server answered and closed while we were still sending
+        pass
+    status = connection.getresponse().status
+    connection.close()
+    return status
+
+
+def test_a_chunked_body_over_the_limit_is_refused_as_soon_as_it_passes_it(serving):
+    start, token = serving
+    server = start()
+    assert send_chunked(server, "/v1/chat/completions", token["generate"], chunks=20) == 413  # 1.25 MiB, body never ended
+    assert send_chunked(server, "/v1/feedback", token["feedback"], chunks=20) == 413
+    assert server.chat(token["generate"])[0] == 200  # and the server is fine
+
+
+def metric_lines(server, token) -> list[str]:
+    return server.call("GET", "/metrics", token=token["admin"])[1].splitlines()
+
+
+def test_metrics_keep_unknown_paths_out_of_their_labels_and_count_every_response(serving, ws, tiny_model, tiny_line, cli):
+    start, token = serving
+    approved_version(ws, tiny_line, tiny_model, seed=3, broken=True)  # NaN weights: sampling fails, a real 500
+    server = start("--pin", "facts@v3")
+    injected = "/x%22,code=%22200%22%7D%201%0Aadapterctl_active_version%7Bline=%22svc%22,version=%22v666%22%7D%201%0A"
+    assert server.call("GET", injected)[0] == 404
+    for i in range(50):
+        server.call("GET", f"/scan-{i}")
+    assert server.chat(token["generate"], model="facts@v3", temperature=1.0)[0] == 500
+    lines = metric_lines(server, token)
+    assert not any("v666" in line or "scan-" in line for line in lines)
+    assert 'adapterctl_requests_total{path="other",code="404"} 51' in lines
+    assert 'adapterctl_requests_total{path="/v1/chat/completions",code="500"} 1' in lines
+    samples = [line for line in lines if not line.startswith("#")]
+    assert all(line.startswith("adapterctl_") and line.count(" ") == 1 for line in samples)
+    families = {line.split()[2] for line in lines if line.startswith("# TYPE")}
+    assert families == {line.split()[2] for line in lines if line.startswith("# HELP")} >= {"adapterctl_requests_total", "adapterctl_active_version"}
+
+
+BAD_CHATS = [
+    ({"seed": 2**64}, "seed"), ({"seed": -(2**63) - 1}, "seed"), ({"temperature": 1e-300}, "temperature"),
+    ({"messages": [*CHAT, {"role": "assistant", "content": "a"}, {"role": "tool", "content": "{}"}]}, "messages[2].role"),
+    ({"messages": [{"role": "user", "content": "x y z " * 5000}]}, "messages"), ({"max_tokens": 5000}, "max_tokens"),
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_hostile_requests_are_400s_naming_the_field_never_500s_or_empty_streams(serving, ws, stream):
+    start, token = serving
+    server = start()
+    response_id = server.chat(token["generate"])[1]["id"]
+    for change, param in BAD_CHATS:
+        status, body, _ = server.call("POST", "/v1/chat/completions", {"model": "facts", "messages": CHAT, "max_tokens": 8, "stream": stream, **change},
+                                      token["generate"])
+        assert status == 400 and body["error"]["param"] == param, (change, status, body)
+    status, body, _ = server.call("POST", "/v1/chat/completions", {"model": "facts", "messages": [{"role": "user", "content": "x y z " * 5000}],
+                                                                    "stream": stream}, token["generate"])
+    assert body["error"]["code"] == "context_length_exceeded" and "maximum context length is 1024 tokens" in body["error"]["message"]
+    assert server.call("POST", "/v1/chat/completions", raw=b"[" * 100_000 + b"]" * 100_000, token=token["generate"])[0] == 400
+    before = feedback_count(ws)
+    for raw, message in ((b'{"response_id": "%s", "rating": 1%s}' % (response_id.encode(), b"0" * 400), "rating"),
+                         (b'{"response_id": "%s", "rating": 1, "rating": -1}' % response_id.encode(), "appears twice")):
+        status, body, _ = server.call("POST", "/v1/feedback", raw=raw, token=token["feedback"])
+        assert status == 400 and message in body["error"]["message"], body
+    assert feedback_count(ws) == before
+    assert not [line for line in metric_lines(server, token) if line.startswith("adapterctl_requests_total") and 'code="5' in line]
+
+
+def test_a_stream_that_fails_midway_ends_with_an_error_event(serving, ws, tiny_model, tiny_line):
+    start, token = serving
+    approved_version(ws, tiny_line, tiny_model, seed=3, broken=True)
+    server = start("--pin", "facts@v3")
+    status, events, _ = server.call("POST", "/v1/chat/completions", {"model": "facts@v3", "messages": CHAT, "max_tokens": 8, "stream": True,
+                                                                      "temperature": 1.0}, token["generate"])
+    assert status == 200  # headers were sent before the failure
+    last = json.loads(events.strip().split("\n\n")[-1][6:])
+    assert "[DONE]" not in events and "generation failed" in last["error"]["message"]
+
+
+def test_forgotten_feedback_cannot_be_stored_again_through_its_response(serving, ws, cli):
+    start, token = serving
+    server = start()
+    response_id = server.chat(token["generate"])[1]["id"]
+    marker = "forget-me-7f3c"
+    status, body, _ = server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": -1, "correction": marker, "source": "victim-7f3c"},
+                                  token["feedback"])
+    assert status == 200
+    assert cli("feedback", "forget", "--source", "victim-7f3c").returncode == 0
+    deadline = time.monotonic() + 10
+    while "adapterctl_forgotten_responses_total 1" not in metric_lines(server, token):
+        assert time.monotonic() < deadline, "the server did not drop the forgotten response"
+        time.sleep(0.1)
+    status, body, _ = server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": 1}, token["feedback"])
+    assert status == 404 and body["error"]["param"] == "response_id"
+    with ws.reading() as session:
+        stored = session.scalars(select(Feedback).where(Feedback.request_id == response_id, Feedback.status == "active")).all()
+    assert stored == []
+
+
+def lock_feedback_table(ws, held: threading.Event, release: threading.Event) -> None:
+    """Hold the database's write lock (SQLite) or the feedback table's lock (PostgreSQL) until released."""
+    with ws.transaction() as session:
+        if ws.db.backend == "postgresql":
+            session.execute(text("LOCK TABLE feedback IN ACCESS EXCLUSIVE MODE"))
+        else:
+            session.execute(text("DELETE FROM feedback WHERE id < 0"))  # a write: the lock is taken (BEGIN IMMEDIATE)
+        held.set()
+        release.wait(60)
+
+
+def test_a_locked_database_answers_503_keeps_the_feedback_and_a_retry_gets_the_same_record(serving, ws, settings):
+    start, token = serving
+    server = start()
+    response_id = server.chat(token["generate"])[1]["id"]
+    fresh = Cli(settings)("token", "create", "--scope", "generate").stdout.strip()
+    held, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=lock_feedback_table, args=(ws, held, release))
+    holder.start()
+    try:
+        assert held.wait(30)
+        status, body, headers = server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": 1}, token["feedback"])
+        assert status == 503 and headers["retry-after"] and body["error"]["code"] == "database_busy", body
+        assert server.chat(fresh)[0] == 200  # a token never seen before is looked up while the lock is held
+    finally:
+        release.set()
+        holder.join()
+    status, body, _ = server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": 1}, token["feedback"])
+    assert status == 200
+    with ws.reading() as session:
+        rows = session.scalars(select(Feedback).where(Feedback.request_id == response_id)).all()
+    assert [(row.id, row.times_seen) for row in rows] == [(body["id"], 1)]  # stored once, though sent twice

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from adapterctl import audit, feedback, registry
 from adapterctl.artifacts import ArtifactStore
 from adapterctl.dataset import DataSettings
-from adapterctl.db.models import Adapter, AuditEvent, Lease, TrainingRun
+from adapterctl.db.models import Adapter, AuditEvent, Lease, RunExample, TrainingRun
 from adapterctl.errors import InvalidInput
 from adapterctl.runs import TrainRequest, train_line
 from adapterctl.training import TrainSettings
@@ -135,3 +135,25 @@ def test_invalid_training_settings_are_refused_before_anything_is_written(ws, ti
     for name in ("learning_rate", "batch_size", "scheduler", "device"):
         assert name in str(caught.value)
     assert count(ws, TrainingRun) == 0
+
+
+SHORT = TrainSettings(learning_rate=3e-3, max_steps=4, batch_size=8, scheduler="constant", checkpoint_steps=1000)
+TOOL_CALL = [{"role": "user", "content": "Open the door"}, {"role": "assistant", "content": "open_door()"}, {"role": "tool", "content": "{\"ok\": true}"}]
+
+
+def test_a_record_the_chat_template_cannot_render_is_left_out_counted_and_never_blocks_the_line(ws, tiny_line, cli):
+    log_facts(ws, tiny_line)
+    with ws.transaction() as session:  # stored as a server stores feedback on its answers, with a role the template refuses
+        [tool] = feedback.log_records(session, [(tiny_line, feedback.parse_record({"prompt": TOOL_CALL, "response": "ok", "correction": "The door is open."}))],
+                                      actor="server")
+    outcome = train_line(ws, TrainRequest(tiny_line, training=SHORT, data=ALL_TRAIN))
+    assert outcome.status == "trained" and outcome.dataset["splits"] == {"train": len(FACTS)}
+    skipped = outcome.dataset["unrenderable"]
+    assert (skipped["count"], skipped["feedback_ids"]) == (1, [tool]) and "unknown role tool" in skipped["reasons"][0]
+    with ws.reading() as session:
+        used = session.scalars(select(RunExample.feedback_id).where(RunExample.run_id == outcome.run_id)).all()
+    assert tool not in used  # no lineage to a record it never trained on
+    again = cli("train", "--line", tiny_line)  # the record is still new, and still no reason to fail
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("nothing to do for facts: 0 new eligible examples") and "1 left out" in again.stdout
+    assert f"left out 1 feedback records the base model's chat template cannot render (#{tool})" in again.stderr

@@ -34,7 +34,7 @@ def wait_for(condition, timeout: float = 120.0, what: str = "condition") -> None
 
 
 def rows(ws, model):
-    with ws.transaction() as session:
+    with ws.reading() as session:
         return list(session.scalars(select(model)))
 
 
@@ -122,3 +122,22 @@ def test_sigterm_interrupts_and_a_run_without_resume_abandons_it(ws, tiny_line, 
     old, new = sorted(rows(ws, TrainingRun), key=lambda r: r.id)
     assert (old.status, new.status) == ("failed", "succeeded") and old.error.startswith("abandoned")
     assert not (settings.home / "runs" / "facts" / str(old.id)).exists()
+
+
+def test_kill_9_during_evaluation_then_review_list_says_so_and_the_next_train_evaluates(ws, tiny_line, cli):
+    log_facts(ws, tiny_line)
+    killed = cli.env_with(ADAPTERCTL_CRASH_AT="train.evaluate")(*TRAIN, "--max-steps", "5")
+    assert killed.returncode == -signal.SIGKILL
+    [adapter] = rows(ws, Adapter)
+    assert adapter.status == "evaluating" and rows(ws, Lease) != []  # the dead job's lease is left behind
+    [listed] = cli.json("review", "list")
+    assert (listed["id"], listed["status"]) == (adapter.id, "evaluating")
+    assert listed["gate"].startswith("evaluation interrupted") and f"eval run --candidate {adapter.id}" in listed["gate"]
+    again = cli(*TRAIN, "--json")  # cron, with nothing new to train
+    assert again.returncode == 0, again.stderr
+    outcome = json.loads(again.stdout)
+    assert outcome["status"] == "nothing_to_do"
+    [leftover] = outcome["leftovers"]
+    [adapter] = rows(ws, Adapter)
+    assert leftover["candidate_id"] == adapter.id and leftover["status"] == adapter.status in ("pending_review", "gate_failed")
+    assert cli(*TRAIN, "--json").returncode == 0 and json.loads(cli(*TRAIN, "--json").stdout)["leftovers"] == []

@@ -19,7 +19,7 @@ SPARK = "▁▂▃▄▅▆▇█"
 
 @app.command("list")
 def list_(ctx: typer.Context, line: Annotated[Optional[str], typer.Option(help="Only this line.")] = None, json_output: JsonOption = False) -> None:
-    """Candidates waiting for a decision, oldest first."""
+    """Candidates waiting for a decision (and any still being evaluated), oldest first."""
     with workspace(ctx).reading() as session:
         rows = review.queue(session, line=line)
     if json_output:
@@ -27,7 +27,7 @@ def list_(ctx: typer.Context, line: Annotated[Optional[str], typer.Option(help="
         return
     for row in rows:
         row["approvals"] = f"{len(row['approvals'])}/{row['approvals_required']}" + (f" ({', '.join(row['approvals'])})" if row["approvals"] else "")
-    print_table(rows, ["id", "line", "age", "gate", "approvals"], empty="nothing waits for review")
+    print_table(rows, ["id", "line", "status", "age", "gate", "approvals"], empty="nothing waits for review")
 
 
 @app.command()

@@ -9,6 +9,7 @@ import typer
 
 from adapterctl.cli._common import workspace
 from adapterctl.registry import parse_version
+from adapterctl.serving.runtime import DEFAULT_DEADLINE_S
 
 
 def serve(
@@ -20,6 +21,8 @@ def serve(
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
     poll: Annotated[float, typer.Option(help="Seconds between checks for new activations.")] = 0.5,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Accept requests without a token (local experiments only).")] = False,
+    request_deadline: Annotated[float, typer.Option(help="Seconds one request may generate for; its answer is cut there (finish_reason length).")] = DEFAULT_DEADLINE_S,
+    max_context_tokens: Annotated[Optional[int], typer.Option(help="Most tokens of prompt plus answer [default: the model's context length].")] = None,
 ) -> None:
     """Serve lines over an OpenAI-compatible HTTP API; promote/rollback/forget take effect without a restart."""
     import uvicorn
@@ -29,9 +32,13 @@ def serve(
 
     if not 0.05 <= poll <= 60:
         raise typer.BadParameter("--poll must be between 0.05 and 60 seconds")
+    if not request_deadline > 0:
+        raise typer.BadParameter("--request-deadline must be more than 0 seconds")
+    if max_context_tokens is not None and max_context_tokens < 2:
+        raise typer.BadParameter("--max-context-tokens must be at least 2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ws = workspace(ctx)
-    runtime = Runtime(ws, line or None, device=device)
+    runtime = Runtime(ws, line or None, device=device, max_context_tokens=max_context_tokens, request_deadline_s=request_deadline)
     for pinned in pin or []:
         name, _, version = pinned.partition("@")
         runtime.pin(name, parse_version(version))

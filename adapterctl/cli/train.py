@@ -63,7 +63,16 @@ def train(
         outcome = train_line(ws, request, progress=progress)
     if json_output:
         print_json(asdict(outcome))
-    elif outcome.status == "nothing_to_do":
+        return
+    for leftover in outcome.leftovers:
+        verdict = leftover.get("error") or ("gate passed: it waits for review" if leftover["status"] == "pending_review"
+                                            else "gate failed: " + "; ".join(leftover["gate"]["reasons"]))
+        typer.echo(f"candidate {leftover['candidate_id']} of {line} was left evaluating by an interrupted job; evaluated now: {verdict}")
+    if skipped := outcome.dataset.get("unrenderable", {}).get("count"):
+        ids = ", ".join(f"#{i}" for i in outcome.dataset["unrenderable"]["feedback_ids"][:10])
+        typer.echo(f"left out {skipped} feedback records the base model's chat template cannot render ({ids}): "
+                   f"{'; '.join(outcome.dataset['unrenderable']['reasons'])}", err=True)
+    if outcome.status == "nothing_to_do":
         typer.echo(f"nothing to do for {line}: {outcome.reason}")
     else:
         m, splits = outcome.metrics, outcome.dataset.get("splits", {})

@@ -30,10 +30,10 @@ from typing import Iterator
 
 from sqlalchemy import select
 
-from adapterctl import activations, base_models, registry
+from adapterctl import activations, base_models, chat, registry
 from adapterctl.artifacts import ArtifactStore
 from adapterctl.db.models import Line
-from adapterctl.errors import AdapterctlError, InvalidInput, NotFound
+from adapterctl.errors import AdapterctlError, ContextLengthExceeded, InvalidInput, NotFound
 from adapterctl.evaluation import load_models, using
 from adapterctl.lines import get_line
 from adapterctl.workspace import Workspace
@@ -60,6 +60,29 @@ class Answer:
     """`line@vN` or `line@base`: exactly what produced the text."""
     prompt_tokens: int
     completion_tokens: int
+    finish_reason: str = "stop"
+    """"stop" when the model ended its answer, "length" when max_tokens or the request deadline cut it."""
+
+
+class Stream:
+    """A streamed answer: what answers (`served_by`) at once, then the text in pieces as it is generated.
+
+    Iterating to the end sets `finish_reason` and `completion_tokens`, or raises what stopped the
+    generation midway, so that a caller never mistakes a failure for a short answer.
+    """
+
+    def __init__(self, served_by: str, prompt_tokens: int, pieces: Iterator[str], outcome: dict) -> None:
+        self.served_by, self.prompt_tokens = served_by, prompt_tokens
+        self.finish_reason: str | None = None
+        self.completion_tokens = 0
+        self._pieces, self._outcome = pieces, outcome
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._pieces
+        self._outcome["done"].wait()
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        self.completion_tokens, self.finish_reason = self._outcome["completion_tokens"], self._outcome["finish_reason"]
 
 
 @dataclass
@@ -89,10 +112,23 @@ class RuntimeStats:
     errors: list[str] = field(default_factory=list)
 
 
+DEFAULT_DEADLINE_S = 30.0
+
+
+def context_length(model, tokenizer) -> int | None:
+    """The most tokens the model attends over: its position embeddings, else the tokenizer's stated limit."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(value := getattr(model.config, name, None), int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < 10**7 else None  # transformers uses 1e30 for "unknown"
+
+
 class Runtime:
     """Serves lines of one base model; follow the database with `refresh()` (a server calls it in a loop)."""
 
-    def __init__(self, ws: Workspace, lines: list[str] | None = None, *, device: str = "auto", max_batch: int = 8) -> None:
+    def __init__(self, ws: Workspace, lines: list[str] | None = None, *, device: str = "auto", max_batch: int = 8,
+                 max_context_tokens: int | None = None, request_deadline_s: float = DEFAULT_DEADLINE_S) -> None:
         self.ws = ws
         self.store = ArtifactStore(ws.settings.artifacts_dir)
         with ws.reading() as session:
@@ -106,6 +142,12 @@ class Runtime:
             self.base_name = rows[0].base_model.name
             base_path = base_models.local_path(rows[0].base_model)
         self.model, self.tokenizer = load_models(base_path, {}, device)  # the base model alone, left padding
+        self.roles = chat.supported_roles(self.tokenizer)
+        limits = [n for n in (context_length(self.model, self.tokenizer), max_context_tokens) if n]
+        self.context_tokens: int | None = min(limits) if limits else None
+        """Prompt and answer together never exceed this many tokens (None: the model states no limit)."""
+        self.deadline_s = request_deadline_s
+        """Longest time one request (or one batch) may generate for; its answer is cut there ("length")."""
         self._lock = threading.Lock()  # one request on the model at a time: the active adapter is model state
         self._served: dict[str, _Served] = {line: _Served("base", None) for line in self.lines}
         self._pinned: dict[str, _Served] = {}  # "line@vN" -> adapter kept loaded for pinned requests
@@ -227,9 +269,17 @@ class Runtime:
                 torch.manual_seed(seed)
             with using(self.model, served.adapter), torch.no_grad():
                 output = self.model.generate(**inputs, **options)
-        completion = output[0, inputs["input_ids"].shape[1]:]
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        return self._answer_of(output[0, prompt_tokens:].tolist(), f"{line}@{served.label}", prompt_tokens)
+
+    def _answer_of(self, completion: list[int], served_by: str, prompt_tokens: int) -> Answer:
+        """The answer in `completion` (the tokens generated for one request, up to its max_tokens)."""
+        eos = self.tokenizer.eos_token_id
+        ended = eos in completion
+        if ended:
+            completion = completion[: completion.index(eos) + 1]
         text = self.tokenizer.decode(completion, skip_special_tokens=True).strip()
-        return Answer(text, f"{line}@{served.label}", int(inputs["input_ids"].shape[1]), int(completion.shape[0]))
+        return Answer(text, served_by, prompt_tokens, len(completion), "stop" if ended else "length")
 
     def _batches(self) -> None:
         """Take what waits (up to max_batch) whenever the model is free: batches form under load only."""
@@ -265,7 +315,8 @@ class Runtime:
             input_ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r, _ in live], device=self.model.device)
             attention = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r, _ in live], device=self.model.device)
             adapters = {served.adapter for _, served in live}
-            options = {"max_new_tokens": max(r.max_tokens for r, _ in live), "do_sample": False, "pad_token_id": pad}
+            options = {"max_new_tokens": max(r.max_tokens for r, _ in live), "do_sample": False, "pad_token_id": pad,
+                       "max_time": self.deadline_s}
             if len(adapters) > 1 and isinstance(self.model, PeftModel):  # several lines (or base) in one batch
                 options["adapter_names"] = [served.adapter or "__base__" for _, served in live]
                 context = torch.no_grad()
@@ -278,20 +329,22 @@ class Runtime:
             self.stats.mixed_batches += "adapter_names" in options
         for row, (request, served) in enumerate(live):
             completion = output[row, width : width + request.max_tokens].tolist()
-            if self.tokenizer.eos_token_id in completion:
-                completion = completion[: completion.index(self.tokenizer.eos_token_id) + 1]
-            text = self.tokenizer.decode(completion, skip_special_tokens=True).strip()
-            request.done.set_result(Answer(text, f"{request.line}@{served.label}", len(request.ids), len(completion)))
+            request.done.set_result(self._answer_of(completion, f"{request.line}@{served.label}", len(request.ids)))
 
     def stream(self, model: str, messages: list[dict[str, str]], *, max_tokens: int = 64, temperature: float = 0.0,
-               seed: int | None = None) -> tuple[str, Iterator[str]]:
-        """Like `generate`, but returns what answers (`line@vN`) at once and the text as it is generated."""
+               seed: int | None = None) -> Stream:
+        """Like `generate`, but returns what answers (`line@vN`) at once and the text as it is generated.
+
+        Everything that can be refused (model, messages, lengths) is refused before this returns.
+        """
         import torch
         from transformers import TextIteratorStreamer
 
         line, inputs, options = self._prepare(model, messages, max_tokens, temperature)
+        prompt_tokens = int(inputs["input_ids"].shape[1])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
         chosen: queue.Queue = queue.Queue(maxsize=1)
+        outcome: dict = {"done": threading.Event()}
 
         def run() -> None:
             started = False
@@ -303,27 +356,45 @@ class Runtime:
                     if seed is not None:
                         torch.manual_seed(seed)
                     with using(self.model, served.adapter), torch.no_grad():
-                        self.model.generate(**inputs, **options, streamer=streamer)
+                        output = self.model.generate(**inputs, **options, streamer=streamer)
+                answer = self._answer_of(output[0, prompt_tokens:].tolist(), "", prompt_tokens)
+                outcome.update(completion_tokens=answer.completion_tokens, finish_reason=answer.finish_reason)
             except Exception as exc:
                 if not started:
                     chosen.put(exc)
                 else:
-                    streamer.on_finalized_text("", stream_end=True)  # the client sees a short answer, not a hang
+                    outcome["error"] = exc
+                    streamer.end()  # the text so far, then the error: never a short answer that looks whole
+            finally:
+                outcome["done"].set()
 
         threading.Thread(target=run, name="adapterctl-stream", daemon=True).start()
         label = chosen.get()
         if isinstance(label, Exception):
             raise label
-        return f"{line}@{label}", iter(streamer)
+        return Stream(f"{line}@{label}", prompt_tokens, iter(streamer), outcome)
 
     def _prepare(self, model: str, messages: list[dict[str, str]], max_tokens: int, temperature: float):
+        """The line, the prompt's token ids and the generation options; refuses what the model cannot answer."""
         line = model.partition("@")[0]
         if line not in self._served:
-            raise NotFound(f"model {model!r} is not served here; served: {', '.join(sorted(self._served))}")
-        inputs = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            raise NotFound(f"model {model!r} is not served here; served: {', '.join(sorted(self._served))}", param="model")
+        limit = self.context_tokens
+        if limit is not None and max_tokens >= limit:
+            raise InvalidInput(f"max_tokens {max_tokens} does not fit the model's context of {limit} tokens "
+                               f"(prompt and answer together)", param="max_tokens")
+        prompt = chat.render(self.tokenizer, messages, self.roles)
+        inputs = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        if limit is not None and prompt_tokens + max_tokens > limit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens. However, you requested {prompt_tokens + max_tokens} tokens "
+                f"({prompt_tokens} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
+                param="messages")
         inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-        return line, inputs, {"max_new_tokens": max_tokens, "pad_token_id": self.tokenizer.pad_token_id, **sampling}
+        options = {"max_new_tokens": max_tokens, "pad_token_id": self.tokenizer.pad_token_id, "max_time": self.deadline_s, **sampling}
+        return line, inputs, options
 
     def _choose(self, model: str) -> _Served:
         """What answers `model` now (call with the lock held): the line's active version, a pinned one, or base."""

@@ -9,13 +9,21 @@
     GET  /metrics               Prometheus text (scope admin)
 
 A follower thread brings the runtime to the newest activations: it polls the database, and on
-PostgreSQL it also LISTENs, so a promote, rollback or forget takes effect at once. Feedback goes
-through a writer thread that commits whatever arrived meanwhile in one transaction (group commit):
-each request still waits for its own record to be durable.
+PostgreSQL it also LISTENs, so a promote, rollback or forget takes effect at once; on each poll it
+also drops the remembered responses whose feedback was forgotten. Feedback goes through a writer
+thread that commits whatever arrived meanwhile in one transaction (group commit): each request
+waits for its own record to be durable, or answers 503 while the database is locked by other work,
+with the record kept queued (a retry of the same feedback is answered from the queue, not stored twice).
+
+Limits (docs/security.md): bodies over 1 MiB are refused with 413 while they are read, chunked or
+not; a prompt and its max_tokens must fit the model's context (400 context_length_exceeded); one
+request (or batch) generates for at most the request deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import logging
 import queue
@@ -24,66 +32,113 @@ import time
 import uuid
 from collections import OrderedDict, defaultdict
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import Request  # at module level: FastAPI resolves the endpoints' annotations here
 
-from adapterctl import feedback, tokens
-from adapterctl.errors import AdapterctlError, InvalidInput, NotFound
+from adapterctl import feedback, json_input, tokens
+from adapterctl.errors import AdapterctlError, Busy, InvalidInput, NotFound
+from adapterctl.serving import responses
 from adapterctl.serving.runtime import Runtime
 from adapterctl.workspace import Workspace
 
 log = logging.getLogger("adapterctl.serve")
 MAX_BODY_BYTES = 1 << 20
-REMEMBERED_RESPONSES = 100_000
 TOKEN_CACHE_S = 5.0
+TOKEN_CACHE_SIZE = 10_000
+FEEDBACK_WAIT_S = 10.0
+"""How long a feedback request waits for its record to be written before answering 503 (it stays queued)."""
+RETRY_AFTER_S = 2
+ROUTES = ("/v1/chat/completions", "/v1/models", "/v1/feedback", "/healthz", "/metrics")
+MAX_SEED = 2**63 - 1
+MIN_TEMPERATURE = 0.01
+"""Below this (but above 0, greedy) the logits overflow when divided by the temperature."""
 
 
 class Metrics:
+    """Prometheus counters. Paths outside ROUTES count as one `other`, so no request can add a series."""
+
     def __init__(self) -> None:
         self.requests: dict[tuple[str, int], int] = defaultdict(int)
         self.latency_sum: dict[str, float] = defaultdict(float)
         self.latency_count: dict[str, int] = defaultdict(int)
+        self.forgotten_responses = 0
+        """Remembered responses dropped because their feedback was forgotten."""
         self.lock = threading.Lock()
 
     def observe(self, path: str, status: int, seconds: float) -> None:
+        route = path if path in ROUTES else "other"
         with self.lock:
-            self.requests[(path, status)] += 1
-            self.latency_sum[path] += seconds
-            self.latency_count[path] += 1
+            self.requests[(route, status)] += 1
+            self.latency_sum[route] += seconds
+            self.latency_count[route] += 1
 
     def render(self, runtime: Runtime) -> str:
-        lines = ["# TYPE adapterctl_requests_total counter"]
+        lines = _family("adapterctl_requests_total", "counter", "HTTP responses by route and status code.")
         with self.lock:
-            lines += [f'adapterctl_requests_total{{path="{p}",code="{c}"}} {n}' for (p, c), n in sorted(self.requests.items())]
-            lines += ["# TYPE adapterctl_request_seconds summary"]
+            lines += [f"adapterctl_requests_total{_labels(path=p, code=c)} {n}" for (p, c), n in sorted(self.requests.items())]
+            lines += _family("adapterctl_request_seconds", "summary", "Time from request to the end of the response, by route.")
             for path in sorted(self.latency_count):
-                lines += [f'adapterctl_request_seconds_sum{{path="{path}"}} {self.latency_sum[path]:.6f}',
-                          f'adapterctl_request_seconds_count{{path="{path}"}} {self.latency_count[path]}']
-        lines += ["# TYPE adapterctl_active_version gauge"]
-        lines += [f'adapterctl_active_version{{line="{line}",version="{label.split("@")[1]}"}} 1' for line, label in sorted(runtime.served().items())]
+                lines += [f"adapterctl_request_seconds_sum{_labels(path=path)} {self.latency_sum[path]:.6f}",
+                          f"adapterctl_request_seconds_count{_labels(path=path)} {self.latency_count[path]}"]
+        lines += _family("adapterctl_active_version", "gauge", "The version each line serves (1 on the served one).")
+        lines += [f"adapterctl_active_version{_labels(line=line, version=label.split('@')[1])} 1" for line, label in sorted(runtime.served().items())]
         stats = runtime.stats
-        for name, value in (("swaps", stats.swaps), ("failed_loads", stats.failed_loads), ("batches", stats.batches),
-                            ("mixed_batches", stats.mixed_batches)):
-            lines += [f"# TYPE adapterctl_{name}_total counter", f"adapterctl_{name}_total {value}"]
+        for name, value, meaning in (("swaps", stats.swaps, "Adapters swapped in after an activation."),
+                                     ("failed_loads", stats.failed_loads, "Adapters that failed to load (the line kept serving)."),
+                                     ("batches", stats.batches, "Batches of greedy requests generated together."),
+                                     ("mixed_batches", stats.mixed_batches, "Batches that served several adapters at once."),
+                                     ("forgotten_responses", self.forgotten_responses, "Remembered responses dropped because their feedback was forgotten.")):
+            lines += [*_family(f"adapterctl_{name}_total", "counter", meaning), f"adapterctl_{name}_total {value}"]
         return "\n".join(lines) + "\n"
 
 
+def _family(name: str, kind: str, meaning: str) -> list[str]:
+    return [f"# HELP {name} {meaning}", f"# TYPE {name} {kind}"]
+
+
+def _labels(**values: Any) -> str:
+    """Label values escaped as the exposition format demands: backslash, double quote and newline."""
+    escaped = (str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for v in values.values())
+    return "{" + ",".join(f'{k}="{v}"' for k, v in zip(values, escaped)) + "}"
+
+
 class FeedbackWriter:
-    """One thread writes the feedback of all requests, in batches: each batch is one transaction."""
+    """One thread writes the feedback of all requests, in batches: each batch is one transaction.
+
+    While the database is locked by other work (a long import on SQLite, a lost connection), the batch
+    waits and is written again; nothing is dropped. A record submitted again while it waits, or soon
+    after it was written (a client retrying after a 503), is the same record: it gets the same id.
+    """
+
+    RETRY_S = (0.5, 1.0, 2.0, 5.0)
+    REMEMBERED = 10_000
 
     def __init__(self, ws: Workspace, max_batch: int = 512) -> None:
         self.ws, self.max_batch = ws, max_batch
-        self.queue: queue.Queue[tuple[str, Any, Future] | None] = queue.Queue()
+        self.queue: queue.Queue[tuple[str, Any, tuple, Future] | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._pending: dict[tuple, Future] = {}
+        self._written: OrderedDict[tuple, int] = OrderedDict()
+        self._stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="adapterctl-feedback-writer", daemon=True)
         self.thread.start()
 
-    def submit(self, line: str, record) -> int:
-        done: Future = Future()
-        self.queue.put((line, record, done))
-        return done.result(timeout=30)
+    def submit(self, line: str, record, key: tuple) -> Future:
+        """Queue a record; the future gives its id once written. `key` says which submissions are the same."""
+        with self._lock:
+            if key in self._pending:
+                return self._pending[key]
+            done: Future = Future()
+            if key in self._written:
+                done.set_result(self._written[key])
+                return done
+            self._pending[key] = done
+        self.queue.put((line, record, key, done))
+        return done
 
     def close(self) -> None:
+        self._stopping.set()
         self.queue.put(None)
         self.thread.join(timeout=30)
 
@@ -105,22 +160,43 @@ class FeedbackWriter:
             self._write(batch)
 
     def _write(self, batch) -> None:
-        try:
-            with self.ws.transaction() as session:
-                ids = feedback.log_records(session, [(line, record) for line, record, _ in batch], actor=self.ws.user)
-        except Exception as exc:  # the whole batch failed: tell every waiting request
-            for _, _, done in batch:
-                done.set_exception(exc)
-            return
-        for (_, _, done), feedback_id in zip(batch, ids):
-            done.set_result(feedback_id)
+        from sqlalchemy.exc import OperationalError
+
+        for wait in itertools.chain(self.RETRY_S, itertools.repeat(self.RETRY_S[-1])):
+            try:
+                with self.ws.transaction() as session:
+                    ids = feedback.log_records(session, [(line, record) for line, record, _, _ in batch], actor=self.ws.user)
+            except OperationalError as exc:  # locked or unreachable: the same batch again, later
+                log.warning("writing %d feedback records failed (%s); retrying in %.1f s", len(batch), _first_line(exc), wait)
+                if self._stopping.wait(wait):
+                    log.error("stopping with %d feedback records unwritten", len(batch))
+                    return self._settle(batch, error=exc)
+                continue
+            except Exception as exc:  # the records themselves: every waiting request gets the error
+                return self._settle(batch, error=exc)
+            return self._settle(batch, ids=ids)
+
+    def _settle(self, batch, *, ids: list[int] | None = None, error: Exception | None = None) -> None:
+        with self._lock:
+            for index, (_, _, key, done) in enumerate(batch):
+                self._pending.pop(key, None)
+                if error is not None:
+                    done.set_exception(error)
+                    continue
+                done.set_result(ids[index])
+                self._written[key] = ids[index]
+            while len(self._written) > self.REMEMBERED:
+                self._written.popitem(last=False)
 
 
 class Follower:
-    """Keeps the runtime on the newest activations: polling, plus PostgreSQL notifications."""
+    """Runs the server's refresh steps on every poll: following activations, purging forgotten responses.
 
-    def __init__(self, ws: Workspace, runtime: Runtime, poll_s: float) -> None:
-        self.ws, self.runtime, self.poll_s = ws, runtime, poll_s
+    It polls the database, and on PostgreSQL it also LISTENs, so that an activation wakes it at once.
+    """
+
+    def __init__(self, ws: Workspace, steps: list[Callable[[], None]], poll_s: float) -> None:
+        self.ws, self.steps, self.poll_s = ws, steps, poll_s
         self.stop = threading.Event()
         self.listening = False
         self.thread = threading.Thread(target=self._run, name="adapterctl-follower", daemon=True)
@@ -133,15 +209,11 @@ class Follower:
             log.exception("cannot LISTEN for activations; following by polling only")
             connection = None
         while not self.stop.is_set():
-            try:
-                for swap in self.runtime.refresh():
-                    if swap.error:
-                        log.error("%s", swap.error)
-                    else:
-                        log.info("%s: now serving %s (was %s; verify %.0f ms, load %.0f ms, switch %.1f ms)", swap.line, swap.new,
-                                 swap.old, swap.verify_s * 1000, swap.load_s * 1000, swap.switch_s * 1000)
-            except Exception:
-                log.exception("refreshing the served adapters failed; will retry")
+            for step in self.steps:
+                try:
+                    step()
+                except Exception:
+                    log.exception("%s failed; will retry", step.__name__)
             if connection is not None:
                 for _ in connection.notifies(timeout=self.poll_s, stop_after=1):
                     pass
@@ -166,30 +238,59 @@ class Follower:
         self.thread.join(timeout=10)
 
 
+def follow_activations(runtime: Runtime) -> Callable[[], None]:
+    def follow_activations() -> None:
+        for swap in runtime.refresh():
+            if swap.error:
+                log.error("%s", swap.error)
+            else:
+                log.info("%s: now serving %s (was %s; verify %.0f ms, load %.0f ms, switch %.1f ms)", swap.line, swap.new,
+                         swap.old, swap.verify_s * 1000, swap.load_s * 1000, swap.switch_s * 1000)
+
+    return follow_activations
+
+
+def purge_forgotten(ws: Workspace, store: responses.ResponseStore, metrics: Metrics) -> Callable[[], None]:
+    with ws.reading() as session:
+        seen = [responses.newest_forget(session)]  # responses issued from now on are in memory; none before
+
+    def purge_forgotten() -> None:
+        with ws.reading() as session:
+            seen[0], forgotten = responses.forgotten_since(session, seen[0])
+        if purged := store.purge(forgotten):
+            metrics.forgotten_responses += purged
+            log.info("dropped %d remembered responses whose feedback was forgotten", purged)
+
+    return purge_forgotten
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(getattr(exc, "orig", None) or exc).splitlines() or [type(exc).__name__])[0]
+
+
 def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: float = 0.5, max_body_bytes: int = MAX_BODY_BYTES):
     """The ASGI application: FastAPI behind a guard; its lifespan runs the follower and the feedback writer."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from sqlalchemy.exc import OperationalError
+    from starlette.concurrency import run_in_threadpool
 
     metrics = Metrics()
-    responses: OrderedDict[str, dict[str, Any]] = OrderedDict()
-    responses_lock = threading.Lock()
+    issued = responses.ResponseStore()
     token_cache: dict[str, tuple[float, str | None]] = {}
     state: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(app):
-        state["writer"], state["follower"] = FeedbackWriter(ws), Follower(ws, runtime, poll_s)
+        state["writer"] = FeedbackWriter(ws)
+        state["follower"] = Follower(ws, [follow_activations(runtime), purge_forgotten(ws, issued, metrics)], poll_s)
         yield
         state["follower"].close()
         state["writer"].close()
 
     app = FastAPI(title="adapterctl", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-
-    def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
 
     def cached_scope(secret: str) -> tuple[bool, str | None]:
         cached = token_cache.get(secret)
@@ -198,13 +299,15 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
     def looked_up_scope(secret: str) -> str | None:
         with ws.reading() as session:
             scope = tokens.scope_of(session, secret)
+        if len(token_cache) >= TOKEN_CACHE_SIZE:  # random invalid tokens must not grow it without bound
+            token_cache.clear()
         token_cache[secret] = (time.monotonic(), scope)
         return scope
 
     NEEDS = {"/v1/chat/completions": "generate", "/v1/models": "generate", "/v1/feedback": "feedback", "/metrics": "admin"}
 
     async def guard(scope, receive, send):
-        """Plain ASGI around the app: size limit, bearer token and scope, metrics (no per-request task)."""
+        """Plain ASGI around the app: bearer token and scope, body size (while reading), metrics of every response."""
         if scope["type"] != "http":
             return await app(scope, receive, send)
         started, path, status = time.perf_counter(), scope["path"], [500]
@@ -214,9 +317,18 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
                 status[0] = message["status"]
             await send(message)
 
-        refusal = await _refusal(path, dict(scope["headers"]))
-        await (refusal or app)(scope, receive, send_noting_status)
-        metrics.observe(path, status[0], time.perf_counter() - started)
+        try:
+            refusal = await _refusal(path, dict(scope["headers"]))
+            if refusal is not None:
+                return await refusal(scope, receive, send_noting_status)
+            body = await _read_body(receive, max_body_bytes)
+            if body is None:
+                return await error(413, f"request body larger than {max_body_bytes} bytes")(scope, receive, send_noting_status)
+            await app(scope, _replay(body, receive), send_noting_status)
+        except _Disconnected:
+            status[0] = 499  # the client went away before its request was read: nobody to answer
+        finally:
+            metrics.observe(path, status[0], time.perf_counter() - started)
 
     async def _refusal(path: str, headers: dict[bytes, bytes]):
         length = headers.get(b"content-length")
@@ -225,78 +337,77 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
         needed = NEEDS.get(path)
         if not (auth and needed):
             return None
-        from starlette.concurrency import run_in_threadpool
-
         header = headers.get(b"authorization", b"").decode("latin-1")
         secret = header[7:].strip() if header.lower().startswith("bearer ") else ""
         known, token_scope = cached_scope(secret)
         if secret and not known:  # tokens are looked up once per TOKEN_CACHE_S, off the event loop
-            token_scope = await run_in_threadpool(looked_up_scope, secret)
+            try:
+                token_scope = await run_in_threadpool(looked_up_scope, secret)
+            except OperationalError as exc:
+                return busy(exc)
         if token_scope is None:
-            return error(401, "missing or invalid bearer token", "authentication_error")
+            return error(401, "missing or invalid bearer token", "authentication_error", code="invalid_api_key")
         if not tokens.allows(token_scope, needed):
             return error(403, f"this token's scope is {token_scope}; {path} needs {needed}", "permission_error")
         return None
 
-    async def body_of(request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        if len(raw) > max_body_bytes:
-            raise InvalidInput(f"request body larger than {max_body_bytes} bytes")
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise InvalidInput("body must be a JSON object")
-        return body
-
     @app.exception_handler(AdapterctlError)
     async def known_error(request: Request, exc: AdapterctlError):
+        if isinstance(exc, Busy):
+            return busy(exc)
         status = 404 if isinstance(exc, NotFound) else 400 if exc.exit_code == 2 else 500
-        return error(status, str(exc))
+        return error(status, str(exc), code=exc.code, param=exc.param)
+
+    @app.exception_handler(OperationalError)
+    async def database_error(request: Request, exc: OperationalError):
+        return busy(exc)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception):  # logged with its traceback by the server
+        return error(500, "the server failed to answer this request; its log says why", "server_error")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        from starlette.concurrency import run_in_threadpool
-
         body = await body_of(request)
         model, messages, options = _completion_request(body)
         response_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
 
         def remember(served_by: str, text: str) -> None:
-            with responses_lock:
-                responses[response_id] = {"line": model.split("@")[0], "served_by": served_by, "prompt": messages, "response": text}
-                while len(responses) > REMEMBERED_RESPONSES:
-                    responses.popitem(last=False)
+            issued.remember(response_id, {"line": model.split("@")[0], "served_by": served_by, "prompt": messages, "response": text})
 
         if body.get("stream"):
-            served_by, pieces = await run_in_threadpool(lambda: runtime.stream(model, messages, **options))
+            stream = await run_in_threadpool(lambda: runtime.stream(model, messages, **options))
 
             def events():
                 def chunk(delta: dict, finish: str | None = None) -> str:
-                    return "data: " + json.dumps({"id": response_id, "object": "chat.completion.chunk", "created": created, "model": served_by,
-                                                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+                    return "data: " + json.dumps({"id": response_id, "object": "chat.completion.chunk", "created": created,
+                                                  "model": stream.served_by, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
 
                 yield chunk({"role": "assistant", "content": ""})
                 text = []
-                for piece in pieces:
-                    if piece:
-                        text.append(piece)
-                        yield chunk({"content": piece})
-                remember(served_by, "".join(text).strip())
-                yield chunk({}, "stop") + "data: [DONE]\n\n"
+                try:
+                    for piece in stream:
+                        if piece:
+                            text.append(piece)
+                            yield chunk({"content": piece})
+                except Exception as exc:  # the generation failed midway: say so, never end as if the answer were whole
+                    log.exception("streamed generation for %s failed", stream.served_by)
+                    yield "data: " + json.dumps({"error": {"message": f"generation failed: {_first_line(exc)}", "type": "server_error",
+                                                           "param": None, "code": None}}) + "\n\n"
+                    return
+                remember(stream.served_by, "".join(text).strip())
+                yield chunk({}, stream.finish_reason) + "data: [DONE]\n\n"
 
-            return StreamingResponse(events(), media_type="text/event-stream", headers={"X-Adapter-Version": served_by})
+            return StreamingResponse(events(), media_type="text/event-stream", headers={"X-Adapter-Version": stream.served_by})
         answer = await run_in_threadpool(lambda: runtime.generate(model, messages, **options))
         remember(answer.served_by, answer.text)
-        headers = {"X-Adapter-Version": answer.served_by}
         return JSONResponse({
             "id": response_id, "object": "chat.completion", "created": created, "model": answer.served_by,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": answer.finish_reason}],
             "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
                       "total_tokens": answer.prompt_tokens + answer.completion_tokens},
-        }, headers=headers)
+        }, headers={"X-Adapter-Version": answer.served_by})
 
     @app.get("/v1/models")
     async def models():
@@ -306,24 +417,25 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
 
     @app.post("/v1/feedback")
     async def post_feedback(request: Request):
-        from starlette.concurrency import run_in_threadpool
-
         body = await body_of(request)
         response_id = body.get("response_id")
         if not isinstance(response_id, str):
-            raise InvalidInput("field 'response_id' is required: the id of a chat completion this server returned")
-        with responses_lock:
-            issued = responses.get(response_id)
-        if issued is None:
-            raise NotFound(f"response {response_id!r} was not issued by this server (or is too old to be remembered)")
+            raise InvalidInput("field 'response_id' is required: the id of a chat completion this server returned", param="response_id")
+        answered = issued.get(response_id)
+        if answered is None:
+            raise NotFound(f"response {response_id!r} was not issued by this server (or is too old to be remembered)", param="response_id")
         allowed = {"rating", "correction", "chosen", "rejected", "source", "tags"}
         if unknown := sorted(set(body) - allowed - {"response_id"}):
-            raise InvalidInput(f"unknown field {unknown[0]!r}; feedback takes response_id, {', '.join(sorted(allowed))}")
-        record = feedback.parse_record({**{k: body[k] for k in allowed if k in body}, "prompt": issued["prompt"],
-                                        "response": issued["response"], "adapter_version": issued["served_by"], "request_id": response_id},
+            raise InvalidInput(f"unknown field {unknown[0]!r}; feedback takes response_id, {', '.join(sorted(allowed))}", param=unknown[0])
+        record = feedback.parse_record({**{k: body[k] for k in allowed if k in body}, "prompt": answered["prompt"],
+                                        "response": answered["response"], "adapter_version": answered["served_by"], "request_id": response_id},
                                        max_field_bytes=ws.settings.max_field_bytes, issued=True)
-        feedback_id = await run_in_threadpool(state["writer"].submit, issued["line"], record)
-        return {"id": feedback_id, "response_id": response_id, "adapter_version": issued["served_by"]}
+        written = state["writer"].submit(answered["line"], record, (response_id, record.content_hash))
+        try:  # shielded: a request that stops waiting leaves its record queued
+            feedback_id = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(written)), FEEDBACK_WAIT_S)
+        except asyncio.TimeoutError:
+            raise Busy("the database is busy; the feedback is queued and will be stored (sending it again is safe)") from None
+        return {"id": feedback_id, "response_id": response_id, "adapter_version": answered["served_by"]}
 
     @app.get("/healthz")
     async def healthz():
@@ -336,18 +448,81 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
     return guard
 
 
+def error(status: int, message: str, kind: str = "invalid_request_error", *, code: str | None = None, param: str | None = None,
+          headers: dict[str, str] | None = None):
+    """An error in OpenAI's shape: {"error": {message, type, param, code}}."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status, headers=headers)
+
+
+def busy(exc: Exception):
+    """503 with Retry-After: the database is locked by other work or unreachable; the request may be sent again."""
+    log.warning("answering 503: %s", _first_line(exc))
+    message = str(exc) if isinstance(exc, Busy) else f"the database is busy ({_first_line(exc)}); try again"
+    return error(503, message, "server_error", code="database_busy", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+class _Disconnected(Exception):
+    """The client closed the connection before its request body was read."""
+
+
+async def _read_body(receive, limit: int) -> bytes | None:
+    """The whole request body, or None as soon as it passes `limit` bytes (chunked or not: counted as read)."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    """A receive() that hands the app the body read already, then what the client sends next (a disconnect)."""
+    delivered = False
+
+    async def receive_again():
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return receive_again
+
+
+async def body_of(request: Request) -> dict[str, Any]:
+    try:
+        body = json_input.loads(await request.body())
+    except InvalidInput as exc:
+        raise InvalidInput(f"body is {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be a JSON object")
+    return body
+
+
 def _completion_request(body: dict[str, Any]) -> tuple[str, list[dict[str, str]], dict[str, Any]]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise InvalidInput("field 'model' is required: a line name, or line@vN for a pinned version")
-    messages = feedback.parse_prompt(body.get("messages"), feedback.DEFAULT_MAX_FIELD_BYTES)
+        raise InvalidInput("field 'model' is required: a line name, or line@vN for a pinned version", param="model")
+    try:
+        messages = feedback.parse_prompt(body.get("messages"), feedback.DEFAULT_MAX_FIELD_BYTES, "messages")
+    except InvalidInput as exc:
+        raise InvalidInput(str(exc), param="messages") from None
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 64))
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= 4096:
-        raise InvalidInput("field 'max_tokens' must be an integer from 1 to 4096")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise InvalidInput("field 'max_tokens' must be a positive integer", param="max_tokens")
     temperature = body.get("temperature", 0.0)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
-        raise InvalidInput("field 'temperature' must be a number from 0 to 2")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+            temperature == 0 or MIN_TEMPERATURE <= temperature <= 2):
+        raise InvalidInput(f"field 'temperature' must be 0 (greedy) or from {MIN_TEMPERATURE} to 2", param="temperature")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise InvalidInput("field 'seed' must be an integer")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -MAX_SEED - 1 <= seed <= MAX_SEED):
+        raise InvalidInput("field 'seed' must be an integer that fits in 64 bits (-2**63 to 2**63-1)", param="seed")
     return model, messages, {"max_tokens": max_tokens, "temperature": float(temperature), "seed": seed}

@@ -60,7 +60,7 @@ class Answer:
     """`line@vN` or `line@base`: exactly what produced the text."""
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str = "stop"
+    finish_reason: str
     """"stop" when the model ended its answer, "length" when max_tokens or the request deadline cut it."""
 
 

@@ -392,7 +392,7 @@ class Runtime:
                 f"({prompt_tokens} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
                 param="messages")
         inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        sampling = {"do_sample": True, "temperature": temperature, "logits_processor": [_finite_scores()]} if temperature > 0 else {"do_sample": False}
         options = {"max_new_tokens": max_tokens, "pad_token_id": self.tokenizer.pad_token_id, "max_time": self.deadline_s, **sampling}
         return line, inputs, options
 
@@ -407,6 +407,22 @@ class Runtime:
         if served is None:
             raise NotFound(f"{model} is not loaded; pin it with `serve --pin {model}` or use {line}")
         return served
+
+
+def _finite_scores():
+    """A logits processor that fails the request when a score is NaN or +inf (a diverged adapter), before
+    sampling: on CUDA, sampling from such scores trips a device-side assert that takes the GPU down for
+    every later request of the process, where this is one failed request."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class FiniteScores(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            if bool(torch.isnan(scores).any() or torch.isposinf(scores).any()):  # -inf is a masked token: fine
+                raise AdapterctlError("the model's scores are not finite (NaN): the adapter is broken; no answer was sampled")
+            return scores
+
+    return FiniteScores()
 
 
 def parse_adapter(files: dict[str, bytes]):

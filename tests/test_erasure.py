@@ -7,12 +7,18 @@ import json
 import sqlite3
 import uuid
 
+import pytest
 from sqlalchemy import event, insert, select
 
 from adapterctl import audit, erasure, evaluation, feedback, lines, registry, review
-from adapterctl.db.models import EvalResult, Evaluation, RunExample, TrainingRun
+from adapterctl.dataset import DataSettings, is_heldout
+from adapterctl.db.models import Base, EvalResult, Evaluation, RunExample, TrainingRun
+from adapterctl.errors import Interrupted
 from adapterctl.lines import get_line
 from adapterctl.report_html import WITHHELD, render
+from adapterctl.runs import TrainRequest, train_line
+from adapterctl.training import TrainSettings
+from tests.test_training import ALL_TRAIN, FACTS, FAST, log_facts
 
 METRICS = {"heldout_cases": 1, "heldout_exact": 0.0, "heldout_loss": 1.0, "suites": {}, "reference": "built-in", "reference_loss": 1.0}
 
@@ -254,3 +260,75 @@ def test_a_reader_that_keeps_the_wal_is_reported_not_hidden(ws, line, settings):
     assert scrubbed.vacuumed and not scrubbed.wal_truncated
     assert "held an old snapshot for more than 0.2 s, so the WAL was not truncated" in scrubbed.database_note
 
+
+# ---------------------------------------------------------------- the whole story, on the tiny model
+
+HALF = DataSettings(holdout_fraction=0.5, max_source_share=1.0)
+
+
+def plant(ws, line: str, marker: str, source: str, count: int) -> list[int]:
+    return [ws.log_feedback(line=line, prompt=f"What is the secret {marker} number {i}?", response="I do not know.",
+                            correction=f"The secret is {marker}-{i}.", source=source) for i in range(count)]
+
+
+def interrupt_at_first_step(update: dict) -> None:
+    raise KeyboardInterrupt  # what SIGTERM raises inside a running job
+
+
+def scan_database(ws, needles: list[str]) -> list[str]:
+    """Every table, every column: where a needle occurs."""
+    found = []
+    with ws.db.engine.connect() as connection:
+        for table in Base.metadata.sorted_tables:
+            for row in connection.execute(select(table)):
+                text = json.dumps(list(row), default=str)
+                found += [f"{table.name}: {needle}" for needle in needles if needle in text]
+    return found
+
+
+def scan_files(home, needles: list[str]) -> list[str]:
+    return [f"{path}: {needle}" for path in home.rglob("*") if path.is_file() for needle in needles if needle.encode() in path.read_bytes()]
+
+
+@pytest.mark.slow
+def test_a_forgotten_source_leaves_no_trace_in_files_tables_reports_or_the_audit_log(ws, tiny_line, cli, settings, tmp_path):
+    marker, source = f"zq{uuid.uuid4().hex}", f"victim-{uuid.uuid4().hex}"
+    needles = [marker, source, hashlib.sha256(source.encode()).hexdigest()]
+    log_facts(ws, tiny_line, FACTS[:4])
+    victims = plant(ws, tiny_line, marker, source, 2)
+    assert sorted(is_heldout(i, HALF.holdout_fraction) for i in victims) == [False, True]  # one trained on, one held out
+    short = TrainSettings(**{**FAST.__dict__, "max_steps": 30})
+    trained = train_line(ws, TrainRequest(tiny_line, training=short, data=HALF))
+    with ws.transaction() as session:
+        samples = evaluation.latest_evaluation(session, trained.candidate_id).samples
+    assert marker in json.dumps(samples)  # a held-out record of the victim is shown side by side
+    plant(ws, tiny_line, f"{marker}b", source, 2)
+    with pytest.raises(Interrupted):
+        train_line(ws, TrainRequest(tiny_line, training=short, data=ALL_TRAIN), progress=interrupt_at_first_step)
+    with ws.transaction() as session:
+        stopped = session.scalar(select(TrainingRun.id).where(TrainingRun.status == "interrupted"))
+    assert marker in (settings.home / "runs" / tiny_line / str(stopped) / "examples.jsonl").read_text()
+    before = cli.json("adapters", "show", str(trained.candidate_id))["dataset"]["sources"]
+    assert scan_database(ws, needles) and scan_files(settings.home, needles)
+
+    result = cli("feedback", "forget", "--source", source, "--json")
+
+    assert result.returncode == 0, result.stderr
+    assert scan_files(settings.home, needles) == []  # adapterctl.db, -wal and -shm included on SQLite
+    assert scan_database(ws, needles) == []
+    shown = cli.json("review", "show", str(trained.candidate_id))
+    assert not [n for n in needles if n in json.dumps(shown)]
+    assert any(s.get("forgotten") for s in shown["samples"])
+    page, text = tmp_path / "after.html", cli("review", "show", str(trained.candidate_id), "--html", str(tmp_path / "after.html"))
+    assert text.returncode == 0 and not [n for n in needles if n in text.stdout + page.read_text()]
+    details = cli.json("adapters", "show", str(trained.candidate_id))
+    assert not [n for n in needles if n in json.dumps(details)]
+    assert details["dataset"]["sources"]["(forgotten)"] == before[source] and sum(details["dataset"]["sources"].values()) == sum(before.values())
+    assert not [n for n in needles if n in json.dumps(cli.json("audit", "log", "--limit", "10000"))]
+    assert cli("audit", "verify").returncode == 0
+    with ws.transaction() as session:
+        assert session.get(TrainingRun, stopped).status == "failed"  # --resume cannot continue it
+    report = json.loads(result.stdout)
+    assert len(report["forgotten"]) == 4 and report["revoked"] == [trained.candidate_id]
+    assert report["redacted"]["samples_redacted"] >= 1 and report["redacted"]["runs_cleaned"] == 2
+    assert report["redacted"]["runs_stopped"] == [stopped] and report["scrubbed"]["folders_removed"] == 1

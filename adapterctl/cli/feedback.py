@@ -200,7 +200,7 @@ def forget(
     reason: Annotated[Optional[str], typer.Option("--reason", help="Why, for the record (e.g. a ticket id).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be forgotten; change nothing.")] = False,
     vacuum: Annotated[bool, typer.Option(help="Rebuild an SQLite database file afterwards (VACUUM); it holds the write lock "
-                                              "meanwhile, about 1 s per 100 MB.")] = True,
+                                              "meanwhile, about 0.7 s per 100 MB.")] = True,
     json_output: JsonOption = False,
 ) -> None:
     """Erase feedback content for privacy, keeping a tombstone (id, line, content hash, when, who).

@@ -67,8 +67,8 @@ class Scrubbed:
     """torchrun logs of runs that used forgotten records."""
     vacuumed: bool = False
     wal_truncated: bool = False
-    database_note: str | None = None
-    """What the database may still keep, when its files could not be rebuilt."""
+    notes: list[str] = field(default_factory=list)
+    """What may still hold forgotten text, and what to do about it."""
 
 
 def redact(session: Session, records: Sequence[Any], *, actor: str) -> Redacted:
@@ -138,7 +138,7 @@ def _fold_sources(session: Session, line_sources: set[tuple[int, str]]) -> int:
         if not gone:
             continue
         for run_id, dataset in session.execute(select(TrainingRun.id, TrainingRun.dataset).where(TrainingRun.line_id == line_id)).all():
-            folded = fold_sources(dataset, gone)
+            folded = _folded(dataset, gone)
             if folded != dataset:
                 session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(dataset=folded))
                 cleaned += 1
@@ -153,7 +153,7 @@ def _sources_with_active_feedback(session: Session, line_id: int, names: set[str
     return active
 
 
-def fold_sources(dataset: dict[str, Any], names: set[str]) -> dict[str, Any]:
+def _folded(dataset: dict[str, Any], names: set[str]) -> dict[str, Any]:
     """A run's dataset report with these sources' counts moved to "(forgotten)" in `sources` and `capped_sources`."""
     folded = dict(dataset)
     for key in ("sources", "capped_sources"):
@@ -193,19 +193,29 @@ def scrub(ws: Workspace, *, vacuum: bool = True, wait_s: float = SQLITE_BUSY_TIM
     `Database.reclaim_sqlite`); `wait_s`: how long SQLite waits for other connections.
     """
     scrubbed = Scrubbed()
-    runs_dir = ws.settings.home / "runs"
-    with ws.reading() as session:
-        for entry in sorted(runs_dir.glob("*/*")):
-            if _holds_forgotten(session, entry):
-                scrubbed.folders_removed += entry.is_dir()
-                scrubbed.logs_removed += entry.is_file()
-                _remove_run_entry(ws, entry)
+    _scrub_runs(ws, scrubbed)
     if ws.db.backend != "sqlite":
-        scrubbed.database_note = POSTGRESQL_KEEPS
+        scrubbed.notes.append(POSTGRESQL_KEEPS)
         return scrubbed
     reclaimed = ws.db.reclaim_sqlite(vacuum=vacuum, wait_s=wait_s)
-    scrubbed.vacuumed, scrubbed.wal_truncated, scrubbed.database_note = reclaimed.vacuumed, reclaimed.wal_truncated, reclaimed.problem
+    scrubbed.vacuumed, scrubbed.wal_truncated = reclaimed.vacuumed, reclaimed.wal_truncated
+    if reclaimed.problem:
+        scrubbed.notes.append(reclaimed.problem)
     return scrubbed
+
+
+def _scrub_runs(ws: Workspace, scrubbed: Scrubbed) -> None:
+    with ws.reading() as session:
+        for entry in sorted((ws.settings.home / "runs").glob("*/*")):
+            if not _holds_forgotten(session, entry):
+                continue
+            folder = entry.is_dir()
+            if not _removed(ws, entry):
+                scrubbed.notes.append(f"{entry} holds forgotten records but could not be removed; delete it")
+            elif folder:
+                scrubbed.folders_removed += 1
+            else:
+                scrubbed.logs_removed += 1
 
 
 def _holds_forgotten(session: Session, entry: Path) -> bool:
@@ -236,16 +246,21 @@ def _example_ids(path: Path) -> Iterator[int]:
                 yield feedback_id
 
 
-def _remove_run_entry(ws: Workspace, entry: Path) -> None:
-    if entry.is_file():
-        entry.unlink(missing_ok=True)
-        return
-    shutil.rmtree(entry, ignore_errors=True)
-    store = ArtifactStore(ws.settings.artifacts_dir)
-    try:  # the run's partly saved adapter, if it was killed mid-save: weights it can never publish
-        store.remove(store.staging_path(entry.parent.name, f"run-{entry.name}"))
-    except InvalidInput:
-        pass
+def _removed(ws: Workspace, entry: Path) -> bool:
+    """Delete a run folder (with the run's staging folder in the artifact store) or a log; whether it is gone."""
+    if entry.is_dir():
+        shutil.rmtree(entry, ignore_errors=True)
+        store = ArtifactStore(ws.settings.artifacts_dir)
+        try:  # what a run killed mid-save leaves there: weights it can never publish
+            store.remove(store.staging_path(entry.parent.name, f"run-{entry.name}"))
+        except InvalidInput:  # the folder is not named after a line, so no staging folder belongs to it
+            pass
+    else:
+        try:
+            entry.unlink()
+        except OSError:
+            pass
+    return not entry.exists()
 
 
 def _chunks(values: Sequence[Any] | Iterable[Any]) -> Iterator[list[Any]]:

@@ -208,10 +208,10 @@ def test_no_copy_stays_in_the_sqlite_files_and_postgresql_says_what_it_keeps(ws,
         assert set(copies(settings.home / "adapterctl.db", marker.encode()).values()) == {0}
     scrubbed = json.loads(result.stdout)["scrubbed"]
     if ws.db.backend == "sqlite":
-        assert (scrubbed["vacuumed"], scrubbed["wal_truncated"], scrubbed["database_note"]) == (True, True, None)
+        assert (scrubbed["vacuumed"], scrubbed["wal_truncated"], scrubbed["notes"]) == (True, True, [])
     else:
         assert (scrubbed["vacuumed"], scrubbed["wal_truncated"]) == (False, False)
-        assert "VACUUM FULL" in scrubbed["database_note"]
+        assert "VACUUM FULL" in scrubbed["notes"][0]
 
 
 def test_forgetting_again_clears_what_an_older_forget_left_in_free_pages(ws, line, cli, settings):
@@ -228,7 +228,7 @@ def test_forgetting_again_clears_what_an_older_forget_left_in_free_pages(ws, lin
     if ws.db.backend == "sqlite":
         assert set(copies(settings.home / "adapterctl.db", marker.encode()).values()) == {0} and result["scrubbed"]["vacuumed"]
     else:
-        assert "VACUUM FULL" in result["scrubbed"]["database_note"]
+        assert "VACUUM FULL" in result["scrubbed"]["notes"][0]
 
 
 def test_without_vacuum_secure_delete_and_the_checkpoint_still_leave_no_copy(ws, line, cli, settings):
@@ -248,7 +248,7 @@ def test_a_reader_that_keeps_the_wal_is_reported_not_hidden(ws, line, settings):
     victim = ws.log_feedback(line=line, prompt="secret", response="r", rating=1)
     forget(ws, ids=[victim])
     if ws.db.backend != "sqlite":
-        assert "VACUUM FULL" in erasure.scrub(ws).database_note
+        assert "VACUUM FULL" in erasure.scrub(ws).notes[0]
         return
     reader = sqlite3.connect(settings.home / "adapterctl.db", isolation_level=None)
     reader.execute("BEGIN")
@@ -258,7 +258,7 @@ def test_a_reader_that_keeps_the_wal_is_reported_not_hidden(ws, line, settings):
     finally:
         reader.close()
     assert scrubbed.vacuumed and not scrubbed.wal_truncated
-    assert "held an old snapshot for more than 0.2 s, so the WAL was not truncated" in scrubbed.database_note
+    assert scrubbed.notes == ["another connection held an old snapshot for more than 0.2 s, so the WAL was not truncated"]
 
 
 # ---------------------------------------------------------------- the whole story, on the tiny model

@@ -239,5 +239,5 @@ def _echo_erased(redacted: erasure.Redacted, scrubbed: erasure.Scrubbed) -> None
     if scrubbed.vacuumed and scrubbed.wal_truncated:
         parts.append("old database pages (vacuumed, WAL truncated)")
     typer.echo("also erased: " + ("; ".join(parts) or "nothing else held them"))
-    if scrubbed.database_note:
-        typer.echo(f"adapterctl: warning: {scrubbed.database_note}", err=True)
+    for note in scrubbed.notes:
+        typer.echo(f"adapterctl: warning: {note}", err=True)

@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/eval_speed.py
 	$(BIN)/python bench/hotswap.py
 	$(BIN)/python bench/serve_load.py
+	$(BIN)/python bench/erasure.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache

@@ -65,7 +65,7 @@ class EvalSettings:
 class Cases:
     """What every model of one evaluation is measured on."""
 
-    heldout: list[dict[str, Any]]  # {prompt, answer}
+    heldout: list[dict[str, Any]]  # {feedback_id, prompt, answer}
     suites: list[EvalSuite]
     reference: list[dict[str, Any]]  # {text} or {prompt, answer}
     reference_name: str  # "reference vN" or "built-in"
@@ -127,7 +127,7 @@ def _cases(session: Session, line_id: int, run_id: int) -> Cases:
         .where(RunExample.run_id == run_id, RunExample.split == "heldout", Feedback.status == "active")
         .order_by(Feedback.id)
     )
-    heldout = [{"prompt": e.prompt, "answer": e.answer} for e in map(example_of, heldout_rows) if e is not None]
+    heldout = [{"feedback_id": e.feedback_id, "prompt": e.prompt, "answer": e.answer} for e in map(example_of, heldout_rows) if e is not None]
     current = suites.current_suites(session, line_id)
     reference = [s for s in current if s.kind == "reference"]
     regression = [s for s in current if s.kind == "regression"]
@@ -155,7 +155,8 @@ def _measure(base_path: str, models: dict[str, tuple[int, str] | None], cases: C
 
     started = time.perf_counter()
     model, tokenizer = load_models(base_path, {role: artifact[1] for role, artifact in models.items() if artifact})
-    sample_prompts = random.Random(settings.seed).sample([c["prompt"] for c in cases.heldout], min(settings.samples, len(cases.heldout)))
+    sampled = random.Random(settings.seed).sample(cases.heldout, min(settings.samples, len(cases.heldout)))
+    sample_prompts = [case["prompt"] for case in sampled]
     results, generations = {}, {}
     for role, artifact in models.items():
         if progress:
@@ -167,7 +168,9 @@ def _measure(base_path: str, models: dict[str, tuple[int, str] | None], cases: C
             generations[role] = generate(model, tokenizer, sample_prompts, settings) if sample_prompts else []
         results[role] = {"adapter_id": artifact[0] if artifact else None, "metrics": metrics,
                          "seconds": round(time.perf_counter() - role_started, 3)}
-    samples = [{"prompt": prompt, **{role: generations[role][i] for role in models}} for i, prompt in enumerate(sample_prompts)]
+    # Each sample names its record, so that forgetting the record can find and redact it.
+    samples = [{"feedback_id": case["feedback_id"], "prompt": case["prompt"], **{role: generations[role][i] for role in models}}
+               for i, case in enumerate(sampled)]
     return results, samples, round(time.perf_counter() - started, 3)
 
 

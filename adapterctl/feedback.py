@@ -17,7 +17,7 @@ from typing import Any, Iterable
 from sqlalchemy import case, func, select, text, update
 from sqlalchemy.orm import Session
 
-from adapterctl import activations, audit, registry
+from adapterctl import activations, audit, erasure, registry
 from adapterctl.db.models import Feedback, Line
 from adapterctl.db.types import utcnow
 from adapterctl.errors import InvalidInput, NotFound
@@ -420,6 +420,8 @@ class ForgetReport:
     """Adapters revoked because they were trained on the forgotten records."""
     fallbacks: list[dict[str, str]] = field(default_factory=list)
     """Lines that served a revoked version and what they serve now."""
+    redacted: erasure.Redacted = field(default_factory=erasure.Redacted)
+    """The other copies erased in the database: evaluation samples, source names of runs, unfinished runs."""
 
 
 def forget_feedback(
@@ -432,11 +434,16 @@ def forget_feedback(
     reason: str | None = None,
     dry_run: bool = False,
 ) -> ForgetReport:
-    """Erase the content of feedback records, keeping a tombstone: id, line, content hash, time and who."""
+    """Erase the content of feedback records, keeping a tombstone: id, line, content hash, time and who.
+
+    Every other copy in the database goes in the same transaction (see `adapterctl.erasure`); after
+    the commit, call `erasure.scrub` for the copies in files.
+    """
     ids = sorted(set(ids))
     if bool(ids) == (source is not None):
         raise InvalidInput("give either feedback ids or a source to forget")
-    query = select(Feedback.id, Feedback.status, Line.name).join(Line, Line.id == Feedback.line_id)
+    query = select(Feedback.id, Feedback.status, Feedback.line_id, Feedback.prompt, Feedback.source, Line.name).join(
+        Line, Line.id == Feedback.line_id)
     if ids:
         found = {row.id: row for row in session.execute(query.where(Feedback.id.in_(ids)))}
         missing = [i for i in ids if i not in found]
@@ -449,7 +456,8 @@ def forget_feedback(
             get_line(session, line)
             query = query.where(Line.name == line)
         rows = list(session.execute(query))
-    targets = [row.id for row in rows if row.status == "active"]
+    live = [row for row in rows if row.status == "active"]
+    targets = [row.id for row in live]
     report = ForgetReport(
         forgotten=targets,
         already_forgotten=[row.id for row in rows if row.status != "active"],
@@ -464,11 +472,11 @@ def forget_feedback(
             .where(Feedback.id.in_(targets[start : start + 1000]))
             .values(**erased, status="forgotten", forgotten_at=utcnow(), forgotten_by=actor, forget_reason=reason)
         )
-    payload = {"count": len(targets), "ids": targets[:1000], "lines": report.lines, "reason": reason}
-    if source is not None:
-        payload["source_sha256"] = hashlib.sha256(source.encode("utf-8")).hexdigest()  # never the identifier itself
+    # No trace of the source, not even a hash: a guessed identifier could be confirmed against it.
+    payload = {"count": len(targets), "ids": targets[:1000], "lines": report.lines, "reason": reason, "by": "source" if source else "id"}
     audit.record(session, actor=actor, action="feedback.forget",
                  subject=f"line:{report.lines[0]}" if len(report.lines) == 1 else "feedback", payload=payload)
+    report.redacted = erasure.redact(session, live, actor=actor)
     revoked = registry.revoke_trained_on(session, targets, actor=actor)
     report.revoked = [adapter.id for adapter in revoked]
     for line_id in sorted({adapter.line_id for adapter in revoked}):  # a line serving a revoked version falls back now

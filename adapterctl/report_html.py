@@ -13,6 +13,7 @@ STYLE = """body{font:14px/1.45 system-ui,sans-serif;max-width:980px;margin:2em a
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 .better{color:#12702a}.worse{color:#b3261e;font-weight:600}.pass{color:#12702a}.fail{color:#b3261e}
 pre{white-space:pre-wrap;background:#f6f6f6;padding:6px}"""
+WITHHELD = "(withheld: trained on forgotten feedback)"
 
 
 def write_html(report: dict[str, Any], path: Path) -> None:
@@ -45,11 +46,18 @@ def render(report: dict[str, Any]) -> str:
     parts += ["<h2>Training examples</h2>", _table(["#", "source", "prompt", "answer"], [
         [e["feedback_id"], e.get("source"), e["prompt"][-1]["content"] if "prompt" in e else "(forgotten)", e.get("answer", "")]
         for e in report["training_examples"]])]
-    roles = [r for r in ("base", "active", "candidate") if report["samples"] and r in report["samples"][0]]
-    parts += ["<h2>Side by side</h2>", _table(["prompt", *roles], [[s["prompt"][-1]["content"], *(s[r] for r in roles)] for s in report["samples"]])]
+    parts += ["<h2>Side by side</h2>", _samples_table(report["samples"])]
     parts += ["<h2>Decisions</h2>", _table(["reviewer", "decision", "note", "at"], [[d["reviewer"], d["decision"], d["note"], d["at"]] for d in report["decisions"]])]
     title = f"adapterctl review: candidate {adapter['id']} of {adapter['line']}"
     return f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{escape(title)}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
+
+
+def _samples_table(samples: list[dict[str, Any]]) -> str:
+    roles = [r for r in ("base", "active", "candidate") if any(r in s for s in samples)]
+    rows = [[f"#{s['feedback_id']} (forgotten)", *("" for _ in roles)] if s.get("forgotten")
+            else [s["prompt"][-1]["content"], *(WITHHELD if r in s.get("withheld", ()) else s.get(r) for r in roles)]
+            for s in samples]
+    return _table(["prompt", *roles], rows)
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:

@@ -7,8 +7,10 @@ import json
 import re
 
 import pytest
+from sqlalchemy import select
 
 from adapterctl import evaluation, registry, review
+from adapterctl.db.models import RunExample
 from adapterctl.runs import TrainRequest, train_line
 from tests.test_training import ALL_TRAIN, FACTS, FAST, greedy, log_facts
 
@@ -89,6 +91,8 @@ def test_held_out_feedback_and_the_active_version_are_compared(ws, tiny_line, cl
         assert set(models) == {"base", "active", "candidate"} and models["active"].adapter_id == first.candidate_id
         heldout = models["candidate"].metrics["heldout_cases"]
         assert heldout > 0 and latest.settings["heldout_cases"] == heldout
+        heldout_ids = set(session.scalars(select(RunExample.feedback_id).where(RunExample.run_id == second.run_id, RunExample.split == "heldout")))
+        assert latest.samples and {s["feedback_id"] for s in latest.samples} <= heldout_ids  # so forgetting a record finds its sample
         assert models["candidate"].metrics["heldout_loss"] < models["base"].metrics["heldout_loss"]
         assert {c["check"] for c in latest.gate["checks"]} == {"forgetting", "heldout gain"}
         assert models["candidate"].metrics["reference"] == "reference v1"  # the cases training did not anchor on

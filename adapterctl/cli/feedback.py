@@ -6,12 +6,13 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
-from adapterctl import feedback, feedback_io
+from adapterctl import erasure, feedback, feedback_io
 from adapterctl.cli._common import (
     JsonOption,
     byte_progress,
@@ -198,16 +199,24 @@ def forget(
     line: Annotated[Optional[str], typer.Option("--line", help="With --source: only on this line.")] = None,
     reason: Annotated[Optional[str], typer.Option("--reason", help="Why, for the record (e.g. a ticket id).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be forgotten; change nothing.")] = False,
+    vacuum: Annotated[bool, typer.Option(help="Rebuild an SQLite database file afterwards (VACUUM); it holds the write lock "
+                                              "meanwhile, about 0.7 s per 100 MB.")] = True,
     json_output: JsonOption = False,
 ) -> None:
-    """Erase feedback content for privacy, keeping a tombstone (id, line, content hash, when, who)."""
+    """Erase feedback content for privacy, keeping a tombstone (id, line, content hash, when, who).
+
+    Also erases the records' other copies: evaluation samples, source names in run reports, run
+    folders, and old pages of an SQLite database (see docs/security.md).
+    """
     ws = workspace(ctx)
     with ws.transaction() as session:
         report = feedback.forget_feedback(
             session, actor=ws.user, ids=feedback_id or (), source=source, line=line, reason=reason, dry_run=dry_run
         )
+    found = report.forgotten or report.already_forgotten  # again for forgotten ones: finishes a clean-up cut short
+    scrubbed = erasure.scrub(ws, vacuum=vacuum) if found and not dry_run else erasure.Scrubbed()
     if json_output:
-        print_json({**report.__dict__, "dry_run": dry_run})
+        print_json({**asdict(report), "scrubbed": asdict(scrubbed), "dry_run": dry_run})
         return
     verb = "would forget" if dry_run else "forgot"
     if not report.forgotten:
@@ -218,3 +227,17 @@ def forget(
         typer.echo(f"revoked adapters trained on them: {', '.join(map(str, report.revoked))}")
     for fallback in report.fallbacks:
         typer.echo(f"{fallback['line']} served a revoked version; it now serves {fallback['to']}")
+    if found and not dry_run:
+        _echo_erased(report.redacted, scrubbed)
+
+
+def _echo_erased(redacted: erasure.Redacted, scrubbed: erasure.Scrubbed) -> None:
+    counts = {"evaluation samples": redacted.samples_redacted, "samples with answers withheld": redacted.samples_withheld,
+              "run reports naming the source": redacted.runs_cleaned, "unfinished runs stopped": len(redacted.runs_stopped),
+              "run folders": scrubbed.folders_removed, "run logs": scrubbed.logs_removed}
+    parts = [f"{what}: {n}" for what, n in counts.items() if n]
+    if scrubbed.vacuumed and scrubbed.wal_truncated:
+        parts.append("old database pages (vacuumed, WAL truncated)")
+    typer.echo("also erased: " + ("; ".join(parts) or "nothing else held them"))
+    for note in scrubbed.notes:
+        typer.echo(f"adapterctl: warning: {note}", err=True)

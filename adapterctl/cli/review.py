@@ -10,6 +10,7 @@ import typer
 from adapterctl import review
 from adapterctl.cli._common import JsonOption, print_json, print_table, workspace
 from adapterctl.cli.eval import print_metric_table
+from adapterctl.report_html import WITHHELD, write_html
 
 app = typer.Typer(help="The review queue: read a candidate's report, then approve or reject it.", no_args_is_help=True)
 reviewers_app = typer.Typer(help="Reviewers: the people who may approve or reject candidates.", no_args_is_help=True)
@@ -41,8 +42,6 @@ def show(
     with workspace(ctx).reading() as session:
         report = review.report(session, adapter_id)
     if html is not None:
-        from adapterctl.report_html import write_html
-
         write_html(report, html)
     if json_output:
         print_json(report)
@@ -77,10 +76,13 @@ def show(
     if report["samples"]:
         typer.echo("\nside by side (held-out prompts):")
         for sample in report["samples"]:
+            if sample.get("forgotten"):
+                typer.echo(f"  #{sample['feedback_id']}: (forgotten)")
+                continue
             typer.echo(f"  Q: {_short(sample['prompt'][-1]['content'])}")
             for role in ("base", "active", "candidate"):
                 if role in sample:
-                    typer.echo(f"    {role:>9}: {_short(sample[role])}")
+                    typer.echo(f"    {role:>9}: {WITHHELD if role in sample.get('withheld', ()) else _short(sample[role])}")
     decisions = report["decisions"]
     typer.echo(f"\ndecisions ({sum(d['decision'] == 'approve' for d in decisions)}/{report['approvals_required']} approvals): "
                + ("; ".join(f"{d['reviewer']} {d['decision']}d" + (f" ({d['note']})" if d["note"] else "") for d in decisions) or "none yet"))

@@ -1,0 +1,269 @@
+"""What forgetting erases beyond the feedback rows themselves (see docs/security.md).
+
+Inside the forget transaction, `redact` removes the other copies the database holds:
+- an evaluation's side-by-side sample of a forgotten record becomes `{"feedback_id": N, "forgotten": true}`
+  (samples stored before samples named their record are matched by their prompt); answers that an
+  adapter trained on the records generated are withheld too, since such a model can repeat them;
+- a source that has no active feedback left on a line is folded into "(forgotten)" in the dataset
+  reports of the line's runs, with its counts, so totals stay right;
+- unfinished runs that used the records are marked failed, so `train --resume` cannot bring them back.
+
+After the commit, `scrub` removes the files that hold forgotten records (run folders, torchrun logs)
+and rebuilds an SQLite database file so that no old page keeps their text. It looks for every
+forgotten record, not only today's, so running it again finishes a clean-up that a crash cut short.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from adapterctl import audit
+from adapterctl.artifacts import ArtifactStore
+from adapterctl.db.engine import SQLITE_BUSY_TIMEOUT_S
+from adapterctl.db.models import Adapter, EvalResult, Evaluation, Feedback, Line, RunExample, TrainingRun
+from adapterctl.db.types import utcnow
+from adapterctl.errors import InvalidInput
+from adapterctl.registry import TRAINED_SPLITS
+
+if TYPE_CHECKING:
+    from adapterctl.workspace import Workspace
+
+FORGOTTEN_SOURCE = "(forgotten)"
+UNFINISHED = ("running", "interrupted")
+RUN_STOPPED = "stopped: feedback it used was forgotten (start a new run)"
+POSTGRESQL_KEEPS = ("PostgreSQL keeps the old row versions in its table files until `VACUUM FULL` and in its WAL, "
+                    "replicas and backups; see docs/security.md")
+_CHUNK = 1000
+
+
+@dataclass
+class Redacted:
+    """What `redact` changed in the database."""
+
+    samples_redacted: int = 0
+    """Side-by-side samples of forgotten records replaced by a marker."""
+    samples_withheld: int = 0
+    """Samples whose answers from adapters trained on the records were withheld."""
+    runs_cleaned: int = 0
+    """Dataset reports of runs whose forgotten source names were folded into "(forgotten)"."""
+    runs_stopped: list[int] = field(default_factory=list)
+    """Unfinished runs that used the records, now failed."""
+
+
+@dataclass
+class Scrubbed:
+    """What `scrub` removed from the files."""
+
+    folders_removed: int = 0
+    """Run folders (examples, checkpoints) holding forgotten records."""
+    logs_removed: int = 0
+    """torchrun logs of runs that used forgotten records."""
+    vacuumed: bool = False
+    wal_truncated: bool = False
+    notes: list[str] = field(default_factory=list)
+    """What may still hold forgotten text, and what to do about it."""
+
+
+def redact(session: Session, records: Sequence[Any], *, actor: str) -> Redacted:
+    """Erase the copies of these records (rows with id, line_id, prompt, source read before erasing)."""
+    ids = [record.id for record in records]
+    redacted, withheld = _redact_samples(session, records, _adapters_trained_on(session, ids))
+    sources = {(record.line_id, record.source) for record in records if record.source is not None}
+    return Redacted(samples_redacted=redacted, samples_withheld=withheld, runs_cleaned=_fold_sources(session, sources),
+                    runs_stopped=_stop_unfinished_runs(session, ids, actor))
+
+
+# ---------------------------------------------------------------- evaluation samples
+
+
+def _adapters_trained_on(session: Session, ids: list[int]) -> set[int]:
+    trained: set[int] = set()
+    for chunk in _chunks(ids):
+        trained.update(session.scalars(select(Adapter.id).join(RunExample, RunExample.run_id == Adapter.run_id)
+                                       .where(RunExample.feedback_id.in_(chunk), RunExample.split.in_(TRAINED_SPLITS))))
+    return trained
+
+
+def _redact_samples(session: Session, records: Sequence[Any], trained: set[int]) -> tuple[int, int]:
+    forgotten = {record.id for record in records}
+    by_prompt = {_prompt_key(record.prompt): record.id for record in records if record.prompt}
+    tainted_roles: dict[int, set[str]] = {}
+    for evaluation_id, role in session.execute(select(EvalResult.evaluation_id, EvalResult.role).where(EvalResult.adapter_id.in_(trained))):
+        tainted_roles.setdefault(evaluation_id, set()).add(role)
+    redacted = withheld = 0
+    line_ids = {record.line_id for record in records}
+    for evaluation_id, samples in session.execute(select(Evaluation.id, Evaluation.samples).where(Evaluation.line_id.in_(line_ids))).all():
+        new = [_redacted_sample(s, forgotten, by_prompt, tainted_roles.get(evaluation_id, set())) for s in samples]
+        changed = [n for s, n in zip(samples, new) if n is not s]
+        if changed:
+            session.execute(update(Evaluation).where(Evaluation.id == evaluation_id).values(samples=new))
+            redacted += sum(bool(n.get("forgotten")) for n in changed)
+            withheld += sum(not n.get("forgotten") for n in changed)
+    return redacted, withheld
+
+
+def _redacted_sample(sample: dict[str, Any], forgotten: set[int], by_prompt: dict[str, int], tainted: set[str]) -> dict[str, Any]:
+    if sample.get("forgotten"):
+        return sample
+    feedback_id = sample.get("feedback_id")
+    if feedback_id is None:  # stored before samples named their record: its prompt is all there is to go by
+        feedback_id = by_prompt.get(_prompt_key(sample["prompt"]))
+    if feedback_id in forgotten:
+        return {"feedback_id": feedback_id, "forgotten": True}
+    answered = {role for role in tainted if sample.get(role) is not None}
+    if not answered:
+        return sample
+    return {**sample, **dict.fromkeys(answered), "withheld": sorted(answered | set(sample.get("withheld", [])))}
+
+
+def _prompt_key(prompt: list[dict[str, str]]) -> str:
+    return audit.canonical_json(prompt)
+
+
+# ---------------------------------------------------------------- dataset reports
+
+
+def _fold_sources(session: Session, line_sources: set[tuple[int, str]]) -> int:
+    cleaned = 0
+    for line_id in sorted({line_id for line_id, _ in line_sources}):
+        names = {source for other, source in line_sources if other == line_id}
+        gone = names - _sources_with_active_feedback(session, line_id, names)
+        if not gone:
+            continue
+        for run_id, dataset in session.execute(select(TrainingRun.id, TrainingRun.dataset).where(TrainingRun.line_id == line_id)).all():
+            folded = _folded(dataset, gone)
+            if folded != dataset:
+                session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(dataset=folded))
+                cleaned += 1
+    return cleaned
+
+
+def _sources_with_active_feedback(session: Session, line_id: int, names: set[str]) -> set[str]:
+    active: set[str] = set()
+    for chunk in _chunks(sorted(names)):
+        active.update(session.scalars(select(Feedback.source).distinct().where(
+            Feedback.line_id == line_id, Feedback.source.in_(chunk), Feedback.status == "active")))
+    return active
+
+
+def _folded(dataset: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """A run's dataset report with these sources' counts moved to "(forgotten)" in `sources` and `capped_sources`."""
+    folded = dict(dataset)
+    for key in ("sources", "capped_sources"):
+        counts = dataset.get(key) or {}
+        hidden = sum(count for source, count in counts.items() if source in names)
+        if hidden:
+            kept = {source: count for source, count in counts.items() if source not in names}
+            kept[FORGOTTEN_SOURCE] = kept.get(FORGOTTEN_SOURCE, 0) + hidden
+            folded[key] = dict(sorted(kept.items()))
+    return folded
+
+
+# ---------------------------------------------------------------- unfinished runs
+
+
+def _stop_unfinished_runs(session: Session, ids: list[int], actor: str) -> list[int]:
+    run_ids: set[int] = set()
+    for chunk in _chunks(ids):
+        run_ids.update(session.scalars(select(TrainingRun.id).join(RunExample, RunExample.run_id == TrainingRun.id)
+                                       .where(RunExample.feedback_id.in_(chunk), TrainingRun.status.in_(UNFINISHED))))
+    runs = session.execute(select(TrainingRun.id, Line.name).join(Line, Line.id == TrainingRun.line_id)
+                           .where(TrainingRun.id.in_(run_ids)).order_by(TrainingRun.id)).all()
+    for run_id, line in runs:
+        session.execute(update(TrainingRun).where(TrainingRun.id == run_id)
+                        .values(status="failed", finished_at=utcnow(), error=RUN_STOPPED))
+        audit.record(session, actor=actor, action="train.fail", subject=f"line:{line}", payload={"run": run_id, "error": RUN_STOPPED})
+    return [run_id for run_id, _ in runs]
+
+
+# ---------------------------------------------------------------- after the commit
+
+
+def scrub(ws: Workspace, *, vacuum: bool = True, wait_s: float = SQLITE_BUSY_TIMEOUT_S) -> Scrubbed:
+    """Remove run folders and logs that hold forgotten records; checkpoint, truncate and VACUUM an SQLite database.
+
+    Call it after the forget transaction committed. `vacuum`: rebuild the SQLite file (see
+    `Database.reclaim_sqlite`); `wait_s`: how long SQLite waits for other connections.
+    """
+    scrubbed = Scrubbed()
+    _scrub_runs(ws, scrubbed)
+    if ws.db.backend != "sqlite":
+        scrubbed.notes.append(POSTGRESQL_KEEPS)
+        return scrubbed
+    reclaimed = ws.db.reclaim_sqlite(vacuum=vacuum, wait_s=wait_s)
+    scrubbed.vacuumed, scrubbed.wal_truncated = reclaimed.vacuumed, reclaimed.wal_truncated
+    if reclaimed.problem:
+        scrubbed.notes.append(reclaimed.problem)
+    return scrubbed
+
+
+def _scrub_runs(ws: Workspace, scrubbed: Scrubbed) -> None:
+    with ws.reading() as session:
+        for entry in sorted((ws.settings.home / "runs").glob("*/*")):
+            if not _holds_forgotten(session, entry):
+                continue
+            folder = entry.is_dir()
+            if not _removed(ws, entry):
+                scrubbed.notes.append(f"{entry} holds forgotten records but could not be removed; delete it")
+            elif folder:
+                scrubbed.folders_removed += 1
+            else:
+                scrubbed.logs_removed += 1
+
+
+def _holds_forgotten(session: Session, entry: Path) -> bool:
+    """A run folder `<line>/<run>` or log `<line>/<run>-torchrun.log` whose run used, or whose examples hold, a forgotten record."""
+    run = entry.name.removesuffix("-torchrun.log") if entry.is_file() else entry.name
+    if not run.isdigit():
+        return False
+    used = select(RunExample.feedback_id).join(Feedback, Feedback.id == RunExample.feedback_id).where(
+        RunExample.run_id == int(run), Feedback.status == "forgotten").limit(1)
+    if session.scalar(used) is not None:
+        return True
+    listed = sorted(_example_ids(entry / "examples.jsonl")) if entry.is_dir() else []
+    return any(session.scalar(select(Feedback.id).where(Feedback.id.in_(chunk), Feedback.status == "forgotten").limit(1))
+               for chunk in _chunks(listed))
+
+
+def _example_ids(path: Path) -> Iterator[int]:
+    """The feedback ids in a run's examples.jsonl; a line cut short by a crash is skipped."""
+    if not path.is_file():
+        return
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            try:
+                feedback_id = json.loads(line).get("feedback_id")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(feedback_id, int):
+                yield feedback_id
+
+
+def _removed(ws: Workspace, entry: Path) -> bool:
+    """Delete a run folder (with the run's staging folder in the artifact store) or a log; whether it is gone."""
+    if entry.is_dir():
+        shutil.rmtree(entry, ignore_errors=True)
+        store = ArtifactStore(ws.settings.artifacts_dir)
+        try:  # what a run killed mid-save leaves there: weights it can never publish
+            store.remove(store.staging_path(entry.parent.name, f"run-{entry.name}"))
+        except InvalidInput:  # the folder is not named after a line, so no staging folder belongs to it
+            pass
+    else:
+        try:
+            entry.unlink()
+        except OSError:
+            pass
+    return not entry.exists()
+
+
+def _chunks(values: Sequence[Any] | Iterable[Any]) -> Iterator[list[Any]]:
+    values = list(values)
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]

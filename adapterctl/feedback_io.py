@@ -1,4 +1,11 @@
-"""Feedback files: import JSONL in one all-or-nothing transaction, export in the same format.
+"""Feedback files: import JSONL all or nothing while others keep writing, export in the same format.
+
+An import stages the valid records of a file in a temporary table of its own connection, in short
+transactions that other connections never wait for: on SQLite they begin DEFERRED and write only the
+connection's temporary database, so they take no lock on the database file; on PostgreSQL the staged
+rows reference nothing, so they lock no line. One last transaction publishes every record at once,
+as fast as the database copies rows. A failed or killed import leaves nothing behind: the temporary
+table vanishes with its connection, which is never returned to the pool.
 
 Large imports parse in worker processes while this process writes: on a 2-core machine parsing,
 validating and hashing a line costs about as much as inserting it, and threads would share one core.
@@ -10,6 +17,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
@@ -17,33 +25,45 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, TextIO
 
-from sqlalchemy import select
+from sqlalchemy import Column, Connection, Integer, MetaData, Table, UniqueConstraint, exists, func, literal, select, true
 from sqlalchemy.orm import Session
 
 from adapterctl import audit, json_input
+from adapterctl.db.engine import READ_ONLY, Database
 from adapterctl.db.models import Feedback, Line
-from adapterctl.db.types import utcnow
+from adapterctl.db.types import BigId, utcnow
 from adapterctl.errors import InvalidInput
 from adapterctl.feedback import (
     CONTENT_FIELDS,
     DEFAULT_MAX_FIELD_BYTES,
     FeedbackQuery,
     apply_filters,
-    upsert_statement,
     parse_record,
+    upsert_statement,
 )
 from adapterctl.lines import get_line
 
 MAX_REPORTED_ERRORS = 20
 BATCH_LINES = 2000
 PARALLEL_FROM_BYTES = 8 << 20  # below this, starting worker processes costs more than it saves
+PUBLISH_CACHE_KIB = 256 << 10
+"""SQLite's page cache while an import publishes (64 MiB otherwise): allocated only as pages are read."""
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-# Columns of a stored row, in the order the import builds them.
-_COLUMNS = (
-    "line_id", "status", "created_at", "content_hash", "times_seen", "prompt", "response", "rating", "correction",
-    "chosen", "rejected", "source", "tags", "adapter_version", "request_id", "logged_by",
+# Columns of a staged record, in the order the import builds them; `line` (the file's line number)
+# orders the records, so that feedback ids follow the file.
+_STAGED = (
+    "line", "times_seen", "line_id", "created_at", "content_hash", "prompt", "response", "rating", "correction",
+    "chosen", "rejected", "source", "tags", "adapter_version", "request_id",
 )
-_TIMES_SEEN = _COLUMNS.index("times_seen")
+_STAGING = Table(
+    "import_staging",
+    MetaData(),
+    Column("line", BigId, primary_key=True, autoincrement=False),
+    Column("times_seen", Integer, nullable=False),
+    *(Column(name, Feedback.__table__.c[name].type) for name in _STAGED[2:]),
+    UniqueConstraint("line_id", "content_hash"),
+    prefixes=["TEMPORARY"],
+)
 
 
 @dataclass
@@ -60,7 +80,7 @@ class ImportReport:
 
 
 def import_feedback(
-    session: Session,
+    db: Database,
     path: Path,
     *,
     actor: str,
@@ -71,56 +91,109 @@ def import_feedback(
     chunk_size: int = 5000,
     workers: int | None = None,
 ) -> ImportReport:
-    """Import a JSONL file in the caller's transaction: all of it, or nothing when any line is invalid.
+    """Import a JSONL file: all of it, or nothing when any line is invalid.
 
+    Unlike other domain functions it takes the database, not a session: it runs its own transactions
+    on one connection (see the module's docstring), `chunk_size` staged records each.
     Every invalid line is reported (the first MAX_REPORTED_ERRORS by number and reason) by raising
     InvalidInput, unless `skip_invalid`: then they are left out and listed in the report.
     `progress` is called with the bytes read; `workers` parse processes (default: by file size and cores).
     """
     report = ImportReport()
-    line_ids = _LineIds(session, default=line)
-    error_count = 0
-    chunk: dict[tuple[int, str], list[Any]] = {}
-    stamp = _Timestamps(session, default=utcnow())
-    with _open_binary(path) as handle, _parser(path, workers) as parse:
-        for batch in parse((batch, max_field_bytes) for batch in _batches(handle, progress)):
+    digest = hashlib.sha256()
+    error_count = staged = 0
+    chunk: list[tuple] = []
+    with _open_binary(path) as handle, _parser(path, workers) as parse, _staging_connection(db) as connection:
+        with connection.begin():
+            _STAGING.create(connection)
+            lines = _Lines(connection, default=line)
+        stamp = _Timestamps(connection, default=utcnow())
+        for batch in parse((batch, max_field_bytes) for batch in _batches(handle, progress, digest)):
             for number, line_name, parsed in batch:
                 report.lines_read += 1
                 try:
                     if isinstance(parsed, str):
                         raise InvalidInput(parsed)
-                    line_id = line_ids.resolve(line_name)
+                    created_at, *content = parsed
+                    line_id = lines.resolve(line_name)
                 except InvalidInput as exc:
                     error_count += 1
                     if len(report.errors) < MAX_REPORTED_ERRORS:
                         report.errors.append(f"{path}:{number}: {exc}")
                     continue
                 if error_count and not skip_invalid:
-                    continue  # keep validating to report every bad line, but store nothing
-                created_at, *content = parsed
-                key = (line_id, content[0])
-                if key in chunk:
-                    chunk[key][_TIMES_SEEN] += 1
-                else:
-                    chunk[key] = [line_id, "active", stamp(created_at), content[0], 1, *content[1:], actor]
+                    continue  # keep validating to report every bad line, but stage nothing more
+                chunk.append((number, 1, line_id, stamp(created_at), *content))
                 if len(chunk) >= chunk_size:
-                    _store_chunk(session, chunk, report)
-                    chunk = {}
-    if error_count and not skip_invalid:
-        more = f"\n... and {error_count - len(report.errors)} more" if error_count > len(report.errors) else ""
-        raise InvalidInput(f"{error_count} invalid line(s), nothing imported:\n" + "\n".join(report.errors) + more)
-    _store_chunk(session, chunk, report)
-    report.skipped = error_count
-    audit.record(session, actor=actor, action="feedback.import", subject=line_ids.subject(),
-                 payload={"file": path.name, "sha256": _file_sha256(path), "lines_read": report.lines_read,
-                          "imported": report.imported, "duplicates": report.duplicates, "skipped": report.skipped})
+                    staged += _stage(connection, chunk)
+                    chunk = []
+        if error_count and not skip_invalid:
+            more = f"\n... and {error_count - len(report.errors)} more" if error_count > len(report.errors) else ""
+            raise InvalidInput(f"{error_count} invalid line(s), nothing imported:\n" + "\n".join(report.errors) + more)
+        staged += _stage(connection, chunk)
+        report.skipped = error_count
+        report.imported = _publish(connection, actor=actor, subject=lines.subject(), payload={
+            "file": path.name, "sha256": digest.hexdigest(), "lines_read": report.lines_read, "skipped": report.skipped,
+        }, staged=staged)
+        report.duplicates = staged - report.imported
     return report
 
 
-def _batches(handle: BinaryIO, progress: Callable[[int], None] | None) -> Iterator[list[tuple[int, bytes]]]:
-    """Non-blank lines with their line numbers, BATCH_LINES at a time."""
+@contextmanager
+def _staging_connection(db: Database) -> Iterator[Connection]:
+    """A connection of the import's own, whose transactions begin DEFERRED on SQLite until the publish.
+
+    It is closed at the end rather than pooled, which drops its temporary table, also after an error.
+    """
+    with db.engine.connect() as connection:
+        connection.detach()
+        yield connection.execution_options(**{READ_ONLY: True})
+
+
+def _stage(connection: Connection, rows: list[tuple]) -> int:
+    """Add records to the staging table in one short transaction; a record staged before only counts again."""
+    if rows:
+        with connection.begin():
+            _executemany(connection, _staging_statement(connection.dialect), rows)
+    return len(rows)
+
+
+def _publish(connection: Connection, *, actor: str, subject: str, payload: dict[str, Any], staged: int) -> int:
+    """Store every staged record in one transaction with the import's audit event; return how many were new."""
+    if connection.dialect.name == "sqlite":
+        with connection.begin():  # fewer pages of the hash indexes read again: others wait for the write lock a third less on large imports
+            connection.exec_driver_sql(f"PRAGMA cache_size=-{PUBLISH_CACHE_KIB}")
+    connection.execution_options(**{READ_ONLY: False})  # the publish takes SQLite's write lock up front
+    with connection.begin(), Session(bind=connection) as session:
+        new = connection.scalar(_NEW_RECORDS)
+        connection.execute(_publish_statement(connection.dialect.name, actor))
+        audit.record(session, actor=actor, action="feedback.import", subject=subject,
+                     payload={**payload, "imported": new, "duplicates": staged - new})
+    return new
+
+
+# Staged records whose line and content hash no live record has; probed through the unique index.
+_NEW_RECORDS = select(func.count()).select_from(_STAGING).where(~exists().where(
+    Feedback.line_id == _STAGING.c.line_id,
+    Feedback.content_hash == _STAGING.c.content_hash,
+    Feedback.status == literal("active", literal_execute=True),
+))
+
+
+def _publish_statement(dialect: str, actor: str):
+    """The upsert of `log_feedback` from the staging table, in file order (the WHERE lets SQLite parse it)."""
+    s = _STAGING.c
+    columns = ["status", "logged_by", *_STAGED[1:]]
+    rows = select(literal("active"), literal(actor), *(s[name] for name in _STAGED[1:])).where(true()).order_by(s.line)
+    return upsert_statement(dialect).from_select(columns, rows)
+
+
+def _batches(handle: BinaryIO, progress: Callable[[int], None] | None, digest) -> Iterator[list[tuple[int, bytes]]]:
+    """Non-blank lines with their line numbers, BATCH_LINES at a time; `digest` sees every byte read."""
     numbered = enumerate(handle, start=1)
     while batch := list(islice(numbered, BATCH_LINES)):
+        for _, raw in batch:
+            digest.update(raw)
         if progress:
             progress(sum(len(raw) for _, raw in batch))
         yield [(number, raw) for number, raw in batch if raw.strip()]
@@ -162,7 +235,7 @@ class _parser:
         if not self._workers:
             return lambda jobs: map(_parse_batch, jobs)
         # fork where there is one: spawn would re-run the caller's main module. The workers only parse,
-        # never touching the database connections or locks they inherit.
+        # and start before the import opens its database connection.
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         self._pool = multiprocessing.get_context(method).Pool(self._workers)
         return lambda jobs: self._pool.imap(_parse_batch, jobs)
@@ -176,8 +249,8 @@ class _parser:
 class _Timestamps:
     """Timestamps as the database driver takes them, converted once per distinct value."""
 
-    def __init__(self, session: Session, default: datetime) -> None:
-        dialect = session.get_bind().dialect
+    def __init__(self, connection: Connection, default: datetime) -> None:
+        dialect = connection.dialect
         column_type = Feedback.__table__.c.created_at.type.dialect_impl(dialect)
         self._convert = column_type.bind_processor(dialect) or (lambda value: value)
         self._default = self._convert(default)
@@ -186,57 +259,50 @@ class _Timestamps:
         return self._default if value is None else self._convert(value)
 
 
-def _store_chunk(session: Session, chunk: dict[tuple[int, str], list[Any]], report: ImportReport) -> None:
-    if not chunk:
-        return
-    hashes = [content_hash for _, content_hash in chunk]
-    existing = set()
-    for start in range(0, len(hashes), 1000):
-        # Only the hash in the WHERE clause: SQLite then searches the content-hash index, while with
-        # line and status it would rather scan the whole line through the (line_id, status, ...) index.
-        query = select(Feedback.line_id, Feedback.content_hash, Feedback.status).where(
-            Feedback.content_hash.in_(hashes[start : start + 1000])
-        )
-        existing.update((row.line_id, row.content_hash) for row in session.execute(query) if row.status == "active")
-    _bulk_upsert(session, list(chunk.values()))
-    new = len(chunk) - len(existing & chunk.keys())
-    report.imported += new
-    report.duplicates += sum(row[_TIMES_SEEN] for row in chunk.values()) - new
-
-
-def _bulk_upsert(session: Session, rows: list[list[Any]]) -> None:
-    """The upsert of `log_feedback`, sent through the driver's executemany with values encoded already.
+def _executemany(connection: Connection, statement: tuple[str, tuple[str, ...] | None], rows: list[tuple]) -> None:
+    """A compiled statement run through the driver's executemany on rows of _STAGED values, encoded already.
 
     SQLAlchemy's per-value processing (JSON columns, timestamps) costs more than the insert itself
     on a large import.
     """
-    connection = session.connection()
-    sql, order = _bulk_statement(connection.dialect)
+    sql, order = statement
     if order is None:
-        connection.exec_driver_sql(sql, [dict(zip(_COLUMNS, row)) for row in rows])
-    elif order == _COLUMNS:
-        connection.exec_driver_sql(sql, [tuple(row) for row in rows])
+        connection.exec_driver_sql(sql, [dict(zip(_STAGED, row)) for row in rows])
+    elif order == _STAGED:
+        connection.exec_driver_sql(sql, rows)
     else:
-        positions = [_COLUMNS.index(key) for key in order]
+        positions = [_STAGED.index(key) for key in order]
         connection.exec_driver_sql(sql, [tuple(row[i] for i in positions) for row in rows])
 
 
 @cache
-def _bulk_statement(dialect) -> tuple[str, tuple[str, ...] | None]:
-    """The upsert as SQL text for `dialect`, with the column order of positional parameters."""
-    compiled = upsert_statement(dialect.name).compile(dialect=dialect, column_keys=list(_COLUMNS))
+def _staging_statement(dialect) -> tuple[str, tuple[str, ...] | None]:
+    """The staging insert as SQL text for `dialect`, with the column order of positional parameters.
+
+    A record already staged keeps its line number and metadata (the first occurrence wins) and counts once more.
+    """
+    if dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(_STAGING)
+    statement = statement.on_conflict_do_update(
+        index_elements=[_STAGING.c.line_id, _STAGING.c.content_hash],
+        set_={"times_seen": _STAGING.c.times_seen + statement.excluded.times_seen},
+    )
+    compiled = statement.compile(dialect=dialect, column_keys=list(_STAGED))
     return compiled.string, tuple(compiled.positiontup) if compiled.positional else None
 
 
-class _LineIds:
+class _Lines:
     """Line names of an import, resolved to ids once each."""
 
-    def __init__(self, session: Session, default: str | None) -> None:
-        self._session = session
+    def __init__(self, connection: Connection, default: str | None) -> None:
+        self._connection = connection
         self._default = default
         self._ids: dict[str, int] = {}
         if default is not None:
-            self._ids[default] = get_line(session, default).id
+            self._ids[default] = get_line(Session(bind=connection), default).id
 
     def resolve(self, name: Any) -> int:
         name = name if name is not None else self._default
@@ -247,7 +313,8 @@ class _LineIds:
         if not isinstance(name, str):
             raise InvalidInput(f"line must be a string, got {type(name).__name__}")
         if name not in self._ids:
-            line_id = self._session.scalar(select(Line.id).where(Line.name == name))
+            with self._connection.begin():
+                line_id = self._connection.scalar(select(Line.id).where(Line.name == name))
             if line_id is None:
                 raise InvalidInput(f"line {name!r} does not exist (create it with `adapterctl line create`)")
             self._ids[name] = line_id
@@ -263,14 +330,6 @@ def _open_binary(path: Path) -> BinaryIO:
         return path.open("rb")
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_feedback(session: Session, out: TextIO, filters: FeedbackQuery) -> int:

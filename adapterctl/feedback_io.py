@@ -32,16 +32,17 @@ from adapterctl import audit, json_input
 from adapterctl.db.engine import READ_ONLY, Database
 from adapterctl.db.models import Feedback, Line
 from adapterctl.db.types import BigId, utcnow
-from adapterctl.errors import InvalidInput
+from adapterctl.errors import InvalidInput, NotFound
 from adapterctl.feedback import (
     CONTENT_FIELDS,
     DEFAULT_MAX_FIELD_BYTES,
     FeedbackQuery,
+    LineRoles,
     apply_filters,
+    line_roles,
     parse_record,
     upsert_statement,
 )
-from adapterctl.lines import get_line
 
 MAX_REPORTED_ERRORS = 20
 BATCH_LINES = 2000
@@ -117,8 +118,9 @@ def import_feedback(
                 try:
                     if isinstance(parsed, str):
                         raise InvalidInput(parsed)
-                    created_at, *content = parsed
-                    line_id = lines.resolve(line_name)
+                    roles, created_at, *content = parsed
+                    target = lines.resolve(line_name)
+                    target.check(roles)
                 except InvalidInput as exc:
                     error_count += 1
                     if len(report.errors) < MAX_REPORTED_ERRORS:
@@ -126,7 +128,7 @@ def import_feedback(
                     continue
                 if error_count and not skip_invalid:
                     continue  # keep validating to report every bad line, but stage nothing more
-                chunk.append((number, 1, line_id, stamp(created_at), *content))
+                chunk.append((number, 1, target.line_id, stamp(created_at), *content))
                 if len(chunk) >= chunk_size:
                     staged += _stage(connection, chunk)
                     chunk = []
@@ -209,9 +211,10 @@ def _batches(handle: BinaryIO, progress: Callable[[int], None] | None, digest) -
 
 
 def _parse_batch(job: tuple[list[tuple[int, bytes]], int]) -> list[tuple[int, Any, tuple | str]]:
-    """Parse and validate raw lines: (number, line name, stored values or an error message) for each.
+    """Parse and validate raw lines: (number, line name, values or an error message) for each.
 
-    Runs in worker processes, so it returns plain tuples: the values are already encoded for storage.
+    Runs in worker processes, so it returns plain tuples: the prompt's roles, which the line decides
+    on, then the values already encoded for storage.
     """
     batch, max_field_bytes = job
     parsed = []
@@ -224,8 +227,9 @@ def _parse_batch(job: tuple[list[tuple[int, bytes]], int]) -> list[tuple[int, An
         except InvalidInput as exc:
             parsed.append((number, line_name, str(exc)))
             continue
-        values = (r.created_at, r.content_hash, _JSON.encode(r.prompt), r.response, r.rating, r.correction,
-                  r.chosen, r.rejected, r.source, _JSON.encode(r.tags), r.adapter_version, r.request_id)
+        values = (tuple(message["role"] for message in r.prompt), r.created_at, r.content_hash, _JSON.encode(r.prompt),
+                  r.response, r.rating, r.correction, r.chosen, r.rejected, r.source, _JSON.encode(r.tags),
+                  r.adapter_version, r.request_id)
         parsed.append((number, line_name, values))
     return parsed
 
@@ -304,16 +308,16 @@ def _staging_statement(dialect) -> tuple[str, tuple[str, ...] | None]:
 
 
 class _Lines:
-    """Line names of an import, resolved to ids once each."""
+    """Line names of an import, resolved once each to the line's id and the roles its base model renders."""
 
     def __init__(self, connection: Connection, default: str | None) -> None:
         self._connection = connection
         self._default = default
-        self._ids: dict[str, int] = {}
+        self._lines: dict[str, LineRoles] = {}
         if default is not None:
-            self._ids[default] = get_line(Session(bind=connection), default).id
+            self._lines[default] = line_roles(connection, default)
 
-    def resolve(self, name: Any) -> int:
+    def resolve(self, name: Any) -> LineRoles:
         name = name if name is not None else self._default
         if name is None:
             raise InvalidInput("line is missing (give --line or a 'line' field)")
@@ -321,16 +325,16 @@ class _Lines:
             raise InvalidInput(f"line {name!r} differs from --line {self._default!r}")
         if not isinstance(name, str):
             raise InvalidInput(f"line must be a string, got {type(name).__name__}")
-        if name not in self._ids:
-            with self._connection.begin():
-                line_id = self._connection.scalar(select(Line.id).where(Line.name == name))
-            if line_id is None:
-                raise InvalidInput(f"line {name!r} does not exist (create it with `adapterctl line create`)")
-            self._ids[name] = line_id
-        return self._ids[name]
+        if name not in self._lines:
+            try:
+                with self._connection.begin():
+                    self._lines[name] = line_roles(self._connection, name)
+            except NotFound:
+                raise InvalidInput(f"line {name!r} does not exist (create it with `adapterctl line create`)") from None
+        return self._lines[name]
 
     def subject(self) -> str:
-        return f"line:{next(iter(self._ids))}" if len(self._ids) == 1 else "feedback"
+        return f"line:{next(iter(self._lines))}" if len(self._lines) == 1 else "feedback"
 
 
 def _open_binary(path: Path) -> BinaryIO:

@@ -204,6 +204,20 @@ def test_line_comes_from_the_record_or_the_option(ws, line, tmp_path):
         run_import(ws, path, line="nope")
 
 
+def test_a_role_the_lines_chat_template_cannot_render_is_an_invalid_line(ws, tiny_line, tmp_path):
+    tool = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "Asking."}, {"role": "tool", "content": "snow"}]
+    path = tmp_path / "in.jsonl"
+    write_jsonl(path, [record(1), record(2, prompt=tool), record(3, prompt=[{"role": "system", "content": "terse"}, *tool[:1]])])
+    before = counts(ws)
+    with pytest.raises(InvalidInput) as caught:
+        run_import(ws, path, line=tiny_line)
+    assert str(caught.value) == (f"1 invalid line(s), nothing imported:\n{path}:2: prompt[2].role 'tool' is not rendered by "
+                                 "base model tiny's chat template (it renders system, user, assistant)")
+    assert counts(ws) == before
+    report = run_import(ws, path, line=tiny_line, skip_invalid=True)
+    assert (report.imported, report.skipped) == (2, 1)
+
+
 def test_parallel_and_in_process_parsing_agree(ws, line, tmp_path):
     path = tmp_path / "in.jsonl"
     items = [record(i, tags=["é", "x"]) for i in range(2500)] + [record(7), {"prompt": ""}]

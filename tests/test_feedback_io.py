@@ -86,8 +86,9 @@ def test_duplicates_within_the_file_and_against_stored_records_are_counted(ws, l
     report = run_import(ws, path, line=line, chunk_size=2)
     assert (report.imported, report.duplicates) == (2, 3)
     with ws.transaction() as session:
-        seen = dict(session.execute(select(Feedback.response, Feedback.times_seen)).all())
-    assert seen == {"answer 0": 2, "answer 1": 3, "answer 2": 1}
+        rows = session.execute(select(Feedback.response, Feedback.times_seen, Feedback.source).order_by(Feedback.id)).all()
+    # ids follow the file; a record seen again keeps its first occurrence's metadata
+    assert [tuple(row) for row in rows] == [("answer 0", 2, None), ("answer 1", 3, None), ("answer 2", 1, None)]
 
 
 def test_others_write_while_an_import_stages_and_see_its_records_only_once_published(ws, line, settings, tmp_path, monkeypatch):
@@ -241,6 +242,7 @@ def test_export_then_import_round_trips(ws, line, tmp_path, settings):
     ws.log_feedback(line=line, prompt=[{"role": "system", "content": "terse"}, {"role": "user", "content": "2+2? ünï"}],
                     response="5", correction="4", source="u1", tags=["math"], adapter_version="v2", request_id="r-1")
     ws.log_feedback(line=line, prompt="p", response="r", chosen="a", rejected="b")
+    ws.log_feedback(line=line, prompt="tab\there\nnew line", response="back\\slash \\N \"quoted\" \r", rating=-1)
     with ws.transaction() as session:
         first = io.StringIO()
         feedback_io.export_feedback(session, first, FeedbackQuery())
@@ -248,7 +250,7 @@ def test_export_then_import_round_trips(ws, line, tmp_path, settings):
         session.execute(Feedback.__table__.delete())
     path = tmp_path / "export.jsonl"
     path.write_text(first.getvalue(), encoding="utf-8")
-    assert run_import(ws, path).imported == 2
+    assert run_import(ws, path).imported == 3
     with ws.transaction() as session:
         second = io.StringIO()
         feedback_io.export_feedback(session, second, FeedbackQuery())

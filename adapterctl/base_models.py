@@ -122,12 +122,14 @@ def register_base_model(
         content_hash=content_hash,
         files=files,
         architecture=_architecture(resolved.path),
+        chat_roles=chat_roles(resolved.path),
         created_by=actor,
     )
     session.add(model)
     session.flush()
     audit.record(session, actor=actor, action="base.register", subject=f"base:{name}",
-                 payload={"source": model.source, "revision": model.revision, "content_hash": content_hash})
+                 payload={"source": model.source, "revision": model.revision, "content_hash": content_hash,
+                          "chat_roles": model.chat_roles})
     return model
 
 
@@ -138,6 +140,17 @@ def _architecture(path: Path) -> str | None:
         raise InvalidInput(f"{path / 'config.json'} is not valid JSON") from None
     architectures = config.get("architectures") or []
     return architectures[0] if architectures else config.get("model_type")
+
+
+def chat_roles(path: Path) -> list[str] | None:
+    """The message roles the model's chat template renders, or None when its tokenizer does not load here."""
+    from adapterctl.chat import load_tokenizer, supported_roles
+
+    try:
+        tokenizer = load_tokenizer(str(path))
+    except Exception:  # transformers fails in many ways on files it cannot read; the roles stay unknown
+        return None
+    return supported_roles(tokenizer)
 
 
 def local_path(model: BaseModel) -> str:
@@ -168,6 +181,7 @@ def as_dict(model: BaseModel) -> dict[str, Any]:
         "revision": model.revision,
         "content_hash": model.content_hash,
         "architecture": model.architecture,
+        "chat_roles": model.chat_roles,
         "files": model.files,
         "created_at": model.created_at.isoformat(),
         "created_by": model.created_by,

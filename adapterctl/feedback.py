@@ -12,13 +12,13 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cache
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
-from sqlalchemy import case, func, select, text, update
+from sqlalchemy import Connection, case, func, select, text, update
 from sqlalchemy.orm import Session
 
 from adapterctl import activations, audit, erasure, registry
-from adapterctl.db.models import Feedback, Line
+from adapterctl.db.models import BaseModel, Feedback, Line
 from adapterctl.db.types import utcnow
 from adapterctl.errors import InvalidInput, NotFound
 from adapterctl.lines import get_line, line_id_of
@@ -226,6 +226,37 @@ def _row(record: FeedbackRecord, line_id: int, actor: str, now: datetime) -> dic
     }
 
 
+@dataclass(frozen=True)
+class LineRoles:
+    """A line, and the message roles its base model's chat template renders."""
+
+    line_id: int
+    base_model: str
+    rendered: frozenset[str] | None
+    """None: not known (the tokenizer did not load at registration), so every role of ROLES is taken."""
+
+    def check(self, roles: Sequence[str]) -> None:
+        """Refuse a prompt (given by its roles, in order) that the chat template cannot render.
+
+        Refused here rather than when training renders it, where one such record would stop every run.
+        """
+        if self.rendered is None or self.rendered.issuperset(roles):
+            return
+        index, role = next((index, role) for index, role in enumerate(roles) if role not in self.rendered)
+        renders = ", ".join(r for r in ROLES if r in self.rendered) or "no role"
+        raise InvalidInput(f"prompt[{index}].role {role!r} is not rendered by base model {self.base_model}'s chat template "
+                           f"(it renders {renders})", param=f"prompt[{index}].role")
+
+
+def line_roles(connection: Session | Connection, name: str) -> LineRoles:
+    """The line named `name`, with the roles its base model renders: what logging or importing a record checks."""
+    query = select(Line.id, BaseModel.name, BaseModel.chat_roles).join(BaseModel, BaseModel.id == Line.base_model_id)
+    row = connection.execute(query.where(Line.name == name)).first()
+    if row is None:
+        raise NotFound(f"line {name!r} does not exist; see `adapterctl line list` or create it with `adapterctl line create`")
+    return LineRoles(row.id, row.name, None if row.chat_roles is None else frozenset(row.chat_roles))
+
+
 @cache
 def upsert_statement(dialect: str):
     """INSERT that, for a live duplicate (same line and content hash), adds to its `times_seen` instead."""
@@ -265,9 +296,10 @@ def log_feedback(
         "adapter_version": adapter_version, "request_id": request_id,
     }
     record = parse_record(raw, max_field_bytes=max_field_bytes)
-    line_id = line_id_of(session, line)
+    target = line_roles(session, line)
+    target.check([message["role"] for message in record.prompt])
     statement = upsert_statement(session.get_bind().dialect.name).returning(Feedback.id, Feedback.times_seen)
-    feedback_id, times_seen = session.execute(statement, _row(record, line_id, actor, utcnow())).one()
+    feedback_id, times_seen = session.execute(statement, _row(record, target.line_id, actor, utcnow())).one()
     audit.record(session, actor=actor, action="feedback.log", subject=f"feedback:{feedback_id}",
                  payload={"line": line, "content_hash": record.content_hash, "duplicate": times_seen > 1})
     return feedback_id

@@ -1,7 +1,14 @@
-"""Feedback files: import JSONL in one all-or-nothing transaction, export in the same format.
+"""Feedback files: import JSONL all or nothing while others keep writing, export in the same format.
 
-Large imports parse in worker processes while this process writes: on a 2-core machine parsing,
-validating and hashing a line costs about as much as inserting it, and threads would share one core.
+An import stages the valid records of a file in a temporary table of its own connection, in short
+transactions that other connections never wait for: on SQLite they begin DEFERRED and write only the
+connection's temporary database, so they take no lock on the database file; on PostgreSQL the staged
+rows reference nothing, so they lock no line. One last transaction publishes every record at once,
+as fast as the database copies rows. A failed or killed import leaves nothing behind: the temporary
+table vanishes with its connection, which is never returned to the pool.
+
+Large imports parse in worker processes, one per core: staging a record costs a fraction of parsing,
+validating and hashing it, so parsing sets the pace (threads would share one core).
 """
 
 from __future__ import annotations
@@ -10,40 +17,69 @@ import hashlib
 import json
 import multiprocessing
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from functools import cache
 from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, TextIO
 
-from sqlalchemy import select
+from sqlalchemy import Column, Connection, Integer, MetaData, Table, exists, func, literal, select, true
 from sqlalchemy.orm import Session
 
 from adapterctl import audit, json_input
+from adapterctl.db.engine import READ_ONLY, Database
 from adapterctl.db.models import Feedback, Line
-from adapterctl.db.types import utcnow
-from adapterctl.errors import InvalidInput
+from adapterctl.db.types import BigId, utcnow
+from adapterctl.errors import InvalidInput, NotFound
 from adapterctl.feedback import (
     CONTENT_FIELDS,
     DEFAULT_MAX_FIELD_BYTES,
     FeedbackQuery,
+    LineRoles,
     apply_filters,
-    upsert_statement,
+    line_roles,
     parse_record,
+    upsert_statement,
 )
-from adapterctl.lines import get_line
 
 MAX_REPORTED_ERRORS = 20
 BATCH_LINES = 2000
 PARALLEL_FROM_BYTES = 8 << 20  # below this, starting worker processes costs more than it saves
+PUBLISH_CACHE_KIB = 256 << 10
+"""SQLite's page cache while an import publishes (64 MiB otherwise): allocated only as pages are read."""
+ANALYZE_FROM_ROWS = 10_000
+"""On PostgreSQL a publish of this many new records analyzes the feedback table at once: autovacuum
+would do it later, and until then queries are planned as if the table still had its old size."""
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-# Columns of a stored row, in the order the import builds them.
-_COLUMNS = (
-    "line_id", "status", "created_at", "content_hash", "times_seen", "prompt", "response", "rating", "correction",
-    "chosen", "rejected", "source", "tags", "adapter_version", "request_id", "logged_by",
+# Columns of a staged record, in the order the import builds them; `line` (the file's line number)
+# orders the records, so that feedback ids follow the file.
+_STAGED = (
+    "line", "times_seen", "line_id", "created_at", "content_hash", "prompt", "response", "rating", "correction",
+    "chosen", "rejected", "source", "tags", "adapter_version", "request_id",
 )
-_TIMES_SEEN = _COLUMNS.index("times_seen")
+_STAGING = Table(
+    "import_staging",
+    MetaData(),
+    Column("line", BigId, primary_key=True, autoincrement=False),
+    Column("times_seen", Integer, nullable=False),
+    *(Column(name, Feedback.__table__.c[name].type) for name in _STAGED[2:]),
+    prefixes=["TEMPORARY"],
+)
+_INSERT_STAGED = f"INSERT INTO import_staging ({', '.join(_STAGED)}) VALUES ({', '.join('?' * len(_STAGED))})"
+_COPY_STAGED = f"COPY import_staging ({', '.join(_STAGED)}) FROM STDIN"
+# After staging, outside the publish: the key index is built in one sort, cheaper than keeping a
+# unique one up while staging.
+_INDEX_STAGED = "CREATE INDEX import_staging_key ON import_staging (line_id, content_hash)"
+# A record the file holds more than once keeps the line and metadata of its first occurrence and
+# counts every occurrence.
+_MERGE_REPEATS = (
+    "CREATE TEMPORARY TABLE import_repeats AS SELECT line_id, content_hash, min(line) AS first_line, count(*) AS seen "
+    "FROM import_staging GROUP BY line_id, content_hash HAVING count(*) > 1",
+    "UPDATE import_staging SET times_seen = r.seen FROM import_repeats r WHERE r.first_line = import_staging.line",
+    "DELETE FROM import_staging WHERE line IN (SELECT s.line FROM import_repeats r JOIN import_staging s "
+    "ON s.line_id = r.line_id AND s.content_hash = r.content_hash AND s.line > r.first_line)",
+)
 
 
 @dataclass
@@ -60,7 +96,7 @@ class ImportReport:
 
 
 def import_feedback(
-    session: Session,
+    db: Database,
     path: Path,
     *,
     actor: str,
@@ -71,65 +107,142 @@ def import_feedback(
     chunk_size: int = 5000,
     workers: int | None = None,
 ) -> ImportReport:
-    """Import a JSONL file in the caller's transaction: all of it, or nothing when any line is invalid.
+    """Import a JSONL file: all of it, or nothing when any line is invalid.
 
+    Unlike other domain functions it takes the database, not a session: it runs its own transactions
+    on one connection (see the module's docstring), `chunk_size` staged records each.
     Every invalid line is reported (the first MAX_REPORTED_ERRORS by number and reason) by raising
     InvalidInput, unless `skip_invalid`: then they are left out and listed in the report.
     `progress` is called with the bytes read; `workers` parse processes (default: by file size and cores).
     """
     report = ImportReport()
-    line_ids = _LineIds(session, default=line)
-    error_count = 0
-    chunk: dict[tuple[int, str], list[Any]] = {}
-    stamp = _Timestamps(session, default=utcnow())
-    with _open_binary(path) as handle, _parser(path, workers) as parse:
-        for batch in parse((batch, max_field_bytes) for batch in _batches(handle, progress)):
+    digest = hashlib.sha256()
+    error_count = staged = 0
+    chunk: list[tuple] = []
+    with _open_binary(path) as handle, _parser(path, workers) as parse, _staging_connection(db) as connection:
+        with connection.begin():
+            _STAGING.create(connection)
+            lines = _Lines(connection, default=line)
+        stamp = _Timestamps(connection, default=utcnow())
+        for batch in parse((batch, max_field_bytes) for batch in _batches(handle, progress, digest)):
             for number, line_name, parsed in batch:
                 report.lines_read += 1
                 try:
                     if isinstance(parsed, str):
                         raise InvalidInput(parsed)
-                    line_id = line_ids.resolve(line_name)
+                    roles, created_at, *content = parsed
+                    target = lines.resolve(line_name)
+                    target.check(roles)
                 except InvalidInput as exc:
                     error_count += 1
                     if len(report.errors) < MAX_REPORTED_ERRORS:
                         report.errors.append(f"{path}:{number}: {exc}")
                     continue
                 if error_count and not skip_invalid:
-                    continue  # keep validating to report every bad line, but store nothing
-                created_at, *content = parsed
-                key = (line_id, content[0])
-                if key in chunk:
-                    chunk[key][_TIMES_SEEN] += 1
-                else:
-                    chunk[key] = [line_id, "active", stamp(created_at), content[0], 1, *content[1:], actor]
+                    continue  # keep validating to report every bad line, but stage nothing more
+                chunk.append((number, 1, target.line_id, stamp(created_at), *content))
                 if len(chunk) >= chunk_size:
-                    _store_chunk(session, chunk, report)
-                    chunk = {}
-    if error_count and not skip_invalid:
-        more = f"\n... and {error_count - len(report.errors)} more" if error_count > len(report.errors) else ""
-        raise InvalidInput(f"{error_count} invalid line(s), nothing imported:\n" + "\n".join(report.errors) + more)
-    _store_chunk(session, chunk, report)
-    report.skipped = error_count
-    audit.record(session, actor=actor, action="feedback.import", subject=line_ids.subject(),
-                 payload={"file": path.name, "sha256": _file_sha256(path), "lines_read": report.lines_read,
-                          "imported": report.imported, "duplicates": report.duplicates, "skipped": report.skipped})
+                    staged += _stage(connection, chunk)
+                    chunk = []
+        if error_count and not skip_invalid:
+            more = f"\n... and {error_count - len(report.errors)} more" if error_count > len(report.errors) else ""
+            raise InvalidInput(f"{error_count} invalid line(s), nothing imported:\n" + "\n".join(report.errors) + more)
+        staged += _stage(connection, chunk)
+        report.skipped = error_count
+        _prepare(connection)
+        report.imported = _publish(connection, actor=actor, subject=lines.subject(), payload={
+            "file": path.name, "sha256": digest.hexdigest(), "lines_read": report.lines_read, "skipped": report.skipped,
+        }, staged=staged)
+        report.duplicates = staged - report.imported
     return report
 
 
-def _batches(handle: BinaryIO, progress: Callable[[int], None] | None) -> Iterator[list[tuple[int, bytes]]]:
-    """Non-blank lines with their line numbers, BATCH_LINES at a time."""
+@contextmanager
+def _staging_connection(db: Database) -> Iterator[Connection]:
+    """A connection of the import's own, whose transactions begin DEFERRED on SQLite until the publish.
+
+    It is closed at the end rather than pooled, which drops its temporary table, also after an error.
+    """
+    with db.engine.connect() as connection:
+        connection.detach()
+        yield connection.execution_options(**{READ_ONLY: True})
+
+
+def _stage(connection: Connection, rows: list[tuple]) -> int:
+    """Add records (values of _STAGED, encoded already) to the staging table in one short transaction.
+
+    Straight to the driver: SQLAlchemy's per-value processing costs more than the insert itself, and
+    on PostgreSQL COPY is four times as fast as executemany.
+    """
+    if rows:
+        with connection.begin():
+            if connection.dialect.name == "postgresql":
+                with connection.connection.cursor() as cursor, cursor.copy(_COPY_STAGED) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            else:
+                connection.exec_driver_sql(_INSERT_STAGED, rows)
+    return len(rows)
+
+
+def _prepare(connection: Connection) -> None:
+    """Index the staged records and merge repeats, in the staging connection's own tables (no lock on SQLite)."""
+    with connection.begin():
+        connection.exec_driver_sql(_INDEX_STAGED)
+        if connection.dialect.name == "postgresql":  # temporary tables are never analyzed by autovacuum
+            connection.exec_driver_sql(f"ANALYZE {_STAGING.name}")
+        else:  # fewer pages of the hash indexes read again: others wait for the write lock a third less on large imports
+            connection.exec_driver_sql(f"PRAGMA cache_size=-{PUBLISH_CACHE_KIB}")
+        for statement in _MERGE_REPEATS:
+            connection.exec_driver_sql(statement)
+
+
+def _publish(connection: Connection, *, actor: str, subject: str, payload: dict[str, Any], staged: int) -> int:
+    """Store every staged record in one transaction with the import's audit event; return how many were new."""
+    connection.execution_options(**{READ_ONLY: False})  # the publish takes SQLite's write lock up front
+    with connection.begin(), Session(bind=connection) as session:
+        new = connection.scalar(_NEW_RECORDS)
+        connection.execute(_publish_statement(connection.dialect.name, actor))
+        audit.record(session, actor=actor, action="feedback.import", subject=subject,
+                     payload={**payload, "imported": new, "duplicates": staged - new})
+    if connection.dialect.name == "postgresql" and new >= ANALYZE_FROM_ROWS:
+        with connection.begin():
+            connection.exec_driver_sql(f"ANALYZE {Feedback.__tablename__}")
+    return new
+
+
+# Staged records whose line and content hash no live record has; probed through the unique index.
+_NEW_RECORDS = select(func.count()).select_from(_STAGING).where(~exists().where(
+    Feedback.line_id == _STAGING.c.line_id,
+    Feedback.content_hash == _STAGING.c.content_hash,
+    Feedback.status == literal("active", literal_execute=True),
+))
+
+
+def _publish_statement(dialect: str, actor: str):
+    """The upsert of `log_feedback` from the staging table, in file order (the WHERE lets SQLite parse it)."""
+    s = _STAGING.c
+    columns = ["status", "logged_by", *_STAGED[1:]]
+    rows = select(literal("active"), literal(actor), *(s[name] for name in _STAGED[1:])).where(true()).order_by(s.line)
+    return upsert_statement(dialect).from_select(columns, rows)
+
+
+def _batches(handle: BinaryIO, progress: Callable[[int], None] | None, digest) -> Iterator[list[tuple[int, bytes]]]:
+    """Non-blank lines with their line numbers, BATCH_LINES at a time; `digest` sees every byte read."""
     numbered = enumerate(handle, start=1)
     while batch := list(islice(numbered, BATCH_LINES)):
+        for _, raw in batch:
+            digest.update(raw)
         if progress:
             progress(sum(len(raw) for _, raw in batch))
         yield [(number, raw) for number, raw in batch if raw.strip()]
 
 
 def _parse_batch(job: tuple[list[tuple[int, bytes]], int]) -> list[tuple[int, Any, tuple | str]]:
-    """Parse and validate raw lines: (number, line name, stored values or an error message) for each.
+    """Parse and validate raw lines: (number, line name, values or an error message) for each.
 
-    Runs in worker processes, so it returns plain tuples: the values are already encoded for storage.
+    Runs in worker processes, so it returns plain tuples: the prompt's roles, which the line decides
+    on, then the values already encoded for storage.
     """
     batch, max_field_bytes = job
     parsed = []
@@ -142,8 +255,9 @@ def _parse_batch(job: tuple[list[tuple[int, bytes]], int]) -> list[tuple[int, An
         except InvalidInput as exc:
             parsed.append((number, line_name, str(exc)))
             continue
-        values = (r.created_at, r.content_hash, _JSON.encode(r.prompt), r.response, r.rating, r.correction,
-                  r.chosen, r.rejected, r.source, _JSON.encode(r.tags), r.adapter_version, r.request_id)
+        values = (tuple(message["role"] for message in r.prompt), r.created_at, r.content_hash, _JSON.encode(r.prompt),
+                  r.response, r.rating, r.correction, r.chosen, r.rejected, r.source, _JSON.encode(r.tags),
+                  r.adapter_version, r.request_id)
         parsed.append((number, line_name, values))
     return parsed
 
@@ -154,7 +268,7 @@ class _parser:
     def __init__(self, path: Path, workers: int | None) -> None:
         if workers is None:
             large = path.is_file() and path.stat().st_size >= PARALLEL_FROM_BYTES
-            workers = max(1, (os.cpu_count() or 1) - 1) if large else 0
+            workers = (os.cpu_count() or 1) if large else 0
         self._workers = workers
         self._pool = None
 
@@ -162,7 +276,7 @@ class _parser:
         if not self._workers:
             return lambda jobs: map(_parse_batch, jobs)
         # fork where there is one: spawn would re-run the caller's main module. The workers only parse,
-        # never touching the database connections or locks they inherit.
+        # and start before the import opens its database connection.
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         self._pool = multiprocessing.get_context(method).Pool(self._workers)
         return lambda jobs: self._pool.imap(_parse_batch, jobs)
@@ -176,8 +290,8 @@ class _parser:
 class _Timestamps:
     """Timestamps as the database driver takes them, converted once per distinct value."""
 
-    def __init__(self, session: Session, default: datetime) -> None:
-        dialect = session.get_bind().dialect
+    def __init__(self, connection: Connection, default: datetime) -> None:
+        dialect = connection.dialect
         column_type = Feedback.__table__.c.created_at.type.dialect_impl(dialect)
         self._convert = column_type.bind_processor(dialect) or (lambda value: value)
         self._default = self._convert(default)
@@ -186,59 +300,17 @@ class _Timestamps:
         return self._default if value is None else self._convert(value)
 
 
-def _store_chunk(session: Session, chunk: dict[tuple[int, str], list[Any]], report: ImportReport) -> None:
-    if not chunk:
-        return
-    hashes = [content_hash for _, content_hash in chunk]
-    existing = set()
-    for start in range(0, len(hashes), 1000):
-        # Only the hash in the WHERE clause: SQLite then searches the content-hash index, while with
-        # line and status it would rather scan the whole line through the (line_id, status, ...) index.
-        query = select(Feedback.line_id, Feedback.content_hash, Feedback.status).where(
-            Feedback.content_hash.in_(hashes[start : start + 1000])
-        )
-        existing.update((row.line_id, row.content_hash) for row in session.execute(query) if row.status == "active")
-    _bulk_upsert(session, list(chunk.values()))
-    new = len(chunk) - len(existing & chunk.keys())
-    report.imported += new
-    report.duplicates += sum(row[_TIMES_SEEN] for row in chunk.values()) - new
+class _Lines:
+    """Line names of an import, resolved once each to the line's id and the roles its base model renders."""
 
-
-def _bulk_upsert(session: Session, rows: list[list[Any]]) -> None:
-    """The upsert of `log_feedback`, sent through the driver's executemany with values encoded already.
-
-    SQLAlchemy's per-value processing (JSON columns, timestamps) costs more than the insert itself
-    on a large import.
-    """
-    connection = session.connection()
-    sql, order = _bulk_statement(connection.dialect)
-    if order is None:
-        connection.exec_driver_sql(sql, [dict(zip(_COLUMNS, row)) for row in rows])
-    elif order == _COLUMNS:
-        connection.exec_driver_sql(sql, [tuple(row) for row in rows])
-    else:
-        positions = [_COLUMNS.index(key) for key in order]
-        connection.exec_driver_sql(sql, [tuple(row[i] for i in positions) for row in rows])
-
-
-@cache
-def _bulk_statement(dialect) -> tuple[str, tuple[str, ...] | None]:
-    """The upsert as SQL text for `dialect`, with the column order of positional parameters."""
-    compiled = upsert_statement(dialect.name).compile(dialect=dialect, column_keys=list(_COLUMNS))
-    return compiled.string, tuple(compiled.positiontup) if compiled.positional else None
-
-
-class _LineIds:
-    """Line names of an import, resolved to ids once each."""
-
-    def __init__(self, session: Session, default: str | None) -> None:
-        self._session = session
+    def __init__(self, connection: Connection, default: str | None) -> None:
+        self._connection = connection
         self._default = default
-        self._ids: dict[str, int] = {}
+        self._lines: dict[str, LineRoles] = {}
         if default is not None:
-            self._ids[default] = get_line(session, default).id
+            self._lines[default] = line_roles(connection, default)
 
-    def resolve(self, name: Any) -> int:
+    def resolve(self, name: Any) -> LineRoles:
         name = name if name is not None else self._default
         if name is None:
             raise InvalidInput("line is missing (give --line or a 'line' field)")
@@ -246,15 +318,16 @@ class _LineIds:
             raise InvalidInput(f"line {name!r} differs from --line {self._default!r}")
         if not isinstance(name, str):
             raise InvalidInput(f"line must be a string, got {type(name).__name__}")
-        if name not in self._ids:
-            line_id = self._session.scalar(select(Line.id).where(Line.name == name))
-            if line_id is None:
-                raise InvalidInput(f"line {name!r} does not exist (create it with `adapterctl line create`)")
-            self._ids[name] = line_id
-        return self._ids[name]
+        if name not in self._lines:
+            try:
+                with self._connection.begin():
+                    self._lines[name] = line_roles(self._connection, name)
+            except NotFound:
+                raise InvalidInput(f"line {name!r} does not exist (create it with `adapterctl line create`)") from None
+        return self._lines[name]
 
     def subject(self) -> str:
-        return f"line:{next(iter(self._ids))}" if len(self._ids) == 1 else "feedback"
+        return f"line:{next(iter(self._lines))}" if len(self._lines) == 1 else "feedback"
 
 
 def _open_binary(path: Path) -> BinaryIO:
@@ -263,14 +336,6 @@ def _open_binary(path: Path) -> BinaryIO:
         return path.open("rb")
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_feedback(session: Session, out: TextIO, filters: FeedbackQuery) -> int:

@@ -1,11 +1,16 @@
 """Feedback ingest speed: `feedback import` and the Python API against plain SQLAlchemy Core inserts.
 
-    .venv/bin/python bench/ingest.py [--records 100000] [--api-records 3000] [--db-url postgresql://...]
+    .venv/bin/python bench/ingest.py [--records 100000] [--filled N] [--api-records 3000] [--db-url postgresql://...]
 
 Each measurement starts from a fresh, migrated database. The baselines insert the very same rows
 (already validated and hashed, outside the timer) with `insert(Feedback)` in one transaction
 (for import) or one transaction per row (for the API loop), so the ratio is what validation,
-hashing, deduplication and the audit event cost on top of writing.
+hashing, deduplication, staging and the audit event cost on top of writing.
+
+The import runs twice: into a fresh database, and into one already holding `--filled` other records
+(default: as many as `--records`), whose planner statistics are current. Meanwhile another writer
+commits every 10 ms and the longest it waited is printed: on SQLite it waits for the write lock, on
+PostgreSQL for the line's row lock that `promote` takes.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import random
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -23,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import create_engine, insert  # noqa: E402
+from sqlalchemy.exc import OperationalError  # noqa: E402
 
 from adapterctl import base_models, feedback, feedback_io, lines  # noqa: E402
 from adapterctl.config import Settings  # noqa: E402
@@ -102,26 +109,66 @@ def rows_for_core(ws: Workspace, records: list[dict]) -> list[dict]:
     return [feedback._row(feedback.parse_record(r), line_id, "bench", now) for r in records]
 
 
-def _encoded(row: dict, stamp) -> list:
-    """A Core row as the import's write step takes it: JSON encoded, timestamp as the driver takes it."""
-    values = {**row, "prompt": json.dumps(row["prompt"]), "tags": json.dumps(row["tags"]), "created_at": stamp(None)}
-    return [values[column] for column in feedback_io._COLUMNS]
-
-
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
+@contextmanager
+def other_writer(ws: Workspace):
+    """Another writer committing every 10 ms while the block runs; yields the list of its waits (seconds)."""
+    waits: list[float] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def write() -> None:
+        while not stop.is_set():
+            start = time.perf_counter()
+            try:
+                with ws.transaction() as session:
+                    lines.lock_line(session, lines.line_id_of(session, "bench"))
+            except OperationalError as exc:  # SQLite's busy timeout ran out
+                failures.append(str(exc.orig))
+            waits.append(time.perf_counter() - start)
+            stop.wait(0.01)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        yield waits, failures
+    finally:
+        stop.set()
+        thread.join()
+
+
+def timed_import(ws: Workspace, jsonl: Path, count: int) -> tuple[float, float, list[str]]:
+    """Seconds the import took, the longest wait of another writer meanwhile, and that writer's failures."""
+    with other_writer(ws) as (waits, failures):
+        report = None
+
+        def run_import():
+            nonlocal report
+            report = feedback_io.import_feedback(ws.db, jsonl, actor="bench", line="bench")
+
+        seconds = timed(run_import)
+    assert report.imported == count, report
+    return seconds, max(waits), failures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--filled", type=int, help="records already stored for the second import (default: --records)")
     parser.add_argument("--api-records", type=int, default=3_000)
     parser.add_argument("--db-url", help="PostgreSQL admin URL; each measurement creates and drops a database")
     args = parser.parse_args()
+    filled = args.records if args.filled is None else args.filled
 
     records = make_records(args.records)
+    others = make_records(filled, seed=1)
+    for i, record in enumerate(others):  # never a duplicate of an imported record
+        record["prompt"][0]["content"] = f"stored {i} {record['prompt'][0]['content']}"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         jsonl = root / "feedback.jsonl"
@@ -132,20 +179,15 @@ def main() -> None:
             with ws.db.engine.begin() as connection:
                 core_bulk = timed(lambda: connection.execute(insert(Feedback.__table__), rows))
         with fresh_workspace(args.db_url, root) as ws:
-            with ws.transaction() as session:
-                stamp = feedback_io._Timestamps(session, default=rows[0]["created_at"])
-                encoded = [_encoded(row, stamp) for row in rows]
-                write_only = timed(lambda: feedback_io._bulk_upsert(session, encoded))
+            fresh = timed_import(ws, jsonl, len(records))
         with fresh_workspace(args.db_url, root) as ws:
-            with ws.transaction() as session:
-                report = None
-
-                def run_import():
-                    nonlocal report
-                    report = feedback_io.import_feedback(session, jsonl, actor="bench", line="bench")
-
-                import_bulk = timed(run_import)
-            assert report.imported == len(records), report
+            stored = rows_for_core(ws, others)
+            with ws.db.engine.begin() as connection:
+                connection.execute(insert(Feedback.__table__), stored)
+            if ws.db.backend == "postgresql":  # what autovacuum does soon after a large load
+                with ws.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                    connection.exec_driver_sql("ANALYZE feedback")
+            into_filled = timed_import(ws, jsonl, len(records))
 
         api_records = records[: args.api_records]
         with fresh_workspace(args.db_url, root) as ws:
@@ -162,15 +204,19 @@ def main() -> None:
 
     backend = "PostgreSQL" if args.db_url else "SQLite"
     print(f"feedback ingest on {backend}")
-    print(f"{'measurement':<44}{'rows':>9}{'rows/s':>11}{'vs Core':>9}")
+    print(f"{'measurement':<50}{'rows':>9}{'rows/s':>11}{'vs Core':>9}")
     for name, count, seconds, baseline in [
         ("Core insert(), one transaction (baseline)", len(records), core_bulk, core_bulk),
-        ("feedback import FILE.jsonl", len(records), import_bulk, core_bulk),
-        ("  its write step alone (rows pre-encoded)", len(records), write_only, core_bulk),
-        ("Core insert(), one transaction per row", len(api_records), core_single, core_single),
+        ("feedback import FILE.jsonl, fresh database", len(records), fresh[0], core_bulk),
+        (f"feedback import FILE.jsonl, {filled:,} records stored", len(records), into_filled[0], core_bulk),
+        ("Core insert(), one transaction per row (baseline)", len(api_records), core_single, core_single),
         ("log_feedback() per record (+ audit event)", len(api_records), api_loop, core_single),
     ]:
-        print(f"{name:<44}{count:>9}{count / seconds:>11,.0f}{baseline / seconds:>8.2f}x")
+        print(f"{name:<50}{count:>9}{count / seconds:>11,.0f}{baseline / seconds:>8.2f}x")
+    print("longest wait of another writer during the import (share of the import's time):")
+    for name, (seconds, wait, failures) in [("fresh database", fresh), (f"{filled:,} records stored", into_filled)]:
+        failed = f"; {len(failures)} writes failed: {failures[0]}" if failures else ""
+        print(f"  {name:<30}{wait:>8.2f} s of {seconds:.2f} s ({wait / seconds:.0%}){failed}")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,16 @@ def test_register_records_hash_and_audit_event(ws, model_dir):
             base_models.get_base_model(session, "other")
 
 
+def test_register_records_the_roles_the_chat_template_renders(ws, tiny_model, model_dir):
+    with ws.transaction() as session:
+        tiny = base_models.register_base_model(session, name="tiny", source=str(tiny_model), actor="alice")
+        fake = base_models.register_base_model(session, name="fake", source=str(model_dir), actor="alice")
+    assert tiny.chat_roles == ["system", "user", "assistant"]  # the tiny model's template refuses `tool`
+    assert fake.chat_roles is None  # its tokenizer does not load: not known
+    with ws.reading() as session:
+        assert base_models.as_dict(base_models.get_base_model(session, "tiny"))["chat_roles"] == ["system", "user", "assistant"]
+
+
 def test_hub_id_resolves_through_the_local_hugging_face_cache(ws, tmp_path, monkeypatch):
     """A hub id goes through huggingface_hub's cache: here a cache laid out as a download leaves it, offline."""
     commit = "0123456789abcdef0123456789abcdef01234567"

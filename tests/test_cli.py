@@ -87,6 +87,21 @@ def test_bad_input_exits_2_with_one_line_naming_the_problem(ready, args, code, m
     assert message in one_line_error(ready(*args), code)
 
 
+def test_roles_the_base_model_cannot_render_exit_2_and_write_nothing(cli, tiny_line, tmp_path):
+    assert cli.json("base", "show", "tiny")["chat_roles"] == ["system", "user", "assistant"]
+    tool = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "Asking."}, {"role": "tool", "content": "snow"}]
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"prompt": "ok", "response": "r", "rating": 1}) + "\n" + json.dumps({"prompt": tool, "response": "r", "rating": 1}) + "\n")
+    result = cli("feedback", "import", str(path), "--line", tiny_line)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{path}:2: prompt[2].role 'tool' is not rendered by base model tiny's chat template (it renders system, user, assistant)" in result.stderr
+    result = cli("feedback", "log", "--line", tiny_line, "--messages", json.dumps(tool), "--response", "r", "--rating", "1")
+    assert one_line_error(result, 2) == ("adapterctl: prompt[2].role 'tool' is not rendered by base model tiny's chat template "
+                                         "(it renders system, user, assistant)")
+    assert cli.json("feedback", "list")["total"] == 0
+    assert [event["action"] for event in cli.json("audit", "log")] == ["line.create", "base.register"]
+
+
 def test_non_utf8_argument_is_refused(ready):
     result = ready("feedback", "log", "--line", "support-bot", "--prompt", "p", "--response", b"caf\xe9".decode("utf-8", "surrogateescape"), "--rating", "1")
     assert "response is not valid UTF-8 text" in one_line_error(result, 2)

@@ -95,6 +95,26 @@ def test_log_into_unknown_line_writes_nothing(ws, line):
     assert count_rows(ws) == 0 and count_rows(ws, AuditEvent) == 2
 
 
+TOOL_PROMPT = [{"role": "user", "content": "Weather in Oslo?"}, {"role": "assistant", "content": "Calling the weather tool."},
+               {"role": "tool", "content": "-3 C, snow"}]
+
+
+def test_a_role_the_base_models_chat_template_cannot_render_is_refused(ws, tiny_line):
+    with pytest.raises(InvalidInput) as caught:
+        ws.log_feedback(line=tiny_line, prompt=TOOL_PROMPT, response="It snows.", rating=1)
+    assert str(caught.value) == ("prompt[2].role 'tool' is not rendered by base model tiny's chat template "
+                                 "(it renders system, user, assistant)")
+    assert caught.value.param == "prompt[2].role"
+    assert count_rows(ws) == 0 and count_rows(ws, AuditEvent) == 2
+    ws.log_feedback(line=tiny_line, prompt=TOOL_PROMPT[:2] + [{"role": "user", "content": "And now?"}], response="Snow.", rating=1)
+    assert count_rows(ws) == 1
+
+
+def test_every_role_is_taken_where_the_template_is_not_known(ws, line):
+    ws.log_feedback(line=line, prompt=TOOL_PROMPT, response="It snows.", rating=1)
+    assert count_rows(ws) == 1
+
+
 def test_chat_messages_and_all_signals_round_trip(ws, line):
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "2+2?"}]
     feedback_id = ws.log_feedback(

@@ -95,3 +95,21 @@ def test_a_database_from_a_newer_adapterctl_is_refused(backend, tmp_path):
             db.dispose()
         with pytest.raises(SchemaError, match="cannot migrate"):
             migrate.upgrade(url)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_base_models_registered_before_0006_keep_their_rows_with_chat_roles_unknown(backend, tmp_path):
+    with empty_database(backend, tmp_path) as url:
+        migrate.upgrade(url, "0005")
+        db = Database(url)
+        try:
+            with db.engine.begin() as connection:
+                connection.exec_driver_sql(
+                    "INSERT INTO base_models (name, source, source_kind, content_hash, files, created_at, created_by) "
+                    "VALUES ('old', '/models/old', 'local', 'abc', '{}', '2026-11-01 00:00:00', 'alice')")
+            migrate.upgrade(url)
+            with db.engine.connect() as connection:
+                rows = connection.exec_driver_sql("SELECT name, content_hash, chat_roles FROM base_models").all()
+            assert [tuple(row) for row in rows] == [("old", "abc", None)]
+        finally:
+            db.dispose()

@@ -71,7 +71,7 @@ def list_(ctx: typer.Context, json_output: JsonOption = False) -> None:
         return
     for model in models:
         model["hash"] = model["content_hash"][:16]
-    print_table(models, ["name", "architecture", "source_kind", "source", "hash", "created_by"], empty="no base models; register one with `adapterctl base register`")
+    print_table(models, ["name", "architecture", "chat_roles", "source_kind", "source", "hash", "created_by"], empty="no base models; register one with `adapterctl base register`")
 
 
 @app.command()

@@ -82,12 +82,12 @@ def import_(
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Import the valid lines and report the invalid ones.")] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Import a JSONL file in one transaction: all of it, or nothing if any line is invalid."""
+    """Import a JSONL file: all of it, or nothing if any line is invalid; other writers go on meanwhile."""
     ws = workspace(ctx)
     size = file.stat().st_size if file.is_file() else 0
-    with ws.transaction() as session, byte_progress(size, f"importing {file.name}") as progress:
+    with byte_progress(size, f"importing {file.name}") as progress:
         report = feedback_io.import_feedback(
-            session, file, actor=ws.user, line=line, skip_invalid=skip_invalid,
+            ws.db, file, actor=ws.user, line=line, skip_invalid=skip_invalid,
             max_field_bytes=ws.settings.max_field_bytes, progress=progress,
         )
     if json_output:

@@ -17,7 +17,8 @@ from adapterctl.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_S = 30
 READ_ONLY = "adapterctl_read_only"
-"""Execution option of connections whose transactions only read: on SQLite they begin DEFERRED."""
+"""Execution option of connections whose transactions write nothing other connections see (they read,
+or write temporary tables): on SQLite they begin DEFERRED."""
 
 
 def normalize_url(url: str) -> str:

@@ -39,6 +39,7 @@ class BaseModel(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     files: Mapped[dict[str, Any]]  # relative path -> sha256 of every hashed file
     architecture: Mapped[str | None] = mapped_column(String(128))
+    chat_roles: Mapped[list[Any] | None]  # message roles its chat template renders; None: not known
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128))
 

@@ -11,7 +11,6 @@ cases stores the next version, and every evaluation names the versions it used.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from adapterctl import audit
+from adapterctl import audit, json_input
 from adapterctl.dataset import normalise
 from adapterctl.db.models import EvalSuite
 from adapterctl.errors import InvalidInput, NotFound
-from adapterctl.feedback import DEFAULT_MAX_FIELD_BYTES, parse_prompt
+from adapterctl.feedback import DEFAULT_MAX_FIELD_BYTES, line_roles, parse_prompt
 from adapterctl.lines import get_line, settings_of
 from adapterctl.names import check_name
 
@@ -48,12 +47,8 @@ def parse_cases(path: Path, *, kind: str, default_match: str) -> list[dict[str, 
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw.decode("utf-8"))
+            record = json_input.loads(raw)
             cases.append(_reference_case(record) if kind == "reference" else _regression_case(record, default_match))
-        except UnicodeDecodeError as exc:
-            raise InvalidInput(f"{path.name} line {number}: not valid UTF-8 (byte {exc.start + 1})") from None
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"{path.name} line {number}: not valid JSON: {exc.msg} at column {exc.colno}") from None
         except InvalidInput as exc:
             raise InvalidInput(f"{path.name} line {number}: {exc}") from None
     if not cases:
@@ -124,6 +119,13 @@ def add_suite(session: Session, *, line: str, name: str, cases: list[dict[str, A
     if (name == REFERENCE) != (kind == "reference"):
         raise InvalidInput(f"the reference set is the suite named {REFERENCE!r}; regression suites take other names")
     line_row = get_line(session, line)
+    roles = line_roles(session, line)  # a case the chat template cannot render would fail every evaluation
+    for number, case in enumerate(cases, start=1):
+        if "prompt" in case:
+            try:
+                roles.check([message["role"] for message in case["prompt"]])
+            except InvalidInput as exc:
+                raise InvalidInput(f"case {number}: {exc}") from None
     digest = hashlib.sha256(audit.canonical_json(cases).encode("utf-8")).hexdigest()
     newest = _newest(session, line_row.id, name)
     if newest is not None and newest.content_hash == digest:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from adapterctl import suites
+from adapterctl import lines, suites
 from adapterctl.errors import InvalidInput
 from tests.test_cli import one_line_error
 
@@ -28,6 +29,7 @@ GOOD = [{"prompt": "What is 2+2?", "expected": "4", "match": "contains"},
     ({"prompt": "q", "expected": "(unclosed", "match": "regex"}, "line 2: field 'expected' is not a valid regular expression"),
     ({"prompt": "q", "expected": "a", "weight": 2}, "line 2: unknown field 'weight'"),
     ({"prompt": [{"role": "robot", "content": "hi"}], "expected": "a"}, "line 2: prompt[0].role 'robot'"),
+    ('{"prompt": "q", "expected": "a", "expected": "b"}', "line 2: not valid JSON: key 'expected' appears twice"),
 ])
 def test_a_bad_case_is_named_by_line_and_field(tmp_path, record, message):
     write(tmp_path / "suite.jsonl", GOOD[0], record)
@@ -92,3 +94,13 @@ def test_match_rules(answer, expected, rule, passed):
 def test_parse_refuses_an_unknown_default_rule(tmp_path):
     with pytest.raises(InvalidInput, match="--match must be one of"):
         suites.parse_cases(tmp_path / "x.jsonl", kind="regression", default_match="fuzzy")
+
+
+def test_a_case_the_chat_template_cannot_render_is_refused_before_it_can_fail_every_evaluation(ws, tiny_line, tmp_path):
+    tool = {"prompt": [{"role": "user", "content": "Open it"}, {"role": "assistant", "content": "open()"}, {"role": "tool", "content": "{}"}],
+            "expected": "Opened."}
+    cases = suites.parse_cases(Path(write(tmp_path / "suite.jsonl", GOOD[0], tool)), kind="regression", default_match="normalised")
+    with ws.transaction() as session, pytest.raises(InvalidInput, match=r"case 2: prompt\[2\]\.role 'tool' is not rendered by base model tiny's chat template"):
+        suites.add_suite(session, line=tiny_line, name="smoke", cases=cases, kind="regression", actor="tester")
+    with ws.reading() as session:
+        assert suites.current_suites(session, lines.get_line(session, tiny_line).id) == []

@@ -169,7 +169,9 @@ class ArtifactStore:
                 os.replace(temporary, destination)
             finally:
                 shutil.rmtree(temporary, ignore_errors=True)
-        except OSError as exc:  # below a file, in /proc, read-only, full: the operator's path, a one-line error
+        except (FileExistsError, NotADirectoryError):  # mkdir of a parent that is a file
+            raise InvalidInput(f"cannot export to {destination}: a part of the path is a file, not a folder") from None
+        except OSError as exc:  # in /proc, read-only, full: the operator's path, a one-line error
             raise InvalidInput(f"cannot export to {destination}: {exc.strerror or exc}") from None
         return destination
 

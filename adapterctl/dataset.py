@@ -87,7 +87,7 @@ def build_dataset(session: Session, line_id: int, settings: DataSettings, proble
     new = [_with_split(e, "heldout" if is_heldout(e.feedback_id, settings.holdout_fraction) else "train") for e in kept]
     train_count = sum(e.split == "train" for e in new)
     replay = unrenderable.keep(_replay(session, line_id, {e.feedback_id for e in new}, train_count, settings))
-    anchors, reference_version = _reference_anchors(session, line_id, settings.reference_anchor_share)
+    anchors, reference_version, synthesized = _reference_anchors(session, line_id, settings.reference_anchor_share)
     examples = new + replay + unrenderable.keep(anchors)
     report = {
         "eligible": len(eligible),
@@ -97,7 +97,7 @@ def build_dataset(session: Session, line_id: int, settings: DataSettings, proble
         "sources": dict(sorted(Counter(e.source or NO_SOURCE for e in new).items())),
         "splits": dict(Counter(e.split for e in examples)),
         "kinds": dict(Counter(e.kind for e in examples)),
-        "reference": {"version": reference_version, "anchors": len(anchors)},
+        "reference": {"version": reference_version, "anchors": len(anchors), "synthesized": synthesized},
         "settings": asdict(settings),
     }
     return Dataset(examples, report)
@@ -225,16 +225,16 @@ def _replay(session: Session, line_id: int, exclude: set[int], train_count: int,
     return sorted(random.Random(settings.seed).sample(pool, min(wanted, len(pool))), key=lambda e: e.feedback_id)
 
 
-def _reference_anchors(session: Session, line_id: int, share: float) -> tuple[list[Example], int | None]:
-    """The anchor share of the newest reference set, as examples; and that set's version."""
+def _reference_anchors(session: Session, line_id: int, share: float) -> tuple[list[Example], int | None, bool]:
+    """The anchor share of the newest reference set, as examples; that set's version; whether adapterctl synthesized it."""
     from adapterctl.suites import REFERENCE, anchors_training
 
     suite = session.scalar(select(EvalSuite).where(EvalSuite.line_id == line_id, EvalSuite.name == REFERENCE)
                            .order_by(EvalSuite.version.desc()).limit(1))
     if suite is None:
-        return [], None
+        return [], None, False
     anchors = [Example(None, "reference", "reference", None, c["prompt"], c["answer"]) for c in suite.cases if anchors_training(c, share)]
-    return anchors, suite.version
+    return anchors, suite.version, suite.provenance is not None
 
 
 def lineage_rows(run_id: int, examples: Iterable[Example]) -> list[dict[str, Any]]:

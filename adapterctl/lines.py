@@ -49,6 +49,9 @@ class LineSettings:
     reference_anchor_share: float = 0.75
     """Share of the reference set's prompt/answer cases mixed into every training run (chosen by
     bench/forgetting.py); the rest measures forgetting. 0 turns anchoring off."""
+    reference_size: int = 128
+    """Prompt/answer cases the line's reference set should hold. When it holds fewer (or there is none),
+    training tops it up with cases the base model writes itself (adapterctl.rehearsal); 0: never."""
     gate: GateThresholds = field(default_factory=GateThresholds)
     """Thresholds of the evaluation gate."""
 
@@ -62,6 +65,7 @@ class LineSettings:
             (self.min_examples >= 1, f"min_examples must be at least 1 (got {self.min_examples})"),
             (0.0 < self.max_source_share <= 1.0, f"max_source_share must be in (0, 1] (got {self.max_source_share})"),
             (0.0 <= self.reference_anchor_share <= 1.0, f"reference_anchor_share must be in [0, 1] (got {self.reference_anchor_share})"),
+            (0 <= self.reference_size <= 10_000, f"reference_size must be between 0 and 10000 (got {self.reference_size})"),
             (self.gate.max_suite_drop >= 0.0, f"gate.max_suite_drop must be >= 0 (got {self.gate.max_suite_drop})"),
             (self.gate.max_forgetting_increase >= 0.0, f"gate.max_forgetting_increase must be >= 0 (got {self.gate.max_forgetting_increase})"),
         ]

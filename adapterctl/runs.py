@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 from sqlalchemy import insert, select
 
-from adapterctl import __version__, audit, base_models, chat, registry
+from adapterctl import __version__, audit, base_models, chat, registry, rehearsal
 from adapterctl.artifacts import ArtifactStore
 from adapterctl.dataset import DataSettings, Dataset, build_dataset, lineage_rows
 from adapterctl.db.models import Feedback, Line, RunExample, TrainingRun
@@ -175,6 +175,11 @@ def _start_or_resume(ws: Workspace, request: TrainRequest, store: ArtifactStore)
         reason = f"{dataset.new_count} new eligible examples, fewer than --min-examples {min_examples}" + (
             f" ({skipped} left out: the base model's chat template cannot render them)" if skipped else "")
         return None, False, {**dataset.report, "reason": reason}
+    if synthesized := rehearsal.top_up_reference(ws, request.line, dataset.examples, request.training.seed):
+        with ws.reading() as session:  # again, with the new reference set's anchors
+            dataset = build_dataset(session, get_line(session, request.line).id, data_settings,
+                                    lambda e: chat.training_problem(tokenizer, e.prompt, e.answer))
+        dataset.report["reference"]["synthesized_now"] = synthesized
     with ws.transaction() as session:
         line = get_line(session, request.line)
         run = _create_run(session, ws, line, request, dataset)

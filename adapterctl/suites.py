@@ -113,8 +113,12 @@ def passes(answer: str, case: dict[str, Any]) -> bool:
     return re.search(expected, answer) is not None
 
 
-def add_suite(session: Session, *, line: str, name: str, cases: list[dict[str, Any]], kind: str, actor: str) -> tuple[EvalSuite, bool]:
-    """Store the cases as the suite's next version; (suite, False) when they equal the newest version."""
+def add_suite(session: Session, *, line: str, name: str, cases: list[dict[str, Any]], kind: str, actor: str,
+              provenance: dict[str, Any] | None = None) -> tuple[EvalSuite, bool]:
+    """Store the cases as the suite's next version; (suite, False) when they equal the newest version.
+
+    `provenance` says how adapterctl made the cases (a synthesized reference set); None: a person gave them.
+    """
     check_name(name, "suite")
     if (name == REFERENCE) != (kind == "reference"):
         raise InvalidInput(f"the reference set is the suite named {REFERENCE!r}; regression suites take other names")
@@ -131,11 +135,12 @@ def add_suite(session: Session, *, line: str, name: str, cases: list[dict[str, A
     if newest is not None and newest.content_hash == digest:
         return newest, False
     suite = EvalSuite(line_id=line_row.id, name=name, version=(newest.version + 1) if newest else 1, kind=kind, cases=cases,
-                      content_hash=digest, created_by=actor)
+                      content_hash=digest, created_by=actor, provenance=provenance)
     session.add(suite)
     session.flush()
-    audit.record(session, actor=actor, action="suite.add", subject=f"line:{line}",
-                 payload={"suite": name, "version": suite.version, "kind": kind, "cases": len(cases), "sha256": digest})
+    audit.record(session, actor=actor, action="suite.synthesize" if provenance else "suite.add", subject=f"line:{line}",
+                 payload={"suite": name, "version": suite.version, "kind": kind, "cases": len(cases), "sha256": digest,
+                          **({"base_model_hash": provenance.get("base_model_hash")} if provenance else {})})
     return suite, True
 
 
@@ -167,6 +172,7 @@ def as_dict(suite: EvalSuite, *, with_cases: bool = False) -> dict[str, Any]:
     values = {
         "line": suite.line.name, "name": suite.name, "version": suite.version, "kind": suite.kind, "cases": len(suite.cases),
         "sha256": suite.content_hash, "created_at": suite.created_at.isoformat(), "created_by": suite.created_by,
+        "provenance": suite.provenance,
     }
     if suite.kind == "reference":
         share = settings_of(suite.line).reference_anchor_share

@@ -136,9 +136,13 @@ Unsubscribe anytime using the link at the bottom of each message; changes take e
 
 
 def create_tiny_model(
-    path: Path, *, layers: int = 4, hidden: int = 256, vocab: int = 2048, seed: int = 0
+    path: Path, *, layers: int = 4, hidden: int = 256, vocab: int = 2048, seed: int = 0,
+    knows: list[tuple[str, str]] | None = None, teach_steps: int = 300,
 ) -> dict:
     """Write a tiny random Llama causal LM, tokenizer and generation config to the new directory `path`.
+
+    With `knows` (question, answer) pairs, the model is first taught them, every token of each chat
+    (`teach`), so that it is a base model with knowledge a line must keep, able to write such questions.
 
     `hidden` sets the attention heads (64 dimensions each; half as many key/value heads when the
     count is even) and the MLP width (8/3 of `hidden`, rounded up to a multiple of 64). The tokenizer
@@ -146,7 +150,7 @@ def create_tiny_model(
     smaller size. The same arguments always produce byte-identical files. Returns a summary dict.
     """
     path = Path(path)
-    _check_options(layers=layers, hidden=hidden, vocab=vocab, seed=seed)
+    _check_options(layers=layers, hidden=hidden, vocab=vocab, seed=seed, teach_steps=teach_steps)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise InvalidInput(f"{path} exists and is not an empty directory; choose a new path")
 
@@ -178,6 +182,8 @@ def create_tiny_model(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    if knows:
+        teach(model, tokenizer, knows, steps=teach_steps, seed=seed)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     # A plain mkdir (unlike mkdtemp's 0700) gives the folder the usual permissions from the umask.
@@ -203,10 +209,66 @@ def create_tiny_model(
         "vocab": len(tokenizer),
         "layers": layers,
         "hidden": hidden,
+        "taught": len(knows or []),
     }
 
 
-def _check_options(*, layers: int, hidden: int, vocab: int, seed: int) -> None:
+def read_facts(path: Path) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs from a JSONL file; an error names the line and the field."""
+    from adapterctl import json_input
+
+    try:
+        raw_lines = Path(path).read_bytes().splitlines()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    facts = []
+    for number, raw in enumerate(raw_lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json_input.loads(raw)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{Path(path).name} line {number}: {exc}") from None
+        for key in ("prompt", "answer"):
+            if not isinstance(record, dict) or not isinstance(record.get(key), str) or not record[key].strip():
+                raise InvalidInput(f"{Path(path).name} line {number}: field {key!r} must be a non-empty string")
+        facts.append((record["prompt"], record["answer"]))
+    if not facts:
+        raise InvalidInput(f"{Path(path).name} holds no facts")
+    return facts
+
+
+def teach(model, tokenizer, facts: list[tuple[str, str]], *, steps: int, lr: float = 2e-3, batch_size: int = 32, seed: int = 0,
+          whole_text: bool = True) -> None:
+    """Full fine-tuning of every weight on chat-formatted (question, answer) pairs: AdamW, linear warmup
+    then cosine decay, clipping. `whole_text` puts the loss on every token, as pretraining does (the model
+    learns to write the questions too); else on the answer only, as instruction tuning does."""
+    import random
+
+    import torch
+
+    from adapterctl.training import PadCollator, tokenize
+
+    rows, _ = tokenize(tokenizer, [{"prompt": [{"role": "user", "content": q}], "answer": a} for q, a in facts], 256)
+    if whole_text:
+        rows = [{"input_ids": row["input_ids"], "labels": list(row["input_ids"])} for row in rows]
+    collate = PadCollator(tokenizer.pad_token_id)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    sampler = random.Random(seed)
+    model.train()
+    for _ in range(steps):
+        model(**collate(sampler.sample(rows, min(batch_size, len(rows))))).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
+def _check_options(*, layers: int, hidden: int, vocab: int, seed: int, teach_steps: int = 300) -> None:
     """Raise InvalidInput naming every out-of-range option at once."""
 
     def bad(value: object, low: int, high: int, step: int = 1) -> bool:
@@ -222,6 +284,8 @@ def _check_options(*, layers: int, hidden: int, vocab: int, seed: int) -> None:
         problems.append("--vocab must be an integer between 512 and 65536")
     if bad(seed, 0, 2**32 - 1):
         problems.append("--seed must be an integer between 0 and 4294967295")
+    if bad(teach_steps, 1, 100_000):
+        problems.append("--teach-steps must be an integer between 1 and 100000")
     if problems:
         raise InvalidInput("; ".join(problems))
 

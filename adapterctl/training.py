@@ -22,32 +22,39 @@ from typing import Any, Callable
 
 from adapterctl.chat import ensure_chat_template, load_tokenizer
 from adapterctl.errors import InvalidInput
+from adapterctl.learning import Learned, LearningProbe, sample_examples
 
 IGNORE = -100  # label of tokens the loss skips: the prompt and padding
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    learning_rate: float = 2e-4
-    """Peak AdamW learning rate (the tiny demo model, trained from random weights, wants about 3e-3)."""
-    epochs: float = 3.0
-    """Passes over the training examples, unless max_steps is set."""
-    max_steps: int | None = None
-    """Optimizer steps to run; overrides epochs."""
+    learning_rate: float = 3e-3
+    """Peak AdamW learning rate (chosen by bench/forgetting.py on two base sizes)."""
+    epochs: float | None = None
+    """Passes over the training examples; when set, the length instead of max_steps."""
+    max_steps: int = 1000
+    """Most optimizer steps; training stops earlier once the training answers are learned."""
+    target_learned: float | None = 0.95
+    """Stop once this share of the sampled training answers is reproduced by greedy decoding; None
+    (or 0) trains the whole length."""
+    check_steps: int = 10
+    """Optimizer steps between two learning checks (teacher-forced; greedy when those are in reach)."""
     time_budget_s: float | None = None
     """Stop (and still save) after this many seconds of training."""
-    batch_size: int = 8
+    batch_size: int = 16
     """Examples per device and step."""
     grad_accumulation: int = 1
     """Batches whose gradients add up to one optimizer step."""
-    warmup_ratio: float = 0.05
-    """Share of the steps over which the learning rate rises linearly from 0."""
+    warmup_ratio: float = 0.025
+    """Share of the steps (max_steps, or the epochs' steps) over which the learning rate rises linearly from 0."""
     scheduler: str = "cosine"
     """Learning-rate decay after warmup: cosine, linear or constant."""
     max_grad_norm: float = 1.0
     """Gradient clipping threshold."""
-    weight_decay: float = 0.0
-    """AdamW weight decay on the LoRA weights."""
+    weight_decay: float = 1.0
+    """AdamW weight decay on the LoRA weights: it keeps the update small where the data does not ask
+    for it, which is what keeps the base model's knowledge (bench/forgetting.py)."""
     max_length: int = 1024
     """Longest example in tokens; longer ones lose the start of the prompt (counted as truncated)."""
     seed: int = 0
@@ -60,8 +67,10 @@ class TrainSettings:
     def problems(self) -> list[str]:
         checks = [
             (self.learning_rate > 0, "learning_rate must be > 0"),
-            (self.epochs > 0, "epochs must be > 0"),
-            (self.max_steps is None or self.max_steps >= 1, "max_steps must be at least 1"),
+            (self.epochs is None or self.epochs > 0, "epochs must be > 0"),
+            (self.max_steps >= 1, "max_steps must be at least 1"),
+            (self.target_learned is None or 0 <= self.target_learned <= 1, "target_learned must be in [0, 1]"),
+            (self.check_steps >= 1, "check_steps must be at least 1"),
             (self.time_budget_s is None or self.time_budget_s > 0, "time_budget must be > 0"),
             (self.batch_size >= 1 and self.grad_accumulation >= 1, "batch_size and grad_accumulation must be at least 1"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
@@ -121,6 +130,13 @@ class TrainResult:
     """Whether batches were packed into rows; False when the model cannot keep packed examples apart."""
     resumed_from_step: int | None = None
     """The checkpoint's step when training continued from one."""
+    stop_reason: str = "max_steps"
+    """learned (the target was reached), max_steps, epochs or time_budget."""
+    learned: dict[str, Any] = field(default_factory=dict)
+    """Greedy exact match on the sampled training answers after training: learned, sample, of (all
+    training answers), target."""
+    learning_curve: list[list[float]] = field(default_factory=list)
+    """[step, teacher-forced share learned, answer-token accuracy] of each check."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -294,9 +310,10 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
     )
     model = get_peft_model(model, lora)
 
-    # 3. train
+    # 3. train, until the sampled training answers are learned or the length is reached
     steps_per_epoch = math.ceil(len(train_rows) / (settings.batch_size * settings.grad_accumulation * _world_size()))
-    total_steps = settings.max_steps or max(1, math.ceil(steps_per_epoch * settings.epochs))
+    total_steps = max(1, math.ceil(steps_per_epoch * settings.epochs)) if settings.epochs else settings.max_steps
+    probe = LearningProbe(tokenizer, sample_examples(examples, settings.seed), settings.max_length)
     arguments = TrainingArguments(
         output_dir=str(work_dir / "checkpoints"),
         per_device_train_batch_size=settings.batch_size,
@@ -325,9 +342,10 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
         dataloader_num_workers=0,
     )
     budget = _time_budget(settings.time_budget_s, progress, total_steps)
+    until_learned = UntilLearned(probe, settings.target_learned, settings.check_steps, progress)
     trainer = Trainer(
         model=model, args=arguments, train_dataset=train_rows, eval_dataset=heldout_rows or None,
-        data_collator=collator, callbacks=[budget], processing_class=tokenizer,  # it tells padding from tokens
+        data_collator=collator, callbacks=[budget, until_learned.callback], processing_class=tokenizer,  # it tells padding from tokens
     )
     trainer.remove_callback(PrinterCallback)  # progress goes to `progress`, not to stdout
     before = trainer.evaluate()["eval_loss"] if heldout_rows else None
@@ -338,6 +356,7 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
     seconds = time.perf_counter() - started
     padding_efficiency = collator.efficiency
     after = trainer.evaluate()["eval_loss"] if heldout_rows else None
+    learned = until_learned.final or probe.greedy(model, trainer.state.global_step)
 
     # 4. save the adapter (only the first process writes)
     if trainer.is_world_process_zero():
@@ -360,6 +379,10 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
         world_size=_world_size(),
         stopped_by_time_budget=budget.stopped,
         resumed_from_step=int(Path(checkpoint).name.split("-", 1)[1]) if checkpoint else None,
+        stop_reason="learned" if until_learned.final else "time_budget" if budget.stopped else "epochs" if settings.epochs else "max_steps",
+        learned={"learned": learned.learned, "sample": learned.sample, "of": sum(e["split"] in ("train", "replay") for e in examples),
+                 "target": settings.target_learned or None},
+        learning_curve=until_learned.curve,
     )
 
 
@@ -426,6 +449,44 @@ def _time_budget(budget_s: float | None, progress: Callable[[dict], None] | None
                 control.should_save = True
 
     return TimeBudget()
+
+
+class UntilLearned:
+    """A Trainer callback that stops training once the sampled training answers are learned.
+
+    Every `check_steps` optimizer steps it runs the cheap teacher-forced check; when that says the
+    target is reached, the greedy check confirms it, and a confirmed check stops the run (and saves).
+    """
+
+    def __init__(self, probe: LearningProbe, target: float | None, check_steps: int, progress: Callable[[dict], None] | None) -> None:
+        from transformers import TrainerCallback
+
+        self.probe, self.target, self.check_steps, self.progress = probe, target or None, check_steps, progress
+        self.curve: list[list[float]] = []
+        self.final: Learned | None = None
+        callback = self
+
+        class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kwargs):
+                if callback.check(model, state.global_step):
+                    control.should_training_stop = True
+                    control.should_save = True
+
+        self.callback = Callback()
+
+    def check(self, model, step: int) -> bool:
+        if self.target is None or step % self.check_steps:
+            return False
+        cheap = self.probe.teacher_forced(model, step)
+        self.curve.append([step, round(cheap.share, 4), cheap.token_accuracy])
+        if self.progress:
+            self.progress({"step": step, "learned": cheap.learned, "sample": cheap.sample})
+        if cheap.share < self.target:
+            return False
+        confirmed = self.probe.greedy(model, step)
+        if confirmed.share >= self.target:
+            self.final = confirmed
+        return self.final is not None
 
 
 def main() -> None:

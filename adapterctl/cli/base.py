@@ -49,16 +49,20 @@ def create_tiny(
     hidden: Annotated[int, typer.Option(help="Hidden size.")] = 256,
     vocab: Annotated[int, typer.Option(help="Tokenizer vocabulary size (upper bound).")] = 2048,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed writes the same model.")] = 0,
+    knows: Annotated[Optional[Path], typer.Option(help="JSONL of {\"prompt\": ..., \"answer\": ...} the model is taught first, so it has knowledge to keep.")] = None,
+    teach_steps: Annotated[int, typer.Option(help="Full fine-tuning steps spent teaching --knows.")] = 300,
     json_output: JsonOption = False,
 ) -> None:
     """Write a tiny random Llama-style causal LM and tokenizer (for demos and tests; no download)."""
-    from adapterctl.tiny_model import create_tiny_model
+    from adapterctl.tiny_model import create_tiny_model, read_facts
 
-    summary = create_tiny_model(path, layers=layers, hidden=hidden, vocab=vocab, seed=seed)
+    facts = read_facts(knows) if knows else None
+    summary = create_tiny_model(path, layers=layers, hidden=hidden, vocab=vocab, seed=seed, knows=facts, teach_steps=teach_steps)
     if json_output:
         print_json(summary)
     else:
-        typer.echo(f"wrote tiny model to {path} ({summary['parameters']:,} parameters, vocabulary {summary['vocab']})")
+        taught = f", taught {summary['taught']} answers" if summary["taught"] else ""
+        typer.echo(f"wrote tiny model to {path} ({summary['parameters']:,} parameters, vocabulary {summary['vocab']}{taught})")
 
 
 @app.command("list")

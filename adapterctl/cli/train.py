@@ -22,14 +22,16 @@ def train(
     ctx: typer.Context,
     line: Annotated[str, typer.Option("--line", help="Line to train.")],
     min_examples: Annotated[Optional[int], typer.Option(help="Fewest new examples worth a run [default: the line's setting].")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps; overrides --epochs.")] = None,
-    epochs: Annotated[float, typer.Option(help="Passes over the training examples.")] = defaults.epochs,
+    max_steps: Annotated[int, typer.Option(help="Most optimizer steps; training stops earlier once the training answers are learned.")] = defaults.max_steps,
+    epochs: Annotated[Optional[float], typer.Option(help="Train this many passes over the examples instead of --max-steps.")] = None,
+    target_learned: Annotated[float, typer.Option(help="Stop once this share of the sampled training answers is answered exactly (greedy); 0 trains the whole length.")] = defaults.target_learned,
     time_budget: Annotated[Optional[str], typer.Option(help="Stop and save after this long: 900, 15m, 2h.")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA in bf16 when available, else CPU), cpu or cuda.")] = defaults.device,
     learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = defaults.learning_rate,
     batch_size: Annotated[int, typer.Option(help="Examples per device and step.")] = defaults.batch_size,
     grad_accumulation: Annotated[int, typer.Option(help="Batches per optimizer step.")] = defaults.grad_accumulation,
     scheduler: Annotated[str, typer.Option(help="cosine, linear or constant, after warmup.")] = defaults.scheduler,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay on the LoRA weights.")] = defaults.weight_decay,
     warmup_ratio: Annotated[float, typer.Option(help="Share of steps spent warming up.")] = defaults.warmup_ratio,
     max_length: Annotated[int, typer.Option(help="Longest example in tokens.")] = defaults.max_length,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling and replay choice.")] = defaults.seed,
@@ -50,8 +52,9 @@ def train(
         line=line,
         min_examples=min_examples,
         training=TrainSettings(
-            learning_rate=learning_rate, epochs=epochs, max_steps=max_steps, time_budget_s=parse_duration(time_budget),
-            batch_size=batch_size, grad_accumulation=grad_accumulation, warmup_ratio=warmup_ratio, scheduler=scheduler,
+            learning_rate=learning_rate, epochs=epochs, max_steps=max_steps, target_learned=target_learned or None,
+            time_budget_s=parse_duration(time_budget),
+            batch_size=batch_size, grad_accumulation=grad_accumulation, warmup_ratio=warmup_ratio, scheduler=scheduler, weight_decay=weight_decay,
             max_length=max_length, seed=seed, device=device, checkpoint_steps=checkpoint_steps,
         ),
         data=DataSettings(holdout_fraction=holdout_fraction, replay_fraction=replay_fraction, max_source_share=line_settings.max_source_share, seed=seed,
@@ -82,9 +85,28 @@ def train(
             f"{splits.get('train', 0)} train, {splits.get('heldout', 0)} held-out, {splits.get('replay', 0)} replay, {splits.get('reference', 0)} reference examples; "
             f"{m['steps']} steps in {m['seconds']:.0f} s on {m['device']} ({m['tokens_per_second']:,.0f} tokens/s), final loss {final_loss:.3f}"
         )
+        typer.echo(learned_line(m))
         if outcome.gate is not None:
             verdict = "passed: it waits for review" if outcome.gate["passed"] else "failed: " + "; ".join(outcome.gate["reasons"])
             typer.echo(f"evaluation gate {verdict} (`adapterctl review show {outcome.candidate_id}`)")
+
+
+STOP_REASONS = {
+    "learned": "stopped when learned",
+    "max_steps": "stopped at --max-steps",
+    "epochs": "stopped after --epochs",
+    "time_budget": "stopped by --time-budget",
+}
+
+
+def learned_line(metrics: dict) -> str:
+    """'learned 28 of 30 training answers (greedy), stopped when learned at step 120'."""
+    learned = metrics.get("learned") or {}
+    if not learned:
+        return ""
+    sampled = f" (a sample of {learned['of']})" if learned["sample"] < learned["of"] else ""
+    return (f"learned {learned['learned']} of {learned['sample']} training answers{sampled} (greedy), "
+            f"{STOP_REASONS.get(metrics.get('stop_reason'), metrics.get('stop_reason'))} at step {metrics['steps']}")
 
 
 @contextmanager
@@ -100,8 +122,15 @@ def _step_progress() -> Iterator[Callable[[dict], None] | None]:
                   console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("training", total=None, status="")
 
+        learned = ""
+
         def update(event: dict) -> None:
+            nonlocal learned
+            if "learned" in event:
+                learned = f"  learned {event['learned']}/{event['sample']}"
+                bar.update(task, completed=event["step"])
+                return
             bar.update(task, total=event["total"], completed=event["step"],
-                       status=f"loss {event['loss']:.3f}  {event['tokens_per_second']:,.0f} tok/s")
+                       status=f"loss {event['loss']:.3f}  {event['tokens_per_second']:,.0f} tok/s{learned}")
 
         yield update

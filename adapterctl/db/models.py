@@ -214,6 +214,8 @@ class EvalSuite(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128))
+    provenance: Mapped[dict[str, Any] | None]
+    """How the cases were made when adapterctl made them (rehearsal.synthesize); None: given by a person."""
 
     line: Mapped[Line] = relationship()
 

@@ -1,0 +1,232 @@
+"""Self-synthesized rehearsal: a reference set the base model writes itself, for lines given none.
+
+Anchoring a run on the base model's own answers keeps what it knew (bench/forgetting.py), but an
+operator rarely knows what the base knows. So the base is asked, as in Self-Synthesized Rehearsal
+(Huang et al., ACL 2024):
+
+    prompts sampled from the base model (seeded; half of them after a few of the line's own feedback
+    prompts in context, so they resemble its traffic, half unconditioned)
+      -> cut at the end of the user turn, deduplicated, copies of feedback prompts dropped
+      -> answered greedily by the base model
+      -> empty, unfinished and repetitive prompts and answers dropped
+      -> stored as the line's reference suite, with its provenance
+
+The suite is an ordinary versioned reference set: reviewers read it with `eval suite show reference`,
+and an operator's own set replaces it. It is made once per line and base model (its provenance names
+the base model's hash) and topped up only when the line's set holds fewer cases than `reference_size`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from adapterctl.dataset import Example, normalise
+from adapterctl.db.models import EvalSuite
+
+MARK = "\u2063adapterctl-turn\u2063"  # cut point of a rendered user turn; never in real text
+
+
+@dataclass(frozen=True)
+class SynthesisSettings:
+    temperature: float = 1.0
+    top_p: float = 0.95
+    seeded_share: float = 0.5
+    """Share of prompts sampled with the line's own feedback prompts in context."""
+    context_examples: int = 3
+    """Feedback exchanges shown in context before a seeded prompt."""
+    max_prompt_tokens: int = 64
+    max_answer_tokens: int = 96
+    oversample: float = 3.0
+    """Prompts sampled per case wanted: filtering drops some."""
+    confident_share: float = 0.5
+    """Share of the usable answers kept, those the base model is surest of (geometric mean token
+    probability): what it knows, not what it guesses."""
+    batch_size: int = 32
+    """Sequences generated together (bounds GPU memory on a large model)."""
+    seed: int = 0
+
+
+def synthesize(base_path: str, base_hash: str, wanted: int, seeds: list[Example], avoid: set[str],
+               settings: SynthesisSettings = SynthesisSettings()) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Up to `wanted` reference cases written by the base model, and their provenance.
+
+    `seeds` are feedback examples shown in context; `avoid` holds normalised prompts that must not
+    become cases (the line's feedback: anchoring the base's old answer there would fight the correction).
+    """
+    from adapterctl.evaluation import load_models
+
+    started = time.perf_counter()
+    model, tokenizer = load_models(base_path, {})
+    rng = random.Random(settings.seed)
+    contexts = _contexts(tokenizer, seeds, round(wanted * settings.oversample), settings, rng)
+    dropped: Counter[str] = Counter()
+    prompts = _unique_prompts(_sample(model, tokenizer, contexts, settings), avoid, dropped)
+    answers = _sample(model, tokenizer, [_render(tokenizer, [{"role": "user", "content": p}], generation=True) for p in prompts],
+                      settings, greedy=True)
+    usable = []
+    for prompt, (answer, finished, confidence) in zip(prompts, answers):
+        if problem := _problem(answer, finished):
+            dropped[f"answer {problem}"] += 1
+        else:
+            usable.append((confidence, prompt, answer))
+    usable.sort(key=lambda u: -u[0])
+    keep = min(wanted, math.ceil(len(usable) * settings.confident_share))
+    dropped["answer less confident"] = len(usable) - keep
+    cases = [{"prompt": [{"role": "user", "content": p}], "answer": a} for _, p, a in usable[:keep]]
+    provenance = {
+        "method": "self-synthesized rehearsal",
+        "base_model_hash": base_hash,
+        "settings": asdict(settings),
+        "sampled": len(contexts),
+        "seeded": sum(seeded for _, seeded in contexts),
+        "kept": len(cases),
+        "min_confidence": usable[keep - 1][0] if keep else None,
+        "dropped": dict(sorted(dropped.items())),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return cases, provenance
+
+
+def _contexts(tokenizer, seeds: list[Example], count: int, settings: SynthesisSettings, rng: random.Random) -> list[tuple[str, bool]]:
+    """(text that opens a user turn, whether feedback is in context) for each prompt to sample."""
+    exchanges = [(_last_user(e.prompt), e.answer) for e in seeds if _last_user(e.prompt)]
+    contexts = []
+    for index in range(count):
+        seeded = bool(exchanges) and index < round(count * settings.seeded_share)
+        shown = rng.sample(exchanges, min(settings.context_examples, len(exchanges))) if seeded else []
+        messages = [m for user, answer in shown for m in ({"role": "user", "content": user}, {"role": "assistant", "content": answer})]
+        contexts.append((_render(tokenizer, [*messages, {"role": "user", "content": MARK}]).split(MARK)[0], seeded))
+    return contexts
+
+
+def _unique_prompts(samples: list[tuple[str, bool]], avoid: set[str], dropped: Counter) -> list[str]:
+    seen = set(avoid)
+    prompts = []
+    for prompt, finished, _ in samples:
+        key = normalise(prompt)
+        if problem := _problem(prompt, finished):
+            dropped[f"prompt {problem}"] += 1
+        elif key in avoid:
+            dropped["prompt copies feedback"] += 1
+        elif key in seen:
+            dropped["prompt duplicate"] += 1
+        else:
+            seen.add(key)
+            prompts.append(prompt)
+    return prompts
+
+
+def _sample(model, tokenizer, texts: list[str] | list[tuple[str, bool]], settings: SynthesisSettings,
+            greedy: bool = False) -> list[tuple[str, bool, float]]:
+    """Each text continued until the turn ends: (the continuation, whether it ended before the limit)."""
+    import torch
+
+    texts = [t[0] if isinstance(t, tuple) else t for t in texts]
+    limit = settings.max_answer_tokens if greedy else settings.max_prompt_tokens
+    end = _turn_end(tokenizer)
+    torch.manual_seed(settings.seed)
+    results = []
+    for start in range(0, len(texts), settings.batch_size):
+        inputs = tokenizer(texts[start : start + settings.batch_size], add_special_tokens=False, padding=True,
+                           return_tensors="pt").to(model.device)
+        sampling = {} if greedy else {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=limit, pad_token_id=tokenizer.pad_token_id,
+                                    stop_strings=[end] if end else None, tokenizer=tokenizer, return_dict_in_generate=True,
+                                    output_scores=True, **({"do_sample": False} if greedy else sampling))
+        generated = output.sequences[:, inputs["input_ids"].shape[1] :]
+        confidence = _confidence(output.scores, generated, tokenizer)
+        for row, sure in zip(generated, confidence):
+            raw = tokenizer.decode(row, skip_special_tokens=False)
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            finished = _ended(row, tokenizer) or (bool(end) and end in raw)
+            results.append(((text.split(end)[0] if end else text).strip(), finished, sure))
+    return results
+
+
+def _confidence(scores, generated, tokenizer) -> list[float]:
+    """Per sequence, the geometric mean probability of its generated tokens, up to its end."""
+    import torch
+
+    logprobs = torch.stack([torch.log_softmax(step.float(), -1) for step in scores], 1)  # batch x steps x vocab
+    chosen = logprobs.gather(-1, generated[:, : logprobs.shape[1]].unsqueeze(-1)).squeeze(-1)
+    ends = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    values = []
+    for row, tokens in zip(chosen, generated):
+        length = next((i + 1 for i, t in enumerate(tokens.tolist()) if t in ends), len(tokens))
+        values.append(round(float(row[:length].mean().exp()), 4))
+    return values
+
+
+def _turn_end(tokenizer) -> str:
+    """The text that closes a user turn in the chat template (the tiny model's: its eos token)."""
+    rendered = _render(tokenizer, [{"role": "user", "content": MARK}])
+    return rendered.split(MARK, 1)[1].strip()
+
+
+def _ended(row, tokenizer) -> bool:
+    ends = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    return any(int(token) in ends for token in row)
+
+
+def _render(tokenizer, messages: list[dict[str, str]], generation: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=generation, tokenize=False)
+
+
+def _last_user(prompt: list[dict[str, str]]) -> str | None:
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), None)
+
+
+_RUN_OF_ONE_CHARACTER = re.compile(r"(.)\1{9,}", re.DOTALL)
+
+
+def _problem(text: str, finished: bool) -> str | None:
+    """Why a generated prompt or answer is no use: empty, unfinished (cut at the limit) or repetitive."""
+    if not text:
+        return "empty"
+    if not finished:
+        return "unfinished"
+    words = text.split()
+    if _RUN_OF_ONE_CHARACTER.search(text) or (len(words) >= 6 and len(set(words)) < len(words) / 2):
+        return "repetitive"
+    return None
+
+
+def top_up_reference(ws, line_name: str, examples: list[Example], seed: int = 0) -> dict[str, Any] | None:
+    """Synthesize the line's reference set, or top it up, when it holds fewer cases than `reference_size`.
+
+    Returns the provenance of what was stored (None: nothing to do). A set adapterctl already made for
+    this base model is kept as it is: re-sampling every run would move the anchors for nothing.
+    """
+    from adapterctl import base_models, suites
+    from adapterctl.db.models import Feedback
+    from adapterctl.lines import get_line, settings_of
+
+    with ws.reading() as session:
+        line = get_line(session, line_name)
+        size, base_hash, base_path = settings_of(line).reference_size, line.base_model.content_hash, base_models.local_path(line.base_model)
+        current = session.scalar(select(EvalSuite).where(EvalSuite.line_id == line.id, EvalSuite.name == suites.REFERENCE)
+                                 .order_by(EvalSuite.version.desc()).limit(1))
+        have = [c for c in current.cases if "answer" in c] if current else []
+        if size == 0 or len(have) >= size or (current and (current.provenance or {}).get("base_model_hash") == base_hash):
+            return None
+        avoid = {normalise(_last_user(prompt) or "") for prompt in session.scalars(
+            select(Feedback.prompt).where(Feedback.line_id == line.id, Feedback.status == "active"))}
+    avoid |= {normalise(_last_user(c["prompt"]) or "") for c in have}
+    seeds = [e for e in examples if e.split in ("train", "replay")]
+    cases, provenance = synthesize(base_path, base_hash, size - len(have), seeds, avoid, SynthesisSettings(seed=seed))
+    provenance["topped_up"] = {"version": current.version, "cases": len(current.cases)} if current else None
+    if cases:
+        with ws.transaction() as session:
+            suite, _ = suites.add_suite(session, line=line_name, name=suites.REFERENCE, cases=[*(current.cases if current else []), *cases],
+                                        kind="reference", actor=ws.user, provenance=provenance)
+            provenance["version"] = suite.version
+    return provenance

@@ -47,6 +47,25 @@ def sample_examples(examples: list[dict[str, Any]], seed: int, size: int = SAMPL
     return random.Random(seed).sample(taught, size)
 
 
+STOP_REASONS = {
+    "learned": "stopped when learned",
+    "max_steps": "stopped at --max-steps",
+    "epochs": "stopped after --epochs",
+    "time_budget": "stopped by --time-budget",
+}
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    """'learned 28 of 30 training answers (greedy), stopped when learned at step 120' from a run's metrics."""
+    learned = metrics.get("learned") or {}
+    if not learned:
+        return f"{metrics.get('steps')} steps (learning not measured)"
+    sampled = f" (a sample of {learned['of']})" if learned["sample"] < learned["of"] else ""
+    reason = metrics.get("stop_reason", "")
+    return (f"learned {learned['learned']} of {learned['sample']} training answers{sampled} (greedy), "
+            f"{STOP_REASONS.get(reason, reason)} at step {metrics['steps']}")
+
+
 class LearningProbe:
     """Measures one model, again and again, on the same sample."""
 

@@ -200,6 +200,17 @@ def _problem(text: str, finished: bool) -> str | None:
     return None
 
 
+def reference_line(provenance: dict[str, Any]) -> str:
+    """One line on a reference set synthesized by this run: how many cases, from how many samples, how long."""
+    if not provenance.get("kept"):
+        return (f"reference set: the base model wrote no usable case in {provenance['sampled']} samples "
+                f"({', '.join(f'{n} {why}' for why, n in provenance['dropped'].items())}); training without anchors")
+    topped = f", added to version {provenance['topped_up']['version']}" if provenance.get("topped_up") else ""
+    return (f"reference set v{provenance.get('version')}: synthesized {provenance['kept']} cases from the base model "
+            f"({provenance['sampled']} prompts sampled{topped}) in {provenance['seconds']:.1f} s; "
+            f"see `adapterctl eval suite show reference`")
+
+
 def top_up_reference(ws, line_name: str, examples: list[Example], seed: int = 0) -> dict[str, Any] | None:
     """Synthesize the line's reference set, or top it up, when it holds fewer cases than `reference_size`.
 

@@ -39,6 +39,8 @@ def render(report: dict[str, Any]) -> str:
     parts += ["<h2>Evaluation</h2>", _metric_table(report["table"])]
     curve = report["training"]["loss_curve"]
     parts += ["<h2>Training loss</h2>", _loss_plot(curve) if curve else "<p>no loss recorded</p>"]
+    if report["training"].get("summary"):
+        parts.append(f"<p>{escape(report['training']['summary'])}</p>")
     provenance = report["provenance"]
     parts += ["<h2>Data</h2>", f"<p>examples: {escape(json.dumps(provenance['examples']))}; duplicates removed: "
               f"{escape(json.dumps(provenance['duplicates_removed']))}; capped sources: {escape(json.dumps(provenance['capped_sources']))}</p>",

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from adapterctl import audit, evaluation, leases, registry
+from adapterctl import audit, evaluation, learning, leases, registry
 from adapterctl.db.models import Adapter, Feedback, Line, ReviewDecision, Reviewer, RunExample
 from adapterctl.db.types import utcnow
 from adapterctl.errors import AlreadyExists, InvalidInput, InvalidTransition, NotFound, PermissionDenied
@@ -200,12 +200,15 @@ def report(session: Session, adapter_id: int) -> dict[str, Any]:
             "steps": (run.metrics or {}).get("steps"), "seconds": (run.metrics or {}).get("seconds"),
             "heldout_loss_before": (run.metrics or {}).get("heldout_loss_before"),
             "heldout_loss_after": (run.metrics or {}).get("heldout_loss_after"),
+            "learned": (run.metrics or {}).get("learned"), "stop_reason": (run.metrics or {}).get("stop_reason"),
+            "summary": learning.summary(run.metrics) if run.metrics else None,
         },
         "provenance": {
             "examples": dataset.get("splits", {}),
             "sources": _source_shares(dataset.get("sources", {})),
             "capped_sources": dataset.get("capped_sources", {}),
             "duplicates_removed": dataset.get("duplicates_removed", {}),
+            "reference": dataset.get("reference", {}),
         },
         "training_examples": _training_examples(session, run.id, adapter_id),
         "samples": latest.samples if latest else [],

@@ -50,10 +50,10 @@ import torch  # noqa: E402
 from adapterctl import base_models, lines, registry, suites  # noqa: E402
 from adapterctl.artifacts import ArtifactStore  # noqa: E402
 from adapterctl.config import Settings  # noqa: E402
-from adapterctl.dataset import DataSettings  # noqa: E402
+from adapterctl.dataset import DataSettings, is_heldout  # noqa: E402
 from adapterctl.runs import TrainRequest, train_line  # noqa: E402
-from adapterctl.tiny_model import create_tiny_model  # noqa: E402
-from adapterctl.training import PadCollator, TrainSettings, tokenize  # noqa: E402
+from adapterctl.tiny_model import create_tiny_model, teach  # noqa: E402
+from adapterctl.training import TrainSettings  # noqa: E402
 from adapterctl.workspace import Workspace, upgrade_database  # noqa: E402
 
 Fact = tuple[str, str]  # (question, answer)
@@ -67,6 +67,8 @@ class Scale:
 
     hidden: int
     """Width of the 2-layer tiny model (128 learns too slowly through LoRA to reach the goal)."""
+    large: tuple[int, int]
+    """Layers and width of the larger base model the default recipes also run on."""
     a_facts: int
     """Facts in A: half A_eval (measured), half A_ref (the line's reference set)."""
     b_facts: int
@@ -77,14 +79,13 @@ class Scale:
     """Passes over each version's training set; the tiny model needs about 100 to memorise a fact."""
 
 
-FULL = Scale(hidden=256, a_facts=96, b_facts=24, pretrain_steps=300, epochs=100)
-QUICK = Scale(hidden=128, a_facts=32, b_facts=8, pretrain_steps=150, epochs=20)
-PRETRAIN_LR = 2e-3
+FULL = Scale(hidden=256, large=(2, 512), a_facts=96, b_facts=24, pretrain_steps=300, epochs=100)
+QUICK = Scale(hidden=128, large=(2, 256), a_facts=32, b_facts=8, pretrain_steps=150, epochs=20)
+PRETRAIN_LR = {256: 2e-3}  # by width; wider models want a lower one
 FULL_FT_LR = 1e-3
-# adapterctl's TrainSettings with what the tiny model needs: a high learning rate (its docstring says
-# so), batches of 16, and weight decay on the LoRA weights, which keeps the update small where the
-# data does not ask for it (see the "weight decay 0" ablation). No checkpoints: nothing to resume here.
-LORA_TRAINING = TrainSettings(learning_rate=3e-3, batch_size=16, weight_decay=1.0, checkpoint_steps=1_000_000)
+# The fixed-length recipes: adapterctl's default TrainSettings, but a fixed number of epochs instead of
+# "until learned", so that every recipe sees each new fact equally often. No checkpoints: nothing to resume.
+LORA_TRAINING = TrainSettings(target_learned=None, checkpoint_steps=1_000_000)
 
 
 @dataclass(frozen=True)
@@ -104,17 +105,29 @@ class Recipe:
     """Multiply Scale.epochs (ablation: a baseline given as many steps as the replay recipes)."""
     lora_rank: int = 8
     """The line's LoRA rank (alpha is twice the rank, as in the line defaults)."""
+    defaults: bool = False
+    """What `adapterctl train` does with no options, on a line with default settings and no reference set
+    given: until learned, with the reference set the base model writes itself. Measured on both sizes."""
+    reference_size: int | None = None
+    """Override LineSettings.reference_size (0: no synthesized reference set; ablation)."""
+    kl_anchors: bool = False
+    """Anchor with the KL divergence to the base model's next-token distribution instead of its greedy
+    answers (prototype, `_kl_anchors`)."""
 
 
 RECIPES = [
     Recipe("full fine-tuning (baseline)", full_finetune=True),
     Recipe("LoRA, no replay (baseline)"),
     Recipe("LoRA from base, replay all", replay=1.0),  # replay 0.5 is the same set here: |B1| = |B2|
-    Recipe("LoRA from base, replay all + reference (adapterctl's default)", replay=1.0, reference=True),
+    Recipe("LoRA from base, replay all + reference given, fixed epochs", replay=1.0, reference=True),
+    Recipe("adapterctl defaults, no reference set given", defaults=True),
+]
+ABLATIONS = [  # not in the default run; `--recipes 5,6,...`
+    Recipe("adapterctl defaults, no reference set, none synthesized", defaults=True, reference_size=0),
+    Recipe("adapterctl defaults, synthesized reference as KL anchors", defaults=True, kl_anchors=True),
+    Recipe("adapterctl defaults, weight decay 0", defaults=True, weight_decay=0.0),
     Recipe("LoRA from base, replay all + reference, rank 32", replay=1.0, reference=True, lora_rank=32),
     Recipe("LoRA continue v1, replay 0.5 + reference", replay=0.5, reference=True, continue_from_v1=True),
-]
-ABLATIONS = [  # not in the default run; `--recipes 6,7,8,9`
     Recipe("LoRA from base, replay 0.5 + reference", replay=0.5, reference=True),
     Recipe("LoRA from base, replay all + reference, weight decay 0", replay=1.0, reference=True, weight_decay=0.0),
     Recipe("LoRA, no replay, 3x epochs", epochs_factor=3.0),
@@ -125,12 +138,16 @@ ABLATIONS = [  # not in the default run; `--recipes 6,7,8,9`
 @dataclass
 class Result:
     recipe: Recipe
+    base: str
+    a_before: float
     b1_after_v1: float
     b2: float
     b1: float
     a_after: float
     seconds: float
     steps: int
+    synthesis_seconds: float | None = None
+    stopped: str = ""
 
 
 # ---------------------------------------------------------------- facts
@@ -183,48 +200,45 @@ def load(model_dir: Path, adapter_dir: Path | None = None):
 # ---------------------------------------------------------------- full fine-tuning: pretraining and the baseline
 
 
-def full_finetune(model, tokenizer, facts: list[Fact], *, steps: int, lr: float, batch_size: int, seed: int) -> None:
-    """AdamW on every weight, loss on the answer tokens only, linear warmup then cosine decay."""
-    rows, _ = tokenize(tokenizer, [{"prompt": [{"role": "user", "content": q}], "answer": a} for q, a in facts], 256)
-    collate = PadCollator(tokenizer.pad_token_id)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    sampler = random.Random(seed)
-    model.train()
-    for _ in range(steps):
-        model(**collate(sampler.sample(rows, min(batch_size, len(rows))))).loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-    model.eval()
+@dataclass
+class Base:
+    """A pretrained base model of the scenario, and what it knows before any line trains."""
+
+    name: str
+    path: Path
+    a_before: float
+    seconds: float
 
 
-def pretrain_base(root: Path, facts: dict[str, list[Fact]], scale: Scale, seed: int) -> tuple[Path, float]:
-    """The base model of every line: the random tiny model fully fine-tuned on all of A, saved with its tokenizer."""
-    random_dir, base_dir = root / "random", root / "base"
-    create_tiny_model(random_dir, layers=2, hidden=scale.hidden, vocab=1024, seed=seed)
-    model, tokenizer = load(random_dir)
-    a = facts["A_eval"] + facts["A_ref"]
-    full_finetune(model, tokenizer, a, steps=scale.pretrain_steps, lr=PRETRAIN_LR, batch_size=32, seed=seed)
-    known = exact_match(model, tokenizer, a)
-    if known < 0.95:
-        raise SystemExit(f"pretraining reached only {known:.2f} exact match on A (needs 0.95); raise Scale.pretrain_steps")
+def pretrain_base(root: Path, facts: dict[str, list[Fact]], layers: int, hidden: int, scale: Scale, seed: int) -> Base:
+    """A random tiny model fully fine-tuned on all of A, every token of each chat (as pretraining
+    does: the base can write A's questions, not only answer them), saved with its tokenizer."""
+    started = time.perf_counter()
+    name = f"{layers}x{hidden}"
+    base_dir = root / f"base-{name}"
+    lr = PRETRAIN_LR.get(hidden, 1e-3)
+    create_tiny_model(root / f"random-{name}", layers=layers, hidden=hidden, vocab=1024, seed=seed)
+    model, tokenizer = load(root / f"random-{name}")
+    teach(model, tokenizer, facts["A_eval"] + facts["A_ref"], steps=scale.pretrain_steps, lr=lr, seed=seed)
     model.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
-    return base_dir, known
-
-
-def run_full_finetune(base_dir: Path, facts: dict[str, list[Fact]], scale: Scale, seed: int) -> tuple[float, ...]:
-    """The baseline: B1, then B2, straight into the base weights, as many epochs as a LoRA version gets."""
     model, tokenizer = load(base_dir)
+    known = exact_match(model, tokenizer, facts["A_eval"] + facts["A_ref"])
+    if known < 0.95:
+        raise SystemExit(f"pretraining {name} reached only {known:.2f} exact match on A (needs 0.95); raise Scale.pretrain_steps")
+    print(f"base {name}: pretrained on A to exact match {known:.2f} in {time.perf_counter() - started:.0f} s (lr {lr:g})", flush=True)
+    return Base(name, base_dir, exact_match(model, tokenizer, facts["A_eval"]), time.perf_counter() - started)
+
+
+def run_full_finetune(base: Base, facts: dict[str, list[Fact]], scale: Scale, seed: int) -> tuple[float, ...]:
+    """The baseline: B1, then B2, straight into the base weights, as many epochs as a LoRA version gets."""
+    model, tokenizer = load(base.path)
+    batch = LORA_TRAINING.batch_size
     seconds, steps, b1_after_v1 = 0.0, 0, 0.0
     for name in ("B1", "B2"):
         started = time.perf_counter()
-        version_steps = math.ceil(scale.epochs * len(facts[name]) / LORA_TRAINING.batch_size)
-        full_finetune(model, tokenizer, facts[name], steps=version_steps, lr=FULL_FT_LR, batch_size=LORA_TRAINING.batch_size, seed=seed)
+        version_steps = math.ceil(scale.epochs * len(facts[name]) / batch)
+        teach(model, tokenizer, facts[name], steps=version_steps, lr=FULL_FT_LR, batch_size=batch, seed=seed, whole_text=False)
         seconds, steps = seconds + time.perf_counter() - started, steps + version_steps
         if name == "B1":
             b1_after_v1 = exact_match(model, tokenizer, facts["B1"])
@@ -234,19 +248,20 @@ def run_full_finetune(base_dir: Path, facts: dict[str, list[Fact]], scale: Scale
 # ---------------------------------------------------------------- versions through adapterctl
 
 
-def open_workspace(home: Path, base_dir: Path) -> Workspace:
-    """A fresh adapterctl home (SQLite) with the pretrained model registered as base `tiny-a`."""
+def open_workspace(home: Path, bases: list[Base]) -> Workspace:
+    """A fresh adapterctl home (SQLite) with each pretrained model registered as base `tiny-<size>`."""
     settings = Settings(home=home, db_url=f"sqlite:///{home / 'adapterctl.db'}", user="bench")
     upgrade_database(settings)
     ws = Workspace(settings)
     with ws.transaction() as session:
-        base_models.register_base_model(session, name="tiny-a", source=str(base_dir), actor="bench")
+        for base in bases:
+            base_models.register_base_model(session, name=f"tiny-{base.name}", source=str(base.path), actor="bench")
     return ws
 
 
-def log_corrections(ws: Workspace, line: str, facts: list[Fact], source: str) -> None:
-    for i, (question, answer) in enumerate(facts):
-        ws.log_feedback(line=line, prompt=question, response="I do not know.", rating=-1, correction=answer, source=f"{source}-{i}")
+def log_corrections(ws: Workspace, line: str, facts: list[Fact], source: str) -> list[int]:
+    return [ws.log_feedback(line=line, prompt=question, response="I do not know.", rating=-1, correction=answer, source=f"{source}-{i}")
+            for i, (question, answer) in enumerate(facts)]
 
 
 def add_reference(ws: Workspace, line: str, reference: list[Fact]) -> None:
@@ -256,16 +271,15 @@ def add_reference(ws: Workspace, line: str, reference: list[Fact]) -> None:
         suites.add_suite(session, line=line, name=suites.REFERENCE, cases=cases, kind="reference", actor="bench")
 
 
-def train_version(ws: Workspace, line: str, recipe: Recipe, training: TrainSettings, replay: float,
-                  start_from: Path | None) -> tuple[int, float, int]:
-    """One `adapterctl train` of the line; returns the candidate id, the seconds it took and its steps."""
-    data = DataSettings(holdout_fraction=0.0, replay_fraction=replay, max_source_share=1.0)
+def train_version(ws: Workspace, line: str, recipe: Recipe, training: TrainSettings, data: DataSettings | None,
+                  start_from: Path | None) -> tuple[int, float, dict]:
+    """One `adapterctl train` of the line; returns the candidate id, the seconds it took and its outcome."""
     started = time.perf_counter()
-    with _starting_from(start_from):
+    with _starting_from(start_from), _kl_anchors(recipe.kl_anchors):
         outcome = train_line(ws, TrainRequest(line, training=training, data=data, evaluate=False))
     if outcome.status != "trained":
         raise SystemExit(f"line {line}: {outcome.reason}")
-    return outcome.candidate_id, time.perf_counter() - started, outcome.metrics["steps"]
+    return outcome.candidate_id, time.perf_counter() - started, outcome
 
 
 @contextmanager
@@ -285,6 +299,51 @@ def _starting_from(adapter_dir: Path | None):
         peft.get_peft_model = fresh
 
 
+ANCHOR = -1000  # labels of anchor tokens become ANCHOR - token id: told apart from answers, skipped by cross-entropy
+
+
+@contextmanager
+def _kl_anchors(enabled: bool):
+    """Prototype of soft anchors: on the reference anchors' answer tokens, the loss is KL(base || adapted)
+    of the next-token distributions (the base is the same model with the LoRA adapter disabled: one more
+    forward pass, no second model) instead of cross-entropy on the base's greedy answer."""
+    if not enabled:
+        yield
+        return
+    import torch.nn.functional as nnf
+    from transformers import Trainer
+
+    from adapterctl import training
+
+    plain_tokenize, plain_loss = training.tokenize, Trainer.compute_loss
+
+    def tokenize(tokenizer, examples, max_length):
+        rows, truncated = plain_tokenize(tokenizer, examples, max_length)
+        for row, example in zip(rows, examples):
+            if example.get("split") == "reference":
+                row["labels"] = [label if label == training.IGNORE else ANCHOR - label for label in row["labels"]]
+        return rows, truncated
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")[:, 1:]
+        anchor = labels <= ANCHOR
+        answers = labels.masked_fill(anchor, training.IGNORE)
+        outputs = model(**inputs)
+        logits = outputs.logits[:, :-1].float()
+        with torch.no_grad(), model.disable_adapter():
+            base = model(**inputs).logits[:, :-1].float()
+        hard = nnf.cross_entropy(logits.flatten(0, 1), answers.flatten(), ignore_index=training.IGNORE, reduction="sum")
+        soft = nnf.kl_div(nnf.log_softmax(logits[anchor], -1), nnf.log_softmax(base[anchor], -1), log_target=True, reduction="sum")
+        loss = (hard + soft) / max(1, int((answers != training.IGNORE).sum() + anchor.sum()))
+        return (loss, outputs) if return_outputs else loss
+
+    training.tokenize, Trainer.compute_loss = tokenize, compute_loss
+    try:
+        yield
+    finally:
+        training.tokenize, Trainer.compute_loss = plain_tokenize, plain_loss
+
+
 def candidate_dir(ws: Workspace, candidate_id: int) -> Path:
     """The candidate's folder in the artifact store, after checking it against the database's sha256."""
     store = ArtifactStore(ws.settings.artifacts_dir)
@@ -294,30 +353,54 @@ def candidate_dir(ws: Workspace, candidate_id: int) -> Path:
         return store.path_of(adapter.artifact_path)
 
 
-def run_lora(ws: Workspace, line: str, base_dir: Path, recipe: Recipe, facts: dict[str, list[Fact]],
-             reference: list[Fact], scale: Scale) -> tuple[float, ...]:
-    """v1 learns B1, is measured and approved; v2 learns B2 with the recipe's replay and start."""
-    training = replace(LORA_TRAINING, epochs=scale.epochs * recipe.epochs_factor)
-    if recipe.weight_decay is not None:
-        training = replace(training, weight_decay=recipe.weight_decay)
+def run_lora(ws: Workspace, line: str, base: Base, recipe: Recipe, facts: dict[str, list[Fact]],
+             reference: list[Fact], scale: Scale) -> Result:
+    """v1 learns B1, is measured and approved; v2 learns B2 with the recipe's replay and start.
+
+    The default recipes keep the line's own held-out share out of training; new facts are measured on
+    the facts each version trained on (a held-out fact is a fact nobody taught the model).
+    """
+    if recipe.defaults:
+        training, data = replace(TrainSettings(), weight_decay=recipe.weight_decay if recipe.weight_decay is not None else TrainSettings().weight_decay), None
+        line_settings = lines.LineSettings(reference_size=recipe.reference_size if recipe.reference_size is not None else lines.LineSettings().reference_size)
+    else:
+        training = replace(LORA_TRAINING, epochs=scale.epochs * recipe.epochs_factor)
+        if recipe.weight_decay is not None:
+            training = replace(training, weight_decay=recipe.weight_decay)
+        data = DataSettings(holdout_fraction=0.0, max_source_share=1.0)
+        line_settings = lines.LineSettings(min_examples=2, max_source_share=1.0, lora_rank=recipe.lora_rank, lora_alpha=2 * recipe.lora_rank,
+                                           reference_size=0)
     with ws.transaction() as session:
-        lines.create_line(session, name=line, base="tiny-a", actor="bench", settings=lines.LineSettings(
-            min_examples=2, max_source_share=1.0, lora_rank=recipe.lora_rank, lora_alpha=2 * recipe.lora_rank))
+        lines.create_line(session, name=line, base=f"tiny-{base.name}", actor="bench", settings=line_settings)
     if recipe.reference:
         add_reference(ws, line, reference)
-    log_corrections(ws, line, facts["B1"], "b1")
-    v1, seconds_v1, steps_v1 = train_version(ws, line, recipe, training, 0.0, None)
+    b1_ids = log_corrections(ws, line, facts["B1"], "b1")
+    v1, seconds_v1, outcome_v1 = train_version(ws, line, recipe, training, data, None)
+    b1 = _trained(facts["B1"], b1_ids, data)
     v1_dir = candidate_dir(ws, v1)
-    b1_after_v1 = exact_match(*load(base_dir, v1_dir), facts["B1"])
+    b1_after_v1 = exact_match(*load(base.path, v1_dir), b1)
     with ws.transaction() as session:
         registry.transition(session, v1, "pending_review", actor="bench", reason="forgetting bench: no gate")
         registry.transition(session, v1, "approved", actor="bench-reviewer", reason="forgetting bench")
-    log_corrections(ws, line, facts["B2"], "b2")
-    v2, seconds_v2, steps_v2 = train_version(ws, line, recipe, training, recipe.replay, v1_dir if recipe.continue_from_v1 else None)
-    model, tokenizer = load(base_dir, candidate_dir(ws, v2))
-    print(f"    v1 {steps_v1} steps in {seconds_v1:.0f} s, v2 {steps_v2} steps in {seconds_v2:.0f} s", flush=True)
-    return (b1_after_v1, *(exact_match(model, tokenizer, facts[k]) for k in ("B2", "B1", "A_eval")),
-            seconds_v1 + seconds_v2, steps_v1 + steps_v2)
+    b2_ids = log_corrections(ws, line, facts["B2"], "b2")
+    v2, seconds_v2, outcome_v2 = train_version(ws, line, recipe, training, data if data is None else replace(data, replay_fraction=recipe.replay),
+                                               v1_dir if recipe.continue_from_v1 else None)
+    model, tokenizer = load(base.path, candidate_dir(ws, v2))
+    steps = (outcome_v1.metrics["steps"], outcome_v2.metrics["steps"])
+    synthesized = outcome_v1.dataset["reference"].get("synthesized_now")
+    print(f"    v1 {steps[0]} steps in {seconds_v1:.0f} s ({outcome_v1.metrics['stop_reason']}), "
+          f"v2 {steps[1]} steps in {seconds_v2:.0f} s ({outcome_v2.metrics['stop_reason']})"
+          + (f"; reference set synthesized: {synthesized['kept']} cases in {synthesized['seconds']:.1f} s" if synthesized else ""), flush=True)
+    return Result(recipe, base.name, base.a_before, b1_after_v1, exact_match(model, tokenizer, _trained(facts["B2"], b2_ids, data)),
+                  exact_match(model, tokenizer, b1), exact_match(model, tokenizer, facts["A_eval"]), seconds_v1 + seconds_v2, sum(steps),
+                  synthesized["seconds"] if synthesized else None,
+                  "/".join(o.metrics["stop_reason"] for o in (outcome_v1, outcome_v2)))
+
+
+def _trained(facts: list[Fact], feedback_ids: list[int], data: DataSettings | None) -> list[Fact]:
+    """The facts a version was taught: all but those the line's held-out share keeps out."""
+    holdout = (data or DataSettings()).holdout_fraction
+    return [fact for fact, feedback_id in zip(facts, feedback_ids) if not is_heldout(feedback_id, holdout)]
 
 
 # ---------------------------------------------------------------- report
@@ -327,16 +410,19 @@ def relative_drop(before: float, after: float) -> float:
     return (before - after) / before if before else 0.0
 
 
-def meets_goal(result: Result, a_before: float) -> bool:
-    return result.b2 >= 0.9 and result.b1 >= 0.9 and relative_drop(a_before, result.a_after) <= 0.10
+def meets_goal(result: Result) -> bool:
+    return result.b2 >= 0.9 and result.b1 >= 0.9 and relative_drop(result.a_before, result.a_after) <= 0.10
 
 
-def print_table(results: list[Result], a_before: float) -> None:
-    print("| recipe | B1 after v1 | B2 acquisition | B1 retention after v2 | A exact match before → after v2 | relative A drop | steps | seconds | goal met |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |")
+def print_table(results: list[Result]) -> None:
+    print("| recipe | base | B1 after v1 | B2 acquisition | B1 retention after v2 | A exact match before → after v2 | relative A drop "
+          "| steps (stopped by) | seconds | of which synthesizing | goal met |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |")
     for r in results:
-        print(f"| {r.recipe.name} | {r.b1_after_v1:.2f} | {r.b2:.2f} | {r.b1:.2f} | {a_before:.2f} → {r.a_after:.2f} "
-              f"| {relative_drop(a_before, r.a_after):.0%} | {r.steps} | {r.seconds:.0f} | {'yes' if meets_goal(r, a_before) else 'no'} |")
+        stopped = f" ({r.stopped})" if r.stopped else ""
+        synthesis = f"{r.synthesis_seconds:.1f}" if r.synthesis_seconds is not None else "-"
+        print(f"| {r.recipe.name} | {r.base} | {r.b1_after_v1:.2f} | {r.b2:.2f} | {r.b1:.2f} | {r.a_before:.2f} → {r.a_after:.2f} "
+              f"| {relative_drop(r.a_before, r.a_after):.0%} | {r.steps}{stopped} | {r.seconds:.0f} | {synthesis} | {'yes' if meets_goal(r) else 'no'} |")
 
 
 def main() -> None:
@@ -357,29 +443,31 @@ def main() -> None:
     facts = make_facts(scale, args.seed)
     with tempfile.TemporaryDirectory(prefix="adapterctl-forgetting-") as tmp:
         root = Path(tmp)
-        started = time.perf_counter()
-        base_dir, known = pretrain_base(root, facts, scale, args.seed)
-        model, tokenizer = load(base_dir)
-        a_before = exact_match(model, tokenizer, facts["A_eval"])
+        small = pretrain_base(root, facts, 2, scale.hidden, scale, args.seed)
+        bases = [small]
+        if any(catalogue[i].defaults for i in chosen):
+            bases.append(pretrain_base(root, facts, *scale.large, scale, args.seed))
+        model, tokenizer = load(small.path)
         ref_questions = [q for q, _ in facts["A_ref"]]
         reference = list(zip(ref_questions, greedy_answers(model, tokenizer, ref_questions)))
-        print(f"base: pretrained on A to exact match {known:.2f} in {time.perf_counter() - started:.0f} s", flush=True)
-        ws = open_workspace(root / "home", base_dir)
+        ws = open_workspace(root / "home", bases)
         results = []
         for index in chosen:
-            recipe, started = catalogue[index], time.perf_counter()
-            print(f"  {recipe.name}", flush=True)
-            if recipe.full_finetune:
-                numbers = run_full_finetune(base_dir, facts, scale, args.seed)
-            else:
-                numbers = run_lora(ws, f"recipe-{index}", base_dir, recipe, facts, reference, scale)
-            results.append(Result(recipe, *numbers))
-            print(f"    done in {time.perf_counter() - started:.0f} s", flush=True)
+            recipe = catalogue[index]
+            for base in bases if recipe.defaults else [small]:
+                started = time.perf_counter()
+                print(f"  {recipe.name} on {base.name}", flush=True)
+                if recipe.full_finetune:
+                    results.append(Result(recipe, base.name, base.a_before, *run_full_finetune(base, facts, scale, args.seed)))
+                else:
+                    results.append(run_lora(ws, f"recipe-{index}-{base.name}", base, recipe, facts, reference, scale))
+                print(f"    done in {time.perf_counter() - started:.0f} s", flush=True)
         ws.close()
     print()
-    print_table(results, a_before)
+    print_table(results)
     print(f"\n{len(facts['A_eval'])} A_eval, {len(facts['A_ref'])} A_ref, {len(facts['B1'])} B1, {len(facts['B2'])} B2 facts; "
-          f"{scale.epochs:g} epochs per version; tiny model 2 x {scale.hidden}; wall time {time.perf_counter() - wall:.0f} s")
+          f"fixed-length recipes: {scale.epochs:g} epochs per version; bases (layers x width): {', '.join(b.name for b in bases)}, "
+          f"pretrained in {', '.join(f'{b.seconds:.0f}' for b in bases)} s; wall time {time.perf_counter() - wall:.0f} s")
 
 
 if __name__ == "__main__":

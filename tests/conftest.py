@@ -210,10 +210,25 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_line(ws, tiny_model) -> str:
-    """A line named facts on the tiny model, needing only 2 new examples to train."""
+    """A line named facts on the tiny model, needing only 2 new examples to train; the random model
+    writes no usable reference set, so the line does not ask it to."""
     from adapterctl import base_models, lines
 
     with ws.transaction() as session:
         base_models.register_base_model(session, name="tiny", source=str(tiny_model), actor="tester")
-        lines.create_line(session, name="facts", base="tiny", actor="tester", settings=lines.LineSettings(min_examples=2, max_source_share=1.0))
+        lines.create_line(session, name="facts", base="tiny", actor="tester",
+                          settings=lines.LineSettings(min_examples=2, max_source_share=1.0, reference_size=0))
     return "facts"
+
+
+KNOWN_FACTS = [(f"What is the code for room {i}?", f"The code for room {i} is {1000 + 37 * i}.") for i in range(24)]
+
+
+@pytest.fixture(scope="session")
+def knowing_model(tmp_path_factory) -> Path:
+    """The tiny model taught KNOWN_FACTS first: a base model with knowledge a line must keep (about 10 s)."""
+    from adapterctl.tiny_model import create_tiny_model
+
+    path = tmp_path_factory.mktemp("knowing") / "model"
+    create_tiny_model(path, layers=2, hidden=128, vocab=1024, seed=0, knows=KNOWN_FACTS, teach_steps=300)
+    return path

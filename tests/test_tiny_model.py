@@ -149,6 +149,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
         ({"seed": -1}, "--seed must be an integer between 0 and 4294967295"),
         ({"layers": 2.5}, "--layers must be an integer between 1 and 64"),
         ({"vocab": True}, "--vocab must be an integer between 512 and 65536"),
+        ({"teach_steps": 0}, "--teach-steps must be an integer between 1 and 100000"),
     ],
 )
 def test_invalid_options_are_refused_before_writing(tmp_path, options, message):
@@ -175,6 +176,32 @@ def test_refuses_a_non_empty_directory_or_a_file(tmp_path):
 
     with pytest.raises(InvalidInput, match="keep.txt exists"):
         create_tiny_model(target / "keep.txt")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"prompt": "q", "answer": "a"}\n{"prompt": "q2"}\n', "knows.jsonl line 2: field 'answer' must be a non-empty string"),
+        ('{"prompt": "q", "answer": "a", "answer": "b"}\n', "knows.jsonl line 1: not valid JSON: key 'answer' appears twice"),
+        ("\n\n", "knows.jsonl holds no facts"),
+    ],
+)
+def test_create_tiny_knows_refuses_a_bad_file_with_exit_2_and_writes_nothing(tmp_path, content, message):
+    facts = tmp_path / "knows.jsonl"
+    facts.write_text(content)
+    result = subprocess.run([sys.executable, "-m", "adapterctl", "base", "create-tiny", str(tmp_path / "model"), "--knows", str(facts)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_taught_tiny_model_answers_what_it_was_taught(tmp_path):
+    facts = [(f"What is the code for room {i}?", f"The code for room {i} is {1000 + 37 * i}.") for i in range(6)]
+    summary = create_tiny_model(tmp_path / "model", layers=2, hidden=128, vocab=1024, knows=facts, teach_steps=150)
+    assert summary["taught"] == 6
+    from tests.test_training import greedy
+
+    assert greedy(tmp_path / "model", [q for q, _ in facts]) == [a for _, a in facts]
 
 
 def test_importing_the_module_does_not_load_torch():

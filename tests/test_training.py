@@ -17,7 +17,9 @@ from adapterctl.training import TrainSettings
 pytestmark = pytest.mark.slow
 
 FACTS = [(f"What is the code for room {i}?", f"The code for room {i} is {1000 + 37 * i}.") for i in range(8)]
-FAST = TrainSettings(learning_rate=3e-3, max_steps=100, batch_size=8, scheduler="constant", warmup_ratio=0.05, checkpoint_steps=1000)
+# A fixed length (no "until learned"), so that step counts are known.
+FAST = TrainSettings(learning_rate=3e-3, max_steps=100, target_learned=None, batch_size=8, scheduler="constant", warmup_ratio=0.05,
+                     weight_decay=0.0, checkpoint_steps=1000)
 ALL_TRAIN = DataSettings(holdout_fraction=0.0, max_source_share=1.0)
 
 
@@ -137,7 +139,7 @@ def test_invalid_training_settings_are_refused_before_anything_is_written(ws, ti
     assert count(ws, TrainingRun) == 0
 
 
-SHORT = TrainSettings(learning_rate=3e-3, max_steps=4, batch_size=8, scheduler="constant", checkpoint_steps=1000)
+SHORT = TrainSettings(learning_rate=3e-3, max_steps=4, target_learned=None, batch_size=8, scheduler="constant", checkpoint_steps=1000)
 TOOL_CALL = [{"role": "user", "content": "Open the door"}, {"role": "assistant", "content": "open_door()"}, {"role": "tool", "content": "{\"ok\": true}"}]
 
 

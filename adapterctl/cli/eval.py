@@ -70,10 +70,14 @@ def suite_show(
     if json_output:
         print_json(result)
         return
-    print_fields({k: v for k, v in result.items() if k != "cases"})
+    print_fields({k: v for k, v in result.items() if k not in ("cases", "provenance")})
+    if made := result["provenance"]:
+        typer.echo(f"provenance: {made['method']} from base model {made['base_model_hash'][:16]}, seed {made['settings']['seed']}, "
+                   f"temperature {made['settings']['temperature']}, top_p {made['settings']['top_p']}: "
+                   f"{made['kept']} cases kept of {made['sampled']} prompts sampled ({made['seeded']} with the line's feedback in context)")
     for number, case in enumerate(result["cases"], start=1):
         prompt = case.get("text") or case["prompt"][-1]["content"]
-        expected = f"  [{case['match']}] {case['expected']}" if "expected" in case else ""
+        expected = f"  [{case['match']}] {case['expected']}" if "expected" in case else f"  -> {case['answer']}" if "answer" in case else ""
         typer.echo(f"{number:>4}. {prompt}{expected}")
 
 

@@ -60,11 +60,16 @@ def show(
     curve = [loss for _, loss in training["loss_curve"]]
     if curve:
         typer.echo(f"\nloss {curve[0]:.3f} {sparkline(curve)} {curve[-1]:.3f}  ({training['steps']} steps, {training['seconds']:.0f} s)")
+    if training["summary"]:
+        typer.echo(training["summary"])
     provenance = report["provenance"]
     typer.echo("\ndata: " + ", ".join(f"{n} {split}" for split, n in provenance["examples"].items())
                + f"; duplicates removed {provenance['duplicates_removed']}")
     typer.echo("  sources: " + ", ".join(f"{s['source']} {s['share']:.0%}" for s in provenance["sources"][:8])
                + (" …" if len(provenance["sources"]) > 8 else ""))
+    if reference := provenance.get("reference", {}).get("version"):
+        made = "synthesized from the base model" if provenance["reference"].get("synthesized") else "given"
+        typer.echo(f"  reference set v{reference} ({made}): {provenance['reference']['anchors']} anchors trained on")
     if provenance["capped_sources"]:
         typer.echo("  capped (excess dropped): " + ", ".join(f"{s} -{n}" for s, n in provenance["capped_sources"].items()))
     typer.echo("\ntraining examples:")

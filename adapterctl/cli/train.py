@@ -11,6 +11,8 @@ import typer
 
 from adapterctl.cli._common import JsonOption, parse_duration, print_json, workspace
 from adapterctl.dataset import DataSettings
+from adapterctl.learning import summary
+from adapterctl.rehearsal import reference_line
 from adapterctl.runs import TrainRequest, train_line
 from adapterctl.training import TrainSettings
 
@@ -85,28 +87,12 @@ def train(
             f"{splits.get('train', 0)} train, {splits.get('heldout', 0)} held-out, {splits.get('replay', 0)} replay, {splits.get('reference', 0)} reference examples; "
             f"{m['steps']} steps in {m['seconds']:.0f} s on {m['device']} ({m['tokens_per_second']:,.0f} tokens/s), final loss {final_loss:.3f}"
         )
-        typer.echo(learned_line(m))
+        typer.echo(summary(m))
+        if synthesized := outcome.dataset.get("reference", {}).get("synthesized_now"):
+            typer.echo(reference_line(synthesized))
         if outcome.gate is not None:
             verdict = "passed: it waits for review" if outcome.gate["passed"] else "failed: " + "; ".join(outcome.gate["reasons"])
             typer.echo(f"evaluation gate {verdict} (`adapterctl review show {outcome.candidate_id}`)")
-
-
-STOP_REASONS = {
-    "learned": "stopped when learned",
-    "max_steps": "stopped at --max-steps",
-    "epochs": "stopped after --epochs",
-    "time_budget": "stopped by --time-budget",
-}
-
-
-def learned_line(metrics: dict) -> str:
-    """'learned 28 of 30 training answers (greedy), stopped when learned at step 120'."""
-    learned = metrics.get("learned") or {}
-    if not learned:
-        return ""
-    sampled = f" (a sample of {learned['of']})" if learned["sample"] < learned["of"] else ""
-    return (f"learned {learned['learned']} of {learned['sample']} training answers{sampled} (greedy), "
-            f"{STOP_REASONS.get(metrics.get('stop_reason'), metrics.get('stop_reason'))} at step {metrics['steps']}")
 
 
 @contextmanager

@@ -23,28 +23,35 @@ SAMPLE_SIZE = 64
 """Training examples measured; all of them when a run has fewer."""
 
 
+TAUGHT = ("train", "replay")  # the splits whose answers a run must learn: new examples and replay
+
+
 @dataclass(frozen=True)
 class Learned:
-    """The result of one check."""
+    """The result of one check: per split, how many sampled answers the model reproduces, of how many."""
 
     step: int
-    learned: int
-    """Examples of the sample the model reproduces."""
-    sample: int
+    splits: dict[str, tuple[int, int]]
     token_accuracy: float | None = None
     """Share of answer tokens that are the model's top choice (teacher-forced checks only)."""
 
     @property
     def share(self) -> float:
-        return self.learned / self.sample if self.sample else 0.0
+        """The weakest split's share: new answers may not hide behind well-kept replay, nor the reverse."""
+        return min((learned / count for learned, count in self.splits.values() if count), default=0.0)
+
+    def as_dict(self, totals: dict[str, int], target: float | None) -> dict[str, Any]:
+        return {**{split: {"learned": learned, "sample": count, "of": totals.get(split, count)}
+                   for split, (learned, count) in self.splits.items()}, "target": target}
 
 
 def sample_examples(examples: list[dict[str, Any]], seed: int, size: int = SAMPLE_SIZE) -> list[dict[str, Any]]:
-    """The examples a run's learning is measured on: its new training examples and its replay."""
-    taught = [e for e in examples if e["split"] in ("train", "replay")]
-    if len(taught) <= size:
-        return taught
-    return random.Random(seed).sample(taught, size)
+    """The examples a run's learning is measured on: up to `size` of its new examples, and of its replay."""
+    sample = []
+    for split in TAUGHT:
+        taught = [e for e in examples if e["split"] == split]
+        sample += taught if len(taught) <= size else random.Random(seed).sample(taught, size)
+    return sample
 
 
 STOP_REASONS = {
@@ -56,14 +63,19 @@ STOP_REASONS = {
 
 
 def summary(metrics: dict[str, Any]) -> str:
-    """'learned 28 of 30 training answers (greedy), stopped when learned at step 120' from a run's metrics."""
+    """'learned 28 of 30 new training answers and 12 of 12 replayed (greedy), stopped when learned at step 120'."""
     learned = metrics.get("learned") or {}
-    if not learned:
+    if not any(split in learned for split in TAUGHT):
         return f"{metrics.get('steps')} steps (learning not measured)"
-    sampled = f" (a sample of {learned['of']})" if learned["sample"] < learned["of"] else ""
+
+    def part(split: str, noun: str) -> str:
+        counts = learned[split]
+        sampled = f" (a sample of {counts['of']})" if counts["sample"] < counts["of"] else ""
+        return f"{counts['learned']} of {counts['sample']}{sampled} {noun}"
+
+    parts = [part("train", "new training answers")] + ([part("replay", "replayed")] if "replay" in learned else [])
     reason = metrics.get("stop_reason", "")
-    return (f"learned {learned['learned']} of {learned['sample']} training answers{sampled} (greedy), "
-            f"{STOP_REASONS.get(reason, reason)} at step {metrics['steps']}")
+    return f"learned {' and '.join(parts)} (greedy), {STOP_REASONS.get(reason, reason)} at step {metrics['steps']}"
 
 
 class LearningProbe:
@@ -86,7 +98,7 @@ class LearningProbe:
         from adapterctl.training import IGNORE, PadCollator
 
         collate = PadCollator(self.tokenizer.pad_token_id)
-        learned, correct, total = 0, 0, 0
+        reproduced, correct, total = [], 0, 0
         with _evaluating(model), torch.no_grad():
             for start in range(0, len(self.rows), self.batch_size):
                 batch = {k: v.to(model.device) for k, v in collate(self.rows[start : start + self.batch_size]).items()}
@@ -96,13 +108,19 @@ class LearningProbe:
                 hits = (logits.argmax(-1) == labels) & scored
                 correct += int(hits.sum())
                 total += int(scored.sum())
-                learned += int((hits.sum(-1) == scored.sum(-1)).sum())
-        return Learned(step, learned, len(self.rows), round(correct / total, 4) if total else 0.0)
+                reproduced += (hits.sum(-1) == scored.sum(-1)).tolist()
+        return Learned(step, self._by_split(reproduced), round(correct / total, 4) if total else 0.0)
 
     def greedy(self, model, step: int) -> Learned:
         answers = self.answers(model)
-        learned = sum(got == example["answer"].strip() for got, example in zip(answers, self.examples))
-        return Learned(step, learned, len(self.examples))
+        return Learned(step, self._by_split([got == example["answer"].strip() for got, example in zip(answers, self.examples)]))
+
+    def _by_split(self, reproduced: list[bool]) -> dict[str, tuple[int, int]]:
+        splits: dict[str, tuple[int, int]] = {}
+        for example, ok in zip(self.examples, reproduced):
+            learned, count = splits.get(example["split"], (0, 0))
+            splits[example["split"]] = (learned + bool(ok), count + 1)
+        return splits
 
     def answers(self, model) -> list[str]:
         from adapterctl.evaluation import EvalSettings, generate

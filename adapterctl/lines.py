@@ -22,8 +22,12 @@ class GateThresholds:
 
     max_suite_drop: float = 0.0
     """Largest allowed drop of any regression suite's score against the active version (0.0: no drop)."""
+    max_reference_drop: float = 0.1
+    """Largest allowed drop, against the base model, of the share of the reference set's measured
+    prompt/answer cases answered as the set says (0.1 = 10 points)."""
     max_forgetting_increase: float = 0.05
-    """Largest allowed relative increase of the reference-set loss against the base model (0.05 = 5%)."""
+    """Largest allowed relative increase of the reference-set loss against the base model (0.05 = 5%),
+    the forgetting check when the reference set holds only text (the built-in one)."""
     min_heldout_gain: float = 0.0
     """Smallest required improvement of held-out exact match over the active version."""
 
@@ -67,6 +71,7 @@ class LineSettings:
             (0.0 <= self.reference_anchor_share <= 1.0, f"reference_anchor_share must be in [0, 1] (got {self.reference_anchor_share})"),
             (0 <= self.reference_size <= 10_000, f"reference_size must be between 0 and 10000 (got {self.reference_size})"),
             (self.gate.max_suite_drop >= 0.0, f"gate.max_suite_drop must be >= 0 (got {self.gate.max_suite_drop})"),
+            (0.0 <= self.gate.max_reference_drop <= 1.0, f"gate.max_reference_drop must be in [0, 1] (got {self.gate.max_reference_drop})"),
             (self.gate.max_forgetting_increase >= 0.0, f"gate.max_forgetting_increase must be >= 0 (got {self.gate.max_forgetting_increase})"),
         ]
         return [message for ok, message in checks if not ok]

@@ -236,6 +236,9 @@ def comparison_table(latest) -> list[dict[str, Any]]:
         row("heldout loss", {role: m.get("heldout_loss") for role, m in models.items()}, False)
     for name in models[subject]["suites"]:
         row(f"suite {name} v{models[subject]['suites'][name]['version']}", {role: m["suites"][name]["score"] for role, m in models.items()}, True)
+    if "reference_agreement" in models[subject]:
+        row(f"reference agreement ({models[subject]['reference']}, {models[subject]['reference_cases']} cases)",
+            {role: m.get("reference_agreement") for role, m in models.items()}, True)
     row(f"reference loss ({models[subject]['reference']})", {role: m["reference_loss"] for role, m in models.items()}, False)
     return rows
 

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -133,10 +134,10 @@ class TrainResult:
     stop_reason: str = "max_steps"
     """learned (the target was reached), max_steps, epochs or time_budget."""
     learned: dict[str, Any] = field(default_factory=dict)
-    """Greedy exact match on the sampled training answers after training: learned, sample, of (all
-    training answers), target."""
+    """Greedy exact match on the sampled training answers after training, per split (train: new,
+    replay): learned, sample, of (all of the split); and the target."""
     learning_curve: list[list[float]] = field(default_factory=list)
-    """[step, teacher-forced share learned, answer-token accuracy] of each check."""
+    """[step, teacher-forced share learned (the weaker of new and replayed), answer-token accuracy] of each check."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -380,8 +381,7 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
         stopped_by_time_budget=budget.stopped,
         resumed_from_step=int(Path(checkpoint).name.split("-", 1)[1]) if checkpoint else None,
         stop_reason="learned" if until_learned.final else "time_budget" if budget.stopped else "epochs" if settings.epochs else "max_steps",
-        learned={"learned": learned.learned, "sample": learned.sample, "of": sum(e["split"] in ("train", "replay") for e in examples),
-                 "target": settings.target_learned or None},
+        learned=learned.as_dict(Counter(e["split"] for e in examples), settings.target_learned or None),
         learning_curve=until_learned.curve,
     )
 
@@ -480,7 +480,7 @@ class UntilLearned:
         cheap = self.probe.teacher_forced(model, step)
         self.curve.append([step, round(cheap.share, 4), cheap.token_accuracy])
         if self.progress:
-            self.progress({"step": step, "learned": cheap.learned, "sample": cheap.sample})
+            self.progress({"step": step, "learned": cheap.share})
         if cheap.share < self.target:
             return False
         confirmed = self.probe.greedy(model, step)

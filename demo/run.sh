@@ -18,7 +18,8 @@ step() {
 }
 
 step "Create the home and the database (SQLite, schema by Alembic)" adapterctl init
-step "Write a tiny random Llama model + tokenizer (no download)" adapterctl base create-tiny .demo/tiny-model
+step "Write a tiny Llama model + tokenizer and teach it a few general facts (no download)" \
+    adapterctl base create-tiny .demo/tiny-model --layers 2 --knows demo/base-knowledge.jsonl
 step "Register it as a base model; its files are hashed" adapterctl base register tiny .demo/tiny-model
 step "Create a line: a stream of adapters on that base" adapterctl line create support-bot --base tiny --description "Acme support assistant"
 step "Import the bundled feedback: all or nothing" adapterctl feedback import demo/feedback.jsonl --line support-bot
@@ -32,8 +33,10 @@ printf '{"prompt": "ok", "response": "fine", "rating": 1}\n{"prompt": "bad", "re
 adapterctl feedback import .demo/bad.jsonl --line support-bot || echo "(exit $?: nothing was written)"
 step "A regression suite: answers the line must give (versioned; results name the version)" \
     adapterctl eval suite add policies demo/suite.jsonl --line support-bot
-step "The cron job: new feedback -> candidate LoRA adapter -> evaluated against the base model -> gate" \
-    adapterctl train --line support-bot --learning-rate 3e-3 --max-steps 300 --batch-size 8 --scheduler constant
+step "The cron job, default settings: new feedback -> candidate LoRA adapter, trained until it answers its corrections -> gate" \
+    adapterctl train --line support-bot
+step "The line was given no reference set, so the base model wrote one; every run anchors on it" \
+    adapterctl eval suite show reference --line support-bot
 step "Cron again: nothing new, nothing written" adapterctl train --line support-bot
 step "Candidates that passed the gate wait for review" adapterctl review list
 step "Reviewers are registered by name; the first is an admin" adapterctl reviewer add demo-operator --role admin

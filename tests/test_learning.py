@@ -41,8 +41,9 @@ def test_a_default_train_stops_once_it_answers_its_corrections(ws, knowing_line,
     metrics = outcome.metrics
     trained = [fact for fact, feedback_id in zip(CARS, ids) if not is_heldout(feedback_id, 0.1)]
     assert metrics["stop_reason"] == "learned" and metrics["steps"] < 1000
-    assert metrics["learned"]["sample"] == metrics["learned"]["of"] == len(trained)
-    assert metrics["learned"]["learned"] >= 0.95 * len(trained)
+    new = metrics["learned"]["train"]
+    assert new["sample"] == new["of"] == len(trained) and "replay" not in metrics["learned"]
+    assert new["learned"] >= 0.95 * len(trained) and metrics["learned"]["target"] == 0.95
     assert metrics["learning_curve"] and metrics["learning_curve"][-1][0] == metrics["steps"]
     with ws.reading() as session:
         adapter = registry.get_adapter(session, outcome.candidate_id)
@@ -98,7 +99,7 @@ def test_train_and_review_show_say_what_was_learned_and_eval_suite_show_the_prov
     log_cars(ws, knowing_line)
     result = cli("train", "--line", knowing_line)
     assert result.returncode == 0, result.stderr
-    assert "training answers (greedy), stopped when learned at step" in result.stdout
+    assert "new training answers (greedy), stopped when learned at step" in result.stdout
     assert "synthesized" in result.stdout and "cases from the base model" in result.stdout
     with ws.reading() as session:
         adapter_id = session.scalar(select(registry.Adapter.id))
@@ -106,7 +107,7 @@ def test_train_and_review_show_say_what_was_learned_and_eval_suite_show_the_prov
     assert shown.returncode == 0 and "training answers (greedy)" in shown.stdout
     assert "synthesized from the base model" in shown.stdout
     report = json.loads(cli("review", "show", str(adapter_id), "--json").stdout)
-    assert report["training"]["stop_reason"] == "learned" and report["training"]["learned"]["learned"] >= 1
+    assert report["training"]["stop_reason"] == "learned" and report["training"]["learned"]["train"]["learned"] >= 1
     suite = cli("eval", "suite", "show", "reference", "--line", knowing_line)
     assert suite.returncode == 0 and "self-synthesized rehearsal from base model" in suite.stdout and " -> The code for room" in suite.stdout
 
@@ -117,4 +118,4 @@ def test_target_learned_0_trains_the_whole_length(ws, knowing_line):
     log_cars(ws, knowing_line)
     outcome = train_line(ws, TrainRequest(knowing_line, training=TrainSettings(max_steps=30, target_learned=None), evaluate=False))
     assert outcome.metrics["steps"] == 30 and outcome.metrics["stop_reason"] == "max_steps" and outcome.metrics["learning_curve"] == []
-    assert 0 <= outcome.metrics["learned"]["learned"] <= outcome.metrics["learned"]["sample"]
+    assert 0 <= outcome.metrics["learned"]["train"]["learned"] <= outcome.metrics["learned"]["train"]["sample"]

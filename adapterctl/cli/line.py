@@ -36,9 +36,13 @@ def create(
     min_examples: Annotated[int, typer.Option(help="Fewest new examples for which training runs.")] = defaults.min_examples,
     max_source_share: Annotated[float, typer.Option(help="Largest share of a run's examples from one source.")] = defaults.max_source_share,
     reference_anchor_share: Annotated[float, typer.Option(help="Share of the reference set mixed into training; the rest measures forgetting.")] = defaults.reference_anchor_share,
+    reference_size: Annotated[int, typer.Option(help="Cases the reference set should hold; the base model writes the missing ones (0: never).")] = defaults.reference_size,
     max_suite_drop: Annotated[float, typer.Option(help="Gate: largest allowed drop of a regression suite score.")] = defaults.gate.max_suite_drop,
+    max_reference_drop: Annotated[
+        float, typer.Option(help="Gate: largest allowed drop of agreement with the reference set's answers, against the base model.")
+    ] = defaults.gate.max_reference_drop,
     max_forgetting_increase: Annotated[
-        float, typer.Option(help="Gate: largest allowed relative increase of reference-set loss.")
+        float, typer.Option(help="Gate: largest allowed relative increase of reference-set loss (a reference set of text only).")
     ] = defaults.gate.max_forgetting_increase,
     min_heldout_gain: Annotated[float, typer.Option(help="Gate: smallest required held-out exact-match gain.")] = defaults.gate.min_heldout_gain,
     json_output: JsonOption = False,
@@ -53,7 +57,9 @@ def create(
         min_examples=min_examples,
         max_source_share=max_source_share,
         reference_anchor_share=reference_anchor_share,
-        gate=GateThresholds(max_suite_drop=max_suite_drop, max_forgetting_increase=max_forgetting_increase, min_heldout_gain=min_heldout_gain),
+        reference_size=reference_size,
+        gate=GateThresholds(max_suite_drop=max_suite_drop, max_reference_drop=max_reference_drop,
+                            max_forgetting_increase=max_forgetting_increase, min_heldout_gain=min_heldout_gain),
     )
     ws = workspace(ctx)
     with ws.transaction() as session:

@@ -113,7 +113,7 @@ def _step_progress() -> Iterator[Callable[[dict], None] | None]:
         def update(event: dict) -> None:
             nonlocal learned
             if "learned" in event:
-                learned = f"  learned {event['learned']}/{event['sample']}"
+                learned = f"  learned {event['learned']:.0%}"
                 bar.update(task, completed=event["step"])
                 return
             bar.update(task, total=event["total"], completed=event["step"],

@@ -88,6 +88,7 @@ def build_dataset(session: Session, line_id: int, settings: DataSettings, proble
     train_count = sum(e.split == "train" for e in new)
     replay = unrenderable.keep(_replay(session, line_id, {e.feedback_id for e in new}, train_count, settings))
     anchors, reference_version, synthesized = _reference_anchors(session, line_id, settings.reference_anchor_share)
+    anchors, overridden = _not_overridden(anchors, new + replay)
     examples = new + replay + unrenderable.keep(anchors)
     report = {
         "eligible": len(eligible),
@@ -97,7 +98,7 @@ def build_dataset(session: Session, line_id: int, settings: DataSettings, proble
         "sources": dict(sorted(Counter(e.source or NO_SOURCE for e in new).items())),
         "splits": dict(Counter(e.split for e in examples)),
         "kinds": dict(Counter(e.kind for e in examples)),
-        "reference": {"version": reference_version, "anchors": len(anchors), "synthesized": synthesized},
+        "reference": {"version": reference_version, "anchors": len(anchors), "synthesized": synthesized, "overridden": overridden},
         "settings": asdict(settings),
     }
     return Dataset(examples, report)
@@ -235,6 +236,18 @@ def _reference_anchors(session: Session, line_id: int, share: float) -> tuple[li
         return [], None, False
     anchors = [Example(None, "reference", "reference", None, c["prompt"], c["answer"]) for c in suite.cases if anchors_training(c, share)]
     return anchors, suite.version, suite.provenance is not None
+
+
+def _not_overridden(anchors: list[Example], feedback: list[Example]) -> tuple[list[Example], int]:
+    """Anchors whose prompt the line's feedback answers too are left out: the feedback says what the
+    answer should now be, and an anchor on the base model's old answer would fight it."""
+    asked = {_prompt_key(e.prompt) for e in feedback}
+    kept = [a for a in anchors if _prompt_key(a.prompt) not in asked]
+    return kept, len(anchors) - len(kept)
+
+
+def _prompt_key(prompt: list[dict[str, str]]) -> tuple:
+    return tuple((m["role"], normalise(m["content"])) for m in prompt if m["role"] != "system")
 
 
 def lineage_rows(run_id: int, examples: Iterable[Example]) -> list[dict[str, Any]]:

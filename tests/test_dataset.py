@@ -124,7 +124,7 @@ def test_the_reference_set_anchors_training_and_the_rest_measures_forgetting(ws,
     built = build(ws, line, DataSettings(holdout_fraction=0.0, max_source_share=1.0, reference_anchor_share=0.75))
     anchors = built.split("reference")
     assert 20 <= len(anchors) <= 38 and all(e.feedback_id is None and e.kind == "reference" for e in anchors)
-    assert built.report["reference"] == {"version": 1, "anchors": len(anchors)}
+    assert built.report["reference"] == {"version": 1, "anchors": len(anchors), "synthesized": False, "overridden": 0}
     assert built.new_count == 3  # anchors do not count towards --min-examples
     assert [row["split"] for row in dataset.lineage_rows(7, built.examples)] == ["train"] * 3  # nor have lineage
     anchored = {e.answer for e in anchors}
@@ -134,6 +134,13 @@ def test_the_reference_set_anchors_training_and_the_rest_measures_forgetting(ws,
     again = build(ws, line, DataSettings(holdout_fraction=0.0, max_source_share=1.0, reference_anchor_share=0.75))
     assert [e.answer for e in again.split("reference")] == [e.answer for e in anchors]  # stable
     assert build(ws, line, DataSettings(holdout_fraction=0.0, max_source_share=1.0, reference_anchor_share=0.0)).split("reference") == []
+
+    # Feedback that answers an anchor's prompt (retyped) overrides the anchor: it is left out, counted.
+    anchored_prompt = anchors[0].prompt[-1]["content"]
+    ws.log_feedback(line=line, prompt=f"  {anchored_prompt.upper()} ", response="a", rating=-1, correction="a new answer.")
+    overridden = build(ws, line, DataSettings(holdout_fraction=0.0, max_source_share=1.0, reference_anchor_share=0.75))
+    assert anchored_prompt not in {e.prompt[-1]["content"] for e in overridden.split("reference")}
+    assert overridden.report["reference"]["overridden"] == 1 and len(overridden.split("reference")) == len(anchors) - 1
 
 
 def test_lineage_rows_name_every_example():

@@ -9,7 +9,7 @@ import re
 import pytest
 from sqlalchemy import select
 
-from adapterctl import evaluation, registry, review
+from adapterctl import suites, evaluation, registry, review
 from adapterctl.db.models import RunExample
 from adapterctl.runs import TrainRequest, train_line
 from tests.test_training import ALL_TRAIN, FACTS, FAST, greedy, log_facts
@@ -94,8 +94,11 @@ def test_held_out_feedback_and_the_active_version_are_compared(ws, tiny_line, cl
         heldout_ids = set(session.scalars(select(RunExample.feedback_id).where(RunExample.run_id == second.run_id, RunExample.split == "heldout")))
         assert latest.samples and {s["feedback_id"] for s in latest.samples} <= heldout_ids  # so forgetting a record finds its sample
         assert models["candidate"].metrics["heldout_loss"] < models["base"].metrics["heldout_loss"]
-        assert {c["check"] for c in latest.gate["checks"]} == {"forgetting", "heldout gain"}
+        assert {c["check"] for c in latest.gate["checks"]} == {"keeps the reference set", "heldout gain"}
         assert models["candidate"].metrics["reference"] == "reference v1"  # the cases training did not anchor on
+        stored = suites.get_suite(session, line=tiny_line, name=suites.REFERENCE).cases
+        measured = [c for c in stored if not suites.anchors_training(c, 0.75)]
+        assert models["candidate"].metrics["reference_cases"] == len(measured) > 0 and 0 <= models["base"].metrics["reference_agreement"] <= 1
         assert all(c["against"] in ("active", "base") for c in latest.gate["checks"])
     assert 0 < first.dataset["reference"]["anchors"] < len(reference) and first.dataset["splits"]["reference"] > 0
 

@@ -119,3 +119,17 @@ def test_target_learned_0_trains_the_whole_length(ws, knowing_line):
     outcome = train_line(ws, TrainRequest(knowing_line, training=TrainSettings(max_steps=30, target_learned=None), evaluate=False))
     assert outcome.metrics["steps"] == 30 and outcome.metrics["stop_reason"] == "max_steps" and outcome.metrics["learning_curve"] == []
     assert 0 <= outcome.metrics["learned"]["train"]["learned"] <= outcome.metrics["learned"]["train"]["sample"]
+
+
+def test_the_gate_passes_a_default_candidate_that_keeps_the_reference_set_and_fails_one_that_does_not(ws, knowing_line):
+    log_cars(ws, knowing_line)
+    kept = train_line(ws, TrainRequest(knowing_line))
+    check = next(c for c in kept.gate["checks"] if c["check"] == "keeps the reference set")
+    assert kept.candidate_status == "pending_review", kept.gate["reasons"]
+    assert check["value"] <= check["limit"] == 0.1
+
+    # Corrections that overwrite what the base model knows: the reference set the base wrote says otherwise.
+    log_cars(ws, knowing_line, [(q, a.rsplit(" ", 1)[0] + " 9999.") for q, a in KNOWN_FACTS])
+    forgot = train_line(ws, TrainRequest(knowing_line))
+    assert forgot.candidate_status == "gate_failed"
+    assert any(r.startswith("agreement with the reference set's answers fell") for r in forgot.gate["reasons"]), forgot.gate["reasons"]

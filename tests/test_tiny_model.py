@@ -36,7 +36,7 @@ def test_loads_with_auto_classes_and_generates(tiny):
     tokenizer = AutoTokenizer.from_pretrained(path)
 
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    assert summary == {"path": str(path), "parameters": model.num_parameters(), "vocab": 2048, "layers": 4, "hidden": 256}
+    assert summary == {"path": str(path), "parameters": model.num_parameters(), "vocab": 2048, "layers": 4, "hidden": 256, "taught": 0}
     assert 1_000_000 < summary["parameters"] < 10_000_000
     assert model.config.vocab_size == len(tokenizer) == 2048
     assert model.config.tie_word_embeddings

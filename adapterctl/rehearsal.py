@@ -68,7 +68,7 @@ def synthesize(base_path: str, base_hash: str, wanted: int, seeds: list[Example]
     rng = random.Random(settings.seed)
     contexts = _contexts(tokenizer, seeds, round(wanted * settings.oversample), settings, rng)
     dropped: Counter[str] = Counter()
-    prompts = _unique_prompts(_sample(model, tokenizer, contexts, settings), avoid, dropped)
+    prompts = _unique_prompts(_sample(model, tokenizer, [text for text, _ in contexts], settings), avoid, dropped)
     answers = _sample(model, tokenizer, [_render(tokenizer, [{"role": "user", "content": p}], generation=True) for p in prompts],
                       settings, greedy=True)
     usable = []
@@ -124,46 +124,53 @@ def _unique_prompts(samples: list[tuple[str, bool]], avoid: set[str], dropped: C
     return prompts
 
 
-def _sample(model, tokenizer, texts: list[str] | list[tuple[str, bool]], settings: SynthesisSettings,
-            greedy: bool = False) -> list[tuple[str, bool, float]]:
-    """Each text continued until the turn ends: (the continuation, whether it ended before the limit)."""
+def _sample(model, tokenizer, texts: list[str], settings: SynthesisSettings, greedy: bool = False) -> list[tuple[str, bool, float]]:
+    """Each text continued until the turn ends: (the continuation, whether it ended before the limit, and,
+    for greedy decoding, the geometric mean probability of its tokens)."""
     import torch
 
-    texts = [t[0] if isinstance(t, tuple) else t for t in texts]
     limit = settings.max_answer_tokens if greedy else settings.max_prompt_tokens
     end = _turn_end(tokenizer)
+    decoding = {"do_sample": False} if greedy else {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
     torch.manual_seed(settings.seed)
     results = []
     for start in range(0, len(texts), settings.batch_size):
         inputs = tokenizer(texts[start : start + settings.batch_size], add_special_tokens=False, padding=True,
                            return_tensors="pt").to(model.device)
-        sampling = {} if greedy else {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
+        recorder = _TopLogprobs()
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=limit, pad_token_id=tokenizer.pad_token_id,
-                                    stop_strings=[end] if end else None, tokenizer=tokenizer, return_dict_in_generate=True,
-                                    output_scores=True, **({"do_sample": False} if greedy else sampling))
-        generated = output.sequences[:, inputs["input_ids"].shape[1] :]
-        confidence = _confidence(output.scores, generated, tokenizer)
-        for row, sure in zip(generated, confidence):
+                                    stop_strings=[end] if end else None, tokenizer=tokenizer,
+                                    logits_processor=[recorder] if greedy else None, **decoding)
+        generated = output[:, inputs["input_ids"].shape[1] :]
+        for index, row in enumerate(generated):
             raw = tokenizer.decode(row, skip_special_tokens=False)
             text = tokenizer.decode(row, skip_special_tokens=True)
             finished = _ended(row, tokenizer) or (bool(end) and end in raw)
-            results.append(((text.split(end)[0] if end else text).strip(), finished, sure))
+            results.append(((text.split(end)[0] if end else text).strip(), finished, recorder.confidence(index, row, tokenizer)))
     return results
 
 
-def _confidence(scores, generated, tokenizer) -> list[float]:
-    """Per sequence, the geometric mean probability of its generated tokens, up to its end."""
-    import torch
+class _TopLogprobs:
+    """A logits processor that records, per step and sequence, the log-probability of the top token: the
+    token greedy decoding picks. A batch x steps matrix of floats, never the vocabulary-wide scores."""
 
-    logprobs = torch.stack([torch.log_softmax(step.float(), -1) for step in scores], 1)  # batch x steps x vocab
-    chosen = logprobs.gather(-1, generated[:, : logprobs.shape[1]].unsqueeze(-1)).squeeze(-1)
-    ends = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
-    values = []
-    for row, tokens in zip(chosen, generated):
+    def __init__(self) -> None:
+        self.steps = []
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        self.steps.append(torch.log_softmax(scores.float(), -1).max(-1).values.cpu())
+        return scores
+
+    def confidence(self, index: int, tokens, tokenizer) -> float:
+        if not self.steps:
+            return 0.0
+        ends = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
         length = next((i + 1 for i, t in enumerate(tokens.tolist()) if t in ends), len(tokens))
-        values.append(round(float(row[:length].mean().exp()), 4))
-    return values
+        values = [step[index] for step in self.steps[:length]]
+        return round(math.exp(float(sum(values)) / len(values)), 4)
 
 
 def _turn_end(tokenizer) -> str:

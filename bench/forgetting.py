@@ -45,6 +45,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -113,6 +114,8 @@ class Recipe:
     given: until learned, with the reference set the base model writes itself. Measured on both sizes."""
     reference_size: int | None = None
     """Override LineSettings.reference_size (0: no synthesized reference set; ablation)."""
+    tuning: tuple[tuple[str, Any], ...] = ()
+    """TrainSettings fields a default recipe changes (ablations of the chosen defaults)."""
     kl_anchors: bool = False
     """Anchor with the KL divergence to the base model's next-token distribution instead of its greedy
     answers (prototype, `_kl_anchors`)."""
@@ -136,6 +139,8 @@ ABLATIONS = [  # not in the default run; `--recipes 6,7,...`
     Recipe("LoRA from base, replay all + reference, weight decay 0", replay=1.0, reference=True, weight_decay=0.0),
     Recipe("LoRA, no replay, 3x epochs", epochs_factor=3.0),
     Recipe("LoRA from base, replay all + reference, 2x epochs", replay=1.0, reference=True, epochs_factor=2.0),
+    Recipe("adapterctl defaults, learning rate 1e-3", defaults=True, tuning=(("learning_rate", 1e-3),)),
+    Recipe("adapterctl defaults, constant learning rate", defaults=True, tuning=(("scheduler", "constant"),)),
 ]
 
 
@@ -365,7 +370,9 @@ def run_lora(ws: Workspace, line: str, base: Base, recipe: Recipe, facts: dict[s
     the facts each version trained on (a held-out fact is a fact nobody taught the model).
     """
     if recipe.defaults:
-        training, data = replace(TrainSettings(), weight_decay=recipe.weight_decay if recipe.weight_decay is not None else TrainSettings().weight_decay), None
+        training, data = replace(TrainSettings(), **dict(recipe.tuning)), None
+        if recipe.weight_decay is not None:
+            training = replace(training, weight_decay=recipe.weight_decay)
         line_settings = lines.LineSettings(reference_size=recipe.reference_size if recipe.reference_size is not None else lines.LineSettings().reference_size)
     else:
         training = replace(LORA_TRAINING, epochs=scale.epochs * recipe.epochs_factor)

@@ -32,6 +32,7 @@ from adapterctl.dataset import Example, normalise
 from adapterctl.db.models import EvalSuite
 
 MARK = "\u2063adapterctl-turn\u2063"  # cut point of a rendered user turn; never in real text
+CONTEXT_CHARS = 1000  # of each feedback message shown in context: long records must not crowd out the prompt
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def synthesize(base_path: str, base_hash: str, wanted: int, seeds: list[Example]
 
 def _contexts(tokenizer, seeds: list[Example], count: int, settings: SynthesisSettings, rng: random.Random) -> list[tuple[str, bool]]:
     """(text that opens a user turn, whether feedback is in context) for each prompt to sample."""
-    exchanges = [(_last_user(e.prompt), e.answer) for e in seeds if _last_user(e.prompt)]
+    exchanges = [(_last_user(e.prompt)[:CONTEXT_CHARS], e.answer[:CONTEXT_CHARS]) for e in seeds if _last_user(e.prompt)]
     contexts = []
     for index in range(count):
         seeded = bool(exchanges) and index < round(count * settings.seeded_share)
@@ -107,7 +108,7 @@ def _contexts(tokenizer, seeds: list[Example], count: int, settings: SynthesisSe
     return contexts
 
 
-def _unique_prompts(samples: list[tuple[str, bool]], avoid: set[str], dropped: Counter) -> list[str]:
+def _unique_prompts(samples: list[tuple[str, bool, float]], avoid: set[str], dropped: Counter) -> list[str]:
     seen = set(avoid)
     prompts = []
     for prompt, finished, _ in samples:

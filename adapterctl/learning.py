@@ -17,7 +17,6 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from adapterctl.errors import InvalidInput
 
 SAMPLE_SIZE = 64
 """Training examples measured; all of them when a run has fewer."""
@@ -73,7 +72,7 @@ def summary(metrics: dict[str, Any]) -> str:
         sampled = f" (a sample of {counts['of']})" if counts["sample"] < counts["of"] else ""
         return f"{counts['learned']} of {counts['sample']}{sampled} {noun}"
 
-    parts = [part("train", "new training answers")] + ([part("replay", "replayed")] if "replay" in learned else [])
+    parts = [part(split, noun) for split, noun in (("train", "new training answers"), ("replay", "replayed answers")) if split in learned]
     reason = metrics.get("stop_reason", "")
     return f"learned {' and '.join(parts)} (greedy), {STOP_REASONS.get(reason, reason)} at step {metrics['steps']}"
 
@@ -84,13 +83,11 @@ class LearningProbe:
     def __init__(self, tokenizer, examples: list[dict[str, Any]], max_length: int, batch_size: int = 16) -> None:
         from adapterctl.training import tokenize
 
-        if not examples:
-            raise InvalidInput("no training examples to measure learning on")
         self.tokenizer = tokenizer
-        self.examples = examples
+        self.examples = examples  # none when every new example was held out: nothing to measure, nothing stops early
         self.rows, _ = tokenize(tokenizer, examples, max_length)
         self.batch_size = batch_size
-        self.longest_answer = max(sum(label != -100 for label in row["labels"]) for row in self.rows)
+        self.longest_answer = max((sum(label != -100 for label in row["labels"]) for row in self.rows), default=0)
 
     def teacher_forced(self, model, step: int) -> Learned:
         import torch
@@ -112,7 +109,7 @@ class LearningProbe:
         return Learned(step, self._by_split(reproduced), round(correct / total, 4) if total else 0.0)
 
     def greedy(self, model, step: int) -> Learned:
-        answers = self.answers(model)
+        answers = self.answers(model) if self.examples else []
         return Learned(step, self._by_split([got == example["answer"].strip() for got, example in zip(answers, self.examples)]))
 
     def _by_split(self, reproduced: list[bool]) -> dict[str, tuple[int, int]]:

@@ -210,6 +210,8 @@ def _problem(text: str, finished: bool) -> str | None:
 
 def reference_line(provenance: dict[str, Any]) -> str:
     """One line on a reference set synthesized by this run: how many cases, from how many samples, how long."""
+    if "error" in provenance:
+        return f"reference set: synthesizing it from the base model failed ({provenance['error']}); training without anchors"
     if not provenance.get("kept"):
         return (f"reference set: the base model wrote no usable case in {provenance['sampled']} samples "
                 f"({', '.join(f'{n} {why}' for why, n in provenance['dropped'].items())}); training without anchors")
@@ -241,7 +243,10 @@ def top_up_reference(ws, line_name: str, examples: list[Example], seed: int = 0)
             select(Feedback.prompt).where(Feedback.line_id == line.id, Feedback.status == "active"))}
     avoid |= {normalise(_last_user(c["prompt"]) or "") for c in have}
     seeds = [e for e in examples if e.split in ("train", "replay")]
-    cases, provenance = synthesize(base_path, base_hash, size - len(have), seeds, avoid, SynthesisSettings(seed=seed))
+    try:
+        cases, provenance = synthesize(base_path, base_hash, size - len(have), seeds, avoid, SynthesisSettings(seed=seed))
+    except Exception as exc:  # a cron run still trains, without anchors, and says why; the next run tries again
+        return {"error": (str(exc).splitlines() or [type(exc).__name__])[0], "kept": 0}
     provenance["topped_up"] = {"version": current.version, "cases": len(current.cases)} if current else None
     if cases:
         with ws.transaction() as session:

@@ -133,3 +133,17 @@ def test_the_gate_passes_a_default_candidate_that_keeps_the_reference_set_and_fa
     forgot = train_line(ws, TrainRequest(knowing_line))
     assert forgot.candidate_status == "gate_failed"
     assert any(r.startswith("agreement with the reference set's answers fell") for r in forgot.gate["reasons"]), forgot.gate["reasons"]
+
+
+def test_a_failed_synthesis_does_not_stop_the_cron_run(ws, knowing_line, monkeypatch):
+    from adapterctl import rehearsal
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(rehearsal, "synthesize", out_of_memory)  # a fault injected where a large base model would fail
+    log_cars(ws, knowing_line)
+    outcome = train_line(ws, TrainRequest(knowing_line, evaluate=False))
+    assert outcome.status == "trained" and outcome.dataset["reference"]["anchors"] == 0
+    assert outcome.dataset["reference"]["synthesized_now"] == {"error": "CUDA out of memory. Tried to allocate 2.00 GiB", "kept": 0}
+    assert "synthesizing it from the base model failed (CUDA out of memory" in rehearsal.reference_line(outcome.dataset["reference"]["synthesized_now"])

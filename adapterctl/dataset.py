@@ -87,6 +87,7 @@ def build_dataset(session: Session, line_id: int, settings: DataSettings, proble
     new = [_with_split(e, "heldout" if is_heldout(e.feedback_id, settings.holdout_fraction) else "train") for e in kept]
     train_count = sum(e.split == "train" for e in new)
     replay = unrenderable.keep(_replay(session, line_id, {e.feedback_id for e in new}, train_count, settings))
+    new, leaks = _no_heldout_leaks(new, replay)
     anchors, reference_version, synthesized = _reference_anchors(session, line_id, settings.reference_anchor_share)
     anchors, overridden = _not_overridden(anchors, new + replay)
     examples = new + replay + unrenderable.keep(anchors)
@@ -94,6 +95,7 @@ def build_dataset(session: Session, line_id: int, settings: DataSettings, proble
         "eligible": len(eligible),
         "unrenderable": unrenderable.report(),
         "duplicates_removed": {"exact": exact, "normalised": normalised},
+        "heldout_moved_to_train": leaks,
         "capped_sources": capped,
         "sources": dict(sorted(Counter(e.source or NO_SOURCE for e in new).items())),
         "splits": dict(Counter(e.split for e in examples)),
@@ -236,6 +238,24 @@ def _reference_anchors(session: Session, line_id: int, share: float) -> tuple[li
         return [], None, False
     anchors = [Example(None, "reference", "reference", None, c["prompt"], c["answer"]) for c in suite.cases if anchors_training(c, share)]
     return anchors, suite.version, suite.provenance is not None
+
+
+def _no_heldout_leaks(new: list[Example], replay: list[Example]) -> tuple[list[Example], dict[str, int]]:
+    """Held-out examples whose prompt (normalised) a training or replayed example also has are moved to
+    training: held out, they would measure what the candidate was trained on. Returns the examples and
+    how many were moved, by what they matched. (Anchors on such a prompt are left out: `_not_overridden`.)"""
+    trained = {_prompt_key(e.prompt) for e in new if e.split == "train"}
+    replayed = {_prompt_key(e.prompt) for e in replay}
+    moved: Counter[str] = Counter()
+    result = []
+    for example in new:
+        key = _prompt_key(example.prompt)
+        reason = "same prompt as a new training example" if key in trained else "same prompt as a replayed example" if key in replayed else None
+        if example.split == "heldout" and reason:
+            moved[reason] += 1
+            example = _with_split(example, "train")
+        result.append(example)
+    return result, dict(sorted(moved.items()))
 
 
 def _not_overridden(anchors: list[Example], feedback: list[Example]) -> tuple[list[Example], int]:

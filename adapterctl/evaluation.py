@@ -92,8 +92,9 @@ def evaluate_candidate(ws: Workspace, adapter_id: int, *, settings: EvalSettings
         models = {"base": None, **({"active": _artifact(ws, active)} if active else {}), "candidate": _artifact(ws, candidate)}
         cases = _cases(session, line.id, candidate.run_id)
         base_path, thresholds, line_name = base_models.local_path(line.base_model), settings_of(line).gate, line.name
+        learned = (candidate.run.metrics or {}).get("learned")
     results, samples, seconds = _measure(base_path, models, cases, settings, progress)
-    gate = check_gate(results, thresholds)
+    gate = check_gate(results, thresholds, learned)
     with ws.transaction() as session:
         evaluation = _store(session, ws.user, line_name, adapter_id, "candidate", models, results, samples, seconds, cases, settings, gate)
         if registry.get_adapter(session, adapter_id).status == "evaluating":
@@ -221,23 +222,43 @@ def using(model, adapter: str | None) -> Iterator:
 
 def measure_model(model, tokenizer, cases: Cases, settings: EvalSettings) -> dict[str, Any]:
     metrics: dict[str, Any] = {"heldout_cases": len(cases.heldout)}
+    written: list[str] = []  # every answer the model wrote, for the degenerate-output count
     if cases.heldout:
         metrics["heldout_loss"] = round(answer_loss(model, tokenizer, cases.heldout, settings), 5)
         answers = generate(model, tokenizer, [c["prompt"] for c in cases.heldout], settings)
+        written += answers
         metrics["heldout_exact"] = round(sum(normalise(a) == normalise(c["answer"]) for a, c in zip(answers, cases.heldout)) / len(answers), 4)
     metrics["suites"] = {}
     for suite in cases.suites:
         answers = generate(model, tokenizer, [c["prompt"] for c in suite.cases], settings)
+        written += answers
         passed = sum(suites.passes(a, c) for a, c in zip(answers, suite.cases))
         metrics["suites"][suite.name] = {"version": suite.version, "passed": passed, "cases": len(suite.cases),
                                          "score": round(passed / len(suite.cases), 4)}
     metrics["reference"] = cases.reference_name
     if chats := [c for c in cases.reference if "answer" in c]:
         answers = generate(model, tokenizer, [c["prompt"] for c in chats], settings)
+        written += answers
         metrics["reference_agreement"] = round(sum(normalise(a) == normalise(c["answer"]) for a, c in zip(answers, chats)) / len(chats), 4)
         metrics["reference_cases"] = len(chats)
     metrics["reference_loss"] = round(answer_loss(model, tokenizer, cases.reference, settings), 5)
+    metrics["degenerate"] = degenerate_answers(written, tokenizer, settings.max_new_tokens)
     return metrics
+
+
+def degenerate_answers(answers: list[str], tokenizer, max_new_tokens: int) -> dict[str, int]:
+    """How many answers are empty, repetitive, or cut at the token limit (of how many)."""
+    from adapterctl.rehearsal import repetitive
+
+    counts = {"empty": 0, "repetitive": 0, "max_length": 0, "answers": len(answers)}
+    for answer in answers:
+        if not answer.strip():
+            counts["empty"] += 1
+        elif repetitive(answer):
+            counts["repetitive"] += 1
+        elif len(tokenizer(answer, add_special_tokens=False)["input_ids"]) >= max_new_tokens:
+            counts["max_length"] += 1
+    return counts
 
 
 def generate(model, tokenizer, prompts: list[list[dict[str, str]]], settings: EvalSettings) -> list[str]:
@@ -285,35 +306,79 @@ def answer_loss(model, tokenizer, cases: list[dict[str, Any]], settings: EvalSet
 # ---------------------------------------------------------------- the gate
 
 
-def check_gate(results: dict[str, dict[str, Any]], thresholds: GateThresholds) -> dict[str, Any]:
-    """Compare the candidate with the active version (or the base model) and the base model's reference loss."""
+def check_gate(results: dict[str, dict[str, Any]], thresholds: GateThresholds, learned: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every check of the candidate, each with its value, limit and verdict; passed when all pass.
+
+    `learned` is the training run's greedy measure of its own answers (TrainResult.learned).
+    """
     candidate = results["candidate"]["metrics"]
     compared_role = "active" if "active" in results else "base"
     compared, base = results[compared_role]["metrics"], results["base"]["metrics"]
-    reasons, checks = [], []
-    for name, score in candidate["suites"].items():
-        before = compared["suites"][name]["score"]
-        drop = round(before - score["score"], 4)
-        checks.append({"check": f"suite {name}", "value": drop, "limit": thresholds.max_suite_drop, "against": compared_role})
-        if drop > thresholds.max_suite_drop:
-            reasons.append(f"suite {name} dropped {before:.2f} -> {score['score']:.2f} against {compared_role} (limit {thresholds.max_suite_drop:g})")
+    checks = [
+        learned_check(learned, thresholds),
+        heldout_check(candidate, compared, compared_role, thresholds),
+        keeps_check(candidate, base, thresholds),
+        *(suite_check(name, score, compared["suites"][name], compared_role, thresholds) for name, score in candidate["suites"].items()),
+        degenerate_check(candidate, thresholds),
+    ]
+    checks = [check for check in checks if check is not None]
+    reasons = [check["reason"] for check in checks if not check["passed"]]
+    return {"passed": not reasons, "reasons": reasons, "checks": checks, "thresholds": asdict(thresholds)}
+
+
+def _check(name: str, value: float, limit: float, against: str | None, passed: bool, reason: str, bound: str = "max") -> dict[str, Any]:
+    """One check's entry: `bound` says whether the limit is a most (max) or a least (min) value."""
+    return {"check": name, "value": value, "limit": limit, "bound": bound, "against": against, "passed": passed,
+            **({} if passed else {"reason": reason})}
+
+
+def learned_check(learned: dict[str, Any] | None, thresholds: GateThresholds) -> dict[str, Any] | None:
+    """Does the candidate answer what it was trained on? The weaker of its new and replayed answers."""
+    splits = {name: counts for name, counts in (learned or {}).items() if isinstance(counts, dict) and counts.get("sample")}
+    if not splits:
+        return None
+    share = round(min(c["learned"] / c["sample"] for c in splits.values()), 4)
+    said = " and ".join(f"{c['learned']} of {c['sample']} {'new' if name == 'train' else 'replayed'}" for name, c in splits.items())
+    return _check("learned", share, thresholds.min_learned, None, share >= thresholds.min_learned,
+                  f"learned only {said} training answers (greedy; needs {thresholds.min_learned:.0%})", bound="min")
+
+
+def heldout_check(candidate: dict, compared: dict, against: str, thresholds: GateThresholds) -> dict[str, Any] | None:
+    if not candidate["heldout_cases"]:
+        return None
+    gain = round(candidate["heldout_exact"] - compared["heldout_exact"], 4)
+    return _check("heldout gain", gain, thresholds.min_heldout_gain, against, gain >= thresholds.min_heldout_gain,
+                  f"held-out exact match gained {gain:+.2f} against {against} (needs at least {thresholds.min_heldout_gain:+.2f})", bound="min")
+
+
+def keeps_check(candidate: dict, base: dict, thresholds: GateThresholds) -> dict[str, Any]:
+    """Does it still answer what the base model answered? Agreement with the reference set; its loss when it holds only text."""
     if "reference_agreement" in candidate:
         drop = round(base["reference_agreement"] - candidate["reference_agreement"], 4)
-        checks.append({"check": "keeps the reference set", "value": drop, "limit": thresholds.max_reference_drop, "against": "base"})
-        if drop > thresholds.max_reference_drop:
-            reasons.append(f"agreement with the reference set's answers fell {base['reference_agreement']:.2f} -> "
-                           f"{candidate['reference_agreement']:.2f} against the base model (limit a drop of {thresholds.max_reference_drop:.2f})")
-    else:
-        increase = round(candidate["reference_loss"] / base["reference_loss"] - 1, 4)
-        checks.append({"check": "forgetting", "value": increase, "limit": thresholds.max_forgetting_increase, "against": "base"})
-        if increase > thresholds.max_forgetting_increase:
-            reasons.append(f"reference loss rose {increase:.1%} over the base model (limit {thresholds.max_forgetting_increase:.1%})")
-    if candidate["heldout_cases"]:
-        gain = round(candidate["heldout_exact"] - compared["heldout_exact"], 4)
-        checks.append({"check": "heldout gain", "value": gain, "limit": thresholds.min_heldout_gain, "against": compared_role})
-        if gain < thresholds.min_heldout_gain:
-            reasons.append(f"held-out exact match gained {gain:+.2f} against {compared_role} (needs at least {thresholds.min_heldout_gain:+.2f})")
-    return {"passed": not reasons, "reasons": reasons, "checks": checks, "thresholds": asdict(thresholds)}
+        return _check("keeps the reference set", drop, thresholds.max_reference_drop, "base", drop <= thresholds.max_reference_drop,
+                      f"agreement with the reference set's answers fell {base['reference_agreement']:.2f} -> "
+                      f"{candidate['reference_agreement']:.2f} against the base model (limit a drop of {thresholds.max_reference_drop:.2f})")
+    increase = round(candidate["reference_loss"] / base["reference_loss"] - 1, 4)
+    return _check("forgetting", increase, thresholds.max_forgetting_increase, "base", increase <= thresholds.max_forgetting_increase,
+                  f"reference loss rose {increase:.1%} over the base model (limit {thresholds.max_forgetting_increase:.1%})")
+
+
+def suite_check(name: str, score: dict, compared: dict, against: str, thresholds: GateThresholds) -> dict[str, Any]:
+    drop = round(compared["score"] - score["score"], 4)
+    return _check(f"suite {name}", drop, thresholds.max_suite_drop, against, drop <= thresholds.max_suite_drop,
+                  f"suite {name} dropped {compared['score']:.2f} -> {score['score']:.2f} against {against} (limit {thresholds.max_suite_drop:g})")
+
+
+def degenerate_check(candidate: dict, thresholds: GateThresholds) -> dict[str, Any] | None:
+    """Empty, repetitive or cut-off answers: a candidate can pass every comparison by writing nothing."""
+    counts = candidate.get("degenerate")
+    if not counts or not counts["answers"]:
+        return None
+    bad = counts["empty"] + counts["repetitive"] + counts["max_length"]
+    share = round(bad / counts["answers"], 4)
+    kinds = ", ".join(f"{counts[k]} {k.replace('_', ' ')}" for k in ("empty", "repetitive", "max_length") if counts[k])
+    return _check("degenerate output", share, thresholds.max_degenerate_share, None, share <= thresholds.max_degenerate_share,
+                  f"{bad} of {counts['answers']} answers are degenerate ({kinds}; limit {thresholds.max_degenerate_share:.0%})")
 
 
 # ---------------------------------------------------------------- storing and reading

@@ -30,6 +30,11 @@ class GateThresholds:
     the forgetting check when the reference set holds only text (the built-in one)."""
     min_heldout_gain: float = 0.0
     """Smallest required improvement of held-out exact match over the active version."""
+    min_learned: float = 0.8
+    """Smallest share of its own training answers (the weaker of new and replayed, greedy) a candidate
+    must reproduce."""
+    max_degenerate_share: float = 0.1
+    """Largest share of the candidate's answers that may be empty, repetitive or cut at the token limit."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,8 @@ class LineSettings:
             (0.0 <= self.reference_anchor_share <= 1.0, f"reference_anchor_share must be in [0, 1] (got {self.reference_anchor_share})"),
             (0 <= self.reference_size <= 10_000, f"reference_size must be between 0 and 10000 (got {self.reference_size})"),
             (self.gate.max_suite_drop >= 0.0, f"gate.max_suite_drop must be >= 0 (got {self.gate.max_suite_drop})"),
+            (0.0 <= self.gate.min_learned <= 1.0, f"gate.min_learned must be in [0, 1] (got {self.gate.min_learned})"),
+            (0.0 <= self.gate.max_degenerate_share <= 1.0, f"gate.max_degenerate_share must be in [0, 1] (got {self.gate.max_degenerate_share})"),
             (0.0 <= self.gate.max_reference_drop <= 1.0, f"gate.max_reference_drop must be in [0, 1] (got {self.gate.max_reference_drop})"),
             (self.gate.max_forgetting_increase >= 0.0, f"gate.max_forgetting_increase must be >= 0 (got {self.gate.max_forgetting_increase})"),
         ]

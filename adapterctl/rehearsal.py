@@ -202,10 +202,13 @@ def _problem(text: str, finished: bool) -> str | None:
         return "empty"
     if not finished:
         return "unfinished"
+    return "repetitive" if repetitive(text) else None
+
+
+def repetitive(text: str) -> bool:
+    """A run of one character, or six words or more of which fewer than half differ: a model stuck in a loop."""
     words = text.split()
-    if _RUN_OF_ONE_CHARACTER.search(text) or (len(words) >= 6 and len(set(words)) < len(words) / 2):
-        return "repetitive"
-    return None
+    return bool(_RUN_OF_ONE_CHARACTER.search(text)) or (len(words) >= 6 and len(set(words)) < len(words) / 2)
 
 
 def reference_line(provenance: dict[str, Any]) -> str:

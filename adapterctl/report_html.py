@@ -35,7 +35,9 @@ def render(report: dict[str, Any]) -> str:
     if report["gate"] is not None:
         gate = report["gate"]
         parts.append(f"<h2>Gate: <span class=\"{'pass' if gate['passed'] else 'fail'}\">{'passed' if gate['passed'] else 'failed'}</span></h2>")
-        parts.append("<ul>" + "".join(f"<li>{escape(r)}</li>" for r in gate["reasons"]) + "</ul>")
+        parts.append(_table(["check", "value", "limit", "against", "verdict"], [
+            [c["check"], c["value"], ("≥ " if c.get("bound") == "min" else "≤ ") + f"{c['limit']:g}", c.get("against"),
+             "pass" if c.get("passed", "reason" not in c) else "FAIL: " + c.get("reason", "")] for c in gate["checks"]]))
     parts += ["<h2>Evaluation</h2>", _metric_table(report["table"])]
     curve = report["training"]["loss_curve"]
     parts += ["<h2>Training loss</h2>", _loss_plot(curve) if curve else "<p>no loss recorded</p>"]

@@ -246,3 +246,26 @@ def test_packing_is_used_only_where_the_model_keeps_examples_apart(tiny_model):
             return self.inner(input_ids=input_ids, **kwargs)
 
     assert not packing_is_exact(IgnoresPositions(model))
+
+
+def test_a_heldout_record_never_shares_its_prompt_with_what_the_run_trains_on(ws, line):
+    half = DataSettings(holdout_fraction=0.5, max_source_share=1.0)
+    approved = [ws.log_feedback(line=line, prompt=f"Question {i}?", response="a", rating=-1, correction=f"answer {i}.") for i in range(20)]
+    fake_run(ws, line, approved, adapter_status="approved")
+    # The next run: the same questions retyped, as a second user would send them, and new ones asked twice.
+    retyped = [ws.log_feedback(line=line, prompt=f"  question {i} ", response="a", rating=-1, correction=f"Answer {i}") for i in range(20)]
+    asked_twice = [ws.log_feedback(line=line, prompt=f"new {i}?", response="a", rating=-1, correction=f"{word} {i}.")
+                   for i in range(10) for word in ("one", "another")]
+    built = build(ws, line, half)
+
+    def prompts(split):
+        return {normalise(e.prompt[-1]["content"]) for e in built.split(split)}
+
+    assert prompts("heldout") and prompts("heldout").isdisjoint(prompts("train") | prompts("replay"))
+    moved = built.report["heldout_moved_to_train"]
+    assert moved["same prompt as a replayed example"] == sum(is_heldout(i, 0.5) for i in retyped) > 0
+    pairs = [asked_twice[k : k + 2] for k in range(0, 20, 2)]
+    split_pairs = sum(is_heldout(a, 0.5) != is_heldout(b, 0.5) for a, b in pairs)
+    assert moved.get("same prompt as a new training example", 0) == split_pairs > 0
+    assert {e.feedback_id for e in built.split("heldout")} == {i for i in asked_twice if is_heldout(i, 0.5)} - {
+        i for a, b in pairs if is_heldout(a, 0.5) != is_heldout(b, 0.5) for i in (a, b)}

@@ -45,6 +45,8 @@ def create(
         float, typer.Option(help="Gate: largest allowed relative increase of reference-set loss (a reference set of text only).")
     ] = defaults.gate.max_forgetting_increase,
     min_heldout_gain: Annotated[float, typer.Option(help="Gate: smallest required held-out exact-match gain.")] = defaults.gate.min_heldout_gain,
+    min_learned: Annotated[float, typer.Option(help="Gate: smallest share of its own training answers a candidate must reproduce.")] = defaults.gate.min_learned,
+    max_degenerate_share: Annotated[float, typer.Option(help="Gate: largest share of empty, repetitive or cut-off answers.")] = defaults.gate.max_degenerate_share,
     json_output: JsonOption = False,
 ) -> None:
     """Create a line on a registered base model."""
@@ -59,7 +61,8 @@ def create(
         reference_anchor_share=reference_anchor_share,
         reference_size=reference_size,
         gate=GateThresholds(max_suite_drop=max_suite_drop, max_reference_drop=max_reference_drop,
-                            max_forgetting_increase=max_forgetting_increase, min_heldout_gain=min_heldout_gain),
+                            max_forgetting_increase=max_forgetting_increase, min_heldout_gain=min_heldout_gain,
+                            min_learned=min_learned, max_degenerate_share=max_degenerate_share),
     )
     ws = workspace(ctx)
     with ws.transaction() as session:

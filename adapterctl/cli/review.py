@@ -55,7 +55,9 @@ def show(
         typer.echo("")
         print_metric_table(report["table"])
         gate = report["gate"]
-        typer.echo("\ngate: " + ("passed" if gate["passed"] else "failed") + "".join(f"\n  - {r}" for r in gate["reasons"]))
+        typer.echo("\ngate: " + ("passed" if gate["passed"] else "failed"))
+        for check in gate["checks"]:
+            typer.echo(f"  {check_line(check)}")
     training = report["training"]
     curve = [loss for _, loss in training["loss_curve"]]
     if curve:
@@ -91,6 +93,15 @@ def show(
     decisions = report["decisions"]
     typer.echo(f"\ndecisions ({sum(d['decision'] == 'approve' for d in decisions)}/{report['approvals_required']} approvals): "
                + ("; ".join(f"{d['reviewer']} {d['decision']}d" + (f" ({d['note']})" if d["note"] else "") for d in decisions) or "none yet"))
+
+
+def check_line(check: dict) -> str:
+    """'pass  learned 1.00 (at least 0.80)' or 'FAIL  keeps the reference set 0.25 (at most 0.10 against base): why'."""
+    passed = check.get("passed", "reason" not in check)
+    bound = "at least" if check.get("bound") == "min" else "at most"
+    against = f" against {check['against']}" if check.get("against") else ""
+    return (f"{'pass' if passed else 'FAIL'}  {check['check']} {check['value']:g} ({bound} {check['limit']:g}{against})"
+            + ("" if passed else f": {check.get('reason', '')}"))
 
 
 def sparkline(values: list[float]) -> str:

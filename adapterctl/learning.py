@@ -62,7 +62,7 @@ STOP_REASONS = {
 
 
 def summary(metrics: dict[str, Any]) -> str:
-    """'learned 28 of 30 new training answers and 12 of 12 replayed (greedy), stopped when learned at step 120'."""
+    """'learned 28 of 30 new training answers and 12 of 12 replayed answers (greedy), stopped when learned at step 120'."""
     learned = metrics.get("learned") or {}
     if not any(split in learned for split in TAUGHT):
         return f"{metrics.get('steps')} steps (learning not measured)"

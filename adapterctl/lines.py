@@ -34,7 +34,7 @@ class GateThresholds:
     """Smallest share of its own training answers (the weaker of new and replayed, greedy) a candidate
     must reproduce."""
     max_degenerate_share: float = 0.1
-    """Largest share of the candidate's answers that may be empty, repetitive or cut at the token limit."""
+    """Largest share of the candidate's answers that may be empty or repetitive."""
 
 
 @dataclass(frozen=True)

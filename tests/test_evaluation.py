@@ -30,7 +30,7 @@ def test_a_candidate_that_learned_passes_the_gate_and_reports_every_field(ws, ti
     log_facts(ws, tiny_line)
     outcome = train_line(ws, TrainRequest(tiny_line, training=FAST, data=ALL_TRAIN))
     assert outcome.candidate_status == "pending_review", outcome.gate
-    assert outcome.gate["passed"] and {c["check"] for c in outcome.gate["checks"]} == {"suite facts", "forgetting"}
+    assert outcome.gate["passed"] and {c["check"] for c in outcome.gate["checks"]} == {"learned", "suite facts", "forgetting", "degenerate output"}
 
     report = cli.json("review", "show", str(outcome.candidate_id))
     assert set(report) >= {"adapter", "evaluation", "table", "gate", "training", "provenance", "training_examples", "samples", "decisions"}
@@ -94,12 +94,12 @@ def test_held_out_feedback_and_the_active_version_are_compared(ws, tiny_line, cl
         heldout_ids = set(session.scalars(select(RunExample.feedback_id).where(RunExample.run_id == second.run_id, RunExample.split == "heldout")))
         assert latest.samples and {s["feedback_id"] for s in latest.samples} <= heldout_ids  # so forgetting a record finds its sample
         assert models["candidate"].metrics["heldout_loss"] < models["base"].metrics["heldout_loss"]
-        assert {c["check"] for c in latest.gate["checks"]} == {"keeps the reference set", "heldout gain"}
+        assert {c["check"] for c in latest.gate["checks"]} == {"learned", "keeps the reference set", "heldout gain", "degenerate output"}
         assert models["candidate"].metrics["reference"] == "reference v1"  # the cases training did not anchor on
         stored = suites.get_suite(session, line=tiny_line, name=suites.REFERENCE).cases
         measured = [c for c in stored if not suites.anchors_training(c, 0.75)]
         assert models["candidate"].metrics["reference_cases"] == len(measured) > 0 and 0 <= models["base"].metrics["reference_agreement"] <= 1
-        assert all(c["against"] in ("active", "base") for c in latest.gate["checks"])
+        assert {c["against"] for c in latest.gate["checks"]} == {"active", "base", None}  # learned and degenerate output compare with nothing
     assert 0 < first.dataset["reference"]["anchors"] < len(reference) and first.dataset["splits"]["reference"] > 0
 
 

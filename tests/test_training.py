@@ -112,7 +112,8 @@ def test_a_failed_run_is_recorded_and_leaves_no_candidate(ws, tiny_model, tmp_pa
 
 def test_forgetting_training_data_revokes_the_candidate(ws, tiny_line):
     ids = log_facts(ws, tiny_line)
-    outcome = train_line(ws, TrainRequest(tiny_line, training=TrainSettings(**{**FAST.__dict__, "max_steps": 3}), data=ALL_TRAIN))
+    outcome = train_line(ws, TrainRequest(tiny_line, training=FAST, data=ALL_TRAIN))  # learned: the gate lets it through to review
+    assert outcome.candidate_status == "pending_review"
     with ws.transaction() as session:
         feedback.forget_feedback(session, actor="dpo", ids=[ids[0]], reason="erasure request")
     with ws.transaction() as session:

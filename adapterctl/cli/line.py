@@ -46,7 +46,7 @@ def create(
     ] = defaults.gate.max_forgetting_increase,
     min_heldout_gain: Annotated[float, typer.Option(help="Gate: smallest required held-out exact-match gain.")] = defaults.gate.min_heldout_gain,
     min_learned: Annotated[float, typer.Option(help="Gate: smallest share of its own training answers a candidate must reproduce.")] = defaults.gate.min_learned,
-    max_degenerate_share: Annotated[float, typer.Option(help="Gate: largest share of empty, repetitive or cut-off answers.")] = defaults.gate.max_degenerate_share,
+    max_degenerate_share: Annotated[float, typer.Option(help="Gate: largest share of empty or repetitive answers.")] = defaults.gate.max_degenerate_share,
     json_output: JsonOption = False,
 ) -> None:
     """Create a line on a registered base model."""

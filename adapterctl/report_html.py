@@ -10,7 +10,8 @@ from typing import Any
 from adapterctl.errors import InvalidInput
 
 STYLE = """body{font:14px/1.45 system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+table{border-collapse:collapse;margin:.5em 0;width:100%;table-layout:fixed}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
 .better{color:#12702a}.worse{color:#b3261e;font-weight:600}.pass{color:#12702a}.fail{color:#b3261e}
 pre{white-space:pre-wrap;background:#f6f6f6;padding:6px}"""
 WITHHELD = "(withheld: trained on forgotten feedback)"
@@ -31,7 +32,8 @@ def render(report: dict[str, Any]) -> str:
     adapter = report["adapter"]
     parts = [f"<h1>Candidate {adapter['id']} of {escape(adapter['line'])}</h1>",
              f"<p>status <b>{escape(adapter['status'])}</b>{' as ' + escape(adapter['version']) if adapter['version'] else ''}, "
-             f"run {adapter['run']}, sha256 <code>{adapter['sha256'][:16]}…</code></p>"]
+             f"run {adapter['run']}, sha256 <code>{adapter['sha256'][:16]}…</code>; "
+             f"approvals <b>{escape(report['approvals']['summary'])}</b></p>"]
     if report["gate"] is not None:
         gate = report["gate"]
         parts.append(f"<h2>Gate: <span class=\"{'pass' if gate['passed'] else 'fail'}\">{'passed' if gate['passed'] else 'failed'}</span></h2>")
@@ -47,7 +49,9 @@ def render(report: dict[str, Any]) -> str:
     parts += ["<h2>Data</h2>", f"<p>examples: {escape(json.dumps(provenance['examples']))}; duplicates removed: "
               f"{escape(json.dumps(provenance['duplicates_removed']))}; capped sources: {escape(json.dumps(provenance['capped_sources']))}</p>",
               _table(["source", "examples", "share"], [[s["source"], s["examples"], f"{s['share']:.1%}"] for s in provenance["sources"]])]
-    parts += ["<h2>Training examples</h2>", _table(["#", "source", "prompt", "answer"], [
+    shown, total = len(report["training_examples"]), report["training_examples_total"]
+    parts += [f"<p>hygiene: {escape(report['hygiene'])}</p>"]
+    parts += [f"<h2>Training examples{f' (a sample of {shown} of {total})' if shown < total else ''}</h2>", _table(["#", "source", "prompt", "answer"], [
         [e["feedback_id"], e.get("source"), e["prompt"][-1]["content"] if "prompt" in e else "(forgotten)", e.get("answer", "")]
         for e in report["training_examples"]])]
     parts += ["<h2>Side by side</h2>", _samples_table(report["samples"])]

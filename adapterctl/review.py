@@ -189,9 +189,16 @@ def report(session: Session, adapter_id: int) -> dict[str, Any]:
     run = adapter.run
     latest = evaluation.latest_evaluation(session, adapter_id)
     dataset = run.dataset or {}
+    decisions = [{"reviewer": d.reviewer, "decision": d.decision, "note": d.note, "at": d.created_at.isoformat(),
+                  "eval_summary_sha256": d.eval_summary_hash}
+                 for d in session.scalars(select(ReviewDecision).where(ReviewDecision.adapter_id == adapter_id).order_by(ReviewDecision.id))]
+    approvers = [d["reviewer"] for d in decisions if d["decision"] == "approve"]
+    required = settings_of(adapter.line).approvals_required
     return {
         "adapter": registry.as_dict(adapter),
-        "approvals_required": settings_of(adapter.line).approvals_required,
+        "approvals_required": required,
+        "approvals": {"given": len(approvers), "required": required, "by": approvers,
+                      "summary": f"{len(approvers)} of {required}" + (f" ({', '.join(approvers)})" if approvers else "")},
         "evaluation": evaluation.as_dict(latest) if latest else None,
         "table": comparison_table(latest) if latest else [],
         "gate": latest.gate if latest else None,
@@ -211,11 +218,27 @@ def report(session: Session, adapter_id: int) -> dict[str, Any]:
             "reference": dataset.get("reference", {}),
         },
         "training_examples": _training_examples(session, run.id, adapter_id),
+        "training_examples_total": dataset.get("splits", {}).get("train", 0),
+        "hygiene": hygiene(dataset),
         "samples": latest.samples if latest else [],
-        "decisions": [{"reviewer": d.reviewer, "decision": d.decision, "note": d.note, "at": d.created_at.isoformat(),
-                       "eval_summary_sha256": d.eval_summary_hash}
-                      for d in session.scalars(select(ReviewDecision).where(ReviewDecision.adapter_id == adapter_id).order_by(ReviewDecision.id))],
+        "decisions": decisions,
     }
+
+
+def hygiene(dataset: dict[str, Any]) -> str:
+    """The dataset's poisoning hygiene in words: what was collapsed, capped, moved or left out."""
+    duplicates = dataset.get("duplicates_removed", {})
+    capped = dataset.get("capped_sources", {})
+    moved = sum(dataset.get("heldout_moved_to_train", {}).values())
+    overridden = dataset.get("reference", {}).get("overridden", 0)
+    parts = [f"{duplicates.get('exact', 0)} exact and {duplicates.get('normalised', 0)} retyped duplicates collapsed",
+             (f"{sum(capped.values())} examples over the per-source cap dropped from {len(capped)} source"
+              f"{'s' if len(capped) != 1 else ''} ({', '.join(capped)})" if capped else "no source over the per-source cap")]
+    if moved:
+        parts.append(f"{moved} held-out examples moved to training (their prompt was also trained on)")
+    if overridden:
+        parts.append(f"{overridden} reference anchors left out (the feedback answers their prompt)")
+    return "; ".join(parts)
 
 
 def comparison_table(latest) -> list[dict[str, Any]]:

@@ -46,15 +46,21 @@ def test_a_candidate_that_learned_passes_the_gate_and_reports_every_field(ws, ti
     assert report["provenance"]["duplicates_removed"] == {"exact": 0, "normalised": 0}
     assert len(report["training_examples"]) == 5 and all(e["answer"] in dict(FACTS).values() for e in report["training_examples"])
     assert report["decisions"] == [] and report["approvals_required"] == 1
+    assert report["approvals"] == {"given": 0, "required": 1, "by": [], "summary": "0 of 1"}
+    assert report["training_examples_total"] == len(FACTS)
+    assert report["hygiene"] == "0 exact and 0 retyped duplicates collapsed; no source over the per-source cap"
 
     human = cli("review", "show", str(outcome.candidate_id))
     assert human.returncode == 0 and "gate: passed" in human.stdout and "suite facts v1" in human.stdout
-    assert "training examples:" in human.stdout and "side by side" not in human.stdout  # no held-out prompts here
+    assert "approvals 0 of 1" in human.stdout.splitlines()[0] and "  pass  learned " in human.stdout
+    assert f"training examples (a sample of 5 of {len(FACTS)}):" in human.stdout and "side by side" not in human.stdout  # no held-out prompts here
 
     html = tmp_path / "report.html"
     assert cli("review", "show", str(outcome.candidate_id), "--html", str(html)).returncode == 0
     page = html.read_text()
     assert "<svg" in page and "suite facts v1" in page and "Side by side" in page
+    assert "approvals <b>0 of 1</b>" in page and f"Training examples (a sample of 5 of {len(FACTS)})" in page
+    assert "<td>learned</td>" in page and "overflow-wrap:anywhere" in page and "table-layout:fixed" in page  # long words wrap
 
 
 def test_the_gate_fails_a_candidate_trained_against_a_suite(ws, tiny_line, tiny_model, cli, tmp_path):

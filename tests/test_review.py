@@ -80,6 +80,8 @@ def test_n_distinct_approvals_make_a_version(ws, team):
     set_approvals(ws, team, 2)
     adapter_id = candidate(ws, team)
     assert decide(ws, "approve", adapter_id, "bob", "looks right") == "pending_review"
+    with ws.reading() as session:
+        assert review.report(session, adapter_id)["approvals"] == {"given": 1, "required": 2, "by": ["bob"], "summary": "1 of 2 (bob)"}
     with pytest.raises(AlreadyExists, match="distinct reviewers"):
         decide(ws, "approve", adapter_id, "bob")
     assert decide(ws, "approve", adapter_id, "cy") == "approved"

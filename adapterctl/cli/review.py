@@ -48,7 +48,8 @@ def show(
         return
     adapter = report["adapter"]
     typer.echo(f"candidate {adapter['id']} of {adapter['line']}: {adapter['status']}"
-               + (f" as {adapter['version']}" if adapter["version"] else "") + f", trained by run {adapter['run']}")
+               + (f" as {adapter['version']}" if adapter["version"] else "") + f", trained by run {adapter['run']}; "
+               f"approvals {report['approvals']['summary']}")
     if report["evaluation"] is None:
         typer.echo("\nnot evaluated yet: `adapterctl eval run --candidate ID`")
     else:
@@ -74,7 +75,9 @@ def show(
         typer.echo(f"  reference set v{reference} ({made}): {provenance['reference']['anchors']} anchors trained on")
     if provenance["capped_sources"]:
         typer.echo("  capped (excess dropped): " + ", ".join(f"{s} -{n}" for s, n in provenance["capped_sources"].items()))
-    typer.echo("\ntraining examples:")
+    typer.echo(f"  hygiene: {report['hygiene']}")
+    shown, total = len(report["training_examples"]), report["training_examples_total"]
+    typer.echo(f"\ntraining examples (a sample of {shown} of {total}):" if shown < total else "\ntraining examples:")
     for example in report["training_examples"]:
         if example.get("forgotten"):
             typer.echo(f"  #{example['feedback_id']}: (forgotten)")

@@ -53,12 +53,12 @@ def show(
     if report["evaluation"] is None:
         typer.echo("\nnot evaluated yet: `adapterctl eval run --candidate ID`")
     else:
-        typer.echo("")
-        print_metric_table(report["table"])
-        gate = report["gate"]
+        gate = report["gate"]  # the verdict first, then the measurements behind it
         typer.echo("\ngate: " + ("passed" if gate["passed"] else "failed"))
         for check in gate["checks"]:
             typer.echo(f"  {check_line(check)}")
+        typer.echo("")
+        print_metric_table(report["table"])
     training = report["training"]
     curve = [loss for _, loss in training["loss_curve"]]
     if curve:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import time
 import warnings
 from contextlib import contextmanager
@@ -246,10 +247,17 @@ def measure_model(model, tokenizer, cases: Cases, settings: EvalSettings) -> dic
     return metrics
 
 
+_RUN_OF_ONE_CHARACTER = re.compile(r"(.)\1{9,}", re.DOTALL)
+
+
+def repetitive(text: str) -> bool:
+    """A run of one character, or six words or more of which fewer than half differ: a model stuck in a loop."""
+    words = text.split()
+    return bool(_RUN_OF_ONE_CHARACTER.search(text)) or (len(words) >= 6 and len(set(words)) < len(words) / 2)
+
+
 def degenerate_answers(answers: list[str], tokenizer, max_new_tokens: int) -> dict[str, int]:
     """How many answers are empty, repetitive, or cut at the token limit (of how many)."""
-    from adapterctl.rehearsal import repetitive
-
     counts = {"empty": 0, "repetitive": 0, "max_length": 0, "answers": len(answers)}
     for answer in answers:
         if not answer.strip():

@@ -11,9 +11,29 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 from adapterctl.errors import InvalidInput
+
+
+T = TypeVar("T")
+
+
+def read_lines(path: Path, parse: Callable[[Any], T]) -> list[T]:
+    """Each non-blank line of a JSONL file, parsed strictly and handed to `parse`; an error names the line."""
+    try:
+        raw_lines = Path(path).read_bytes().splitlines()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    records = []
+    for number, raw in enumerate(raw_lines, start=1):
+        if raw.strip():
+            try:
+                records.append(parse(loads(raw)))
+            except InvalidInput as exc:
+                raise InvalidInput(f"{Path(path).name} line {number}: {exc}") from None
+    return records
 
 
 def loads(text: str | bytes) -> Any:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from sqlalchemy import select
 
 from adapterctl.dataset import Example, normalise
 from adapterctl.db.models import EvalSuite
+from adapterctl.evaluation import load_models, repetitive
 
 MARK = "\u2063adapterctl-turn\u2063"  # cut point of a rendered user turn; never in real text
 CONTEXT_CHARS = 1000  # of each feedback message shown in context: long records must not crowd out the prompt
@@ -62,8 +62,6 @@ def synthesize(base_path: str, base_hash: str, wanted: int, seeds: list[Example]
     `seeds` are feedback examples shown in context; `avoid` holds normalised prompts that must not
     become cases (the line's feedback: anchoring the base's old answer there would fight the correction).
     """
-    from adapterctl.evaluation import load_models
-
     started = time.perf_counter()
     model, tokenizer = load_models(base_path, {})
     rng = random.Random(settings.seed)
@@ -193,9 +191,6 @@ def _last_user(prompt: list[dict[str, str]]) -> str | None:
     return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), None)
 
 
-_RUN_OF_ONE_CHARACTER = re.compile(r"(.)\1{9,}", re.DOTALL)
-
-
 def _problem(text: str, finished: bool) -> str | None:
     """Why a generated prompt or answer is no use: empty, unfinished (cut at the limit) or repetitive."""
     if not text:
@@ -203,12 +198,6 @@ def _problem(text: str, finished: bool) -> str | None:
     if not finished:
         return "unfinished"
     return "repetitive" if repetitive(text) else None
-
-
-def repetitive(text: str) -> bool:
-    """A run of one character, or six words or more of which fewer than half differ: a model stuck in a loop."""
-    words = text.split()
-    return bool(_RUN_OF_ONE_CHARACTER.search(text)) or (len(words) >= 6 and len(set(words)) < len(words) / 2)
 
 
 def reference_line(provenance: dict[str, Any]) -> str:

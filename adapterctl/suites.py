@@ -38,19 +38,7 @@ def parse_cases(path: Path, *, kind: str, default_match: str) -> list[dict[str, 
         raise InvalidInput(f"kind must be one of {', '.join(KINDS)} (got {kind!r})")
     if default_match not in MATCH_RULES:
         raise InvalidInput(f"--match must be one of {', '.join(MATCH_RULES)} (got {default_match!r})")
-    try:
-        raw_lines = path.read_bytes().splitlines()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
-    cases = []
-    for number, raw in enumerate(raw_lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json_input.loads(raw)
-            cases.append(_reference_case(record) if kind == "reference" else _regression_case(record, default_match))
-        except InvalidInput as exc:
-            raise InvalidInput(f"{path.name} line {number}: {exc}") from None
+    cases = json_input.read_lines(path, _reference_case if kind == "reference" else lambda record: _regression_case(record, default_match))
     if not cases:
         raise InvalidInput(f"{path.name} holds no cases")
     if len(cases) > MAX_CASES:

@@ -217,25 +217,17 @@ def read_facts(path: Path) -> list[tuple[str, str]]:
     """(prompt, answer) pairs from a JSONL file; an error names the line and the field."""
     from adapterctl import json_input
 
-    try:
-        raw_lines = Path(path).read_bytes().splitlines()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
-    facts = []
-    for number, raw in enumerate(raw_lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json_input.loads(raw)
-        except InvalidInput as exc:
-            raise InvalidInput(f"{Path(path).name} line {number}: {exc}") from None
-        for key in ("prompt", "answer"):
-            if not isinstance(record, dict) or not isinstance(record.get(key), str) or not record[key].strip():
-                raise InvalidInput(f"{Path(path).name} line {number}: field {key!r} must be a non-empty string")
-        facts.append((record["prompt"], record["answer"]))
+    facts = json_input.read_lines(path, _fact)
     if not facts:
         raise InvalidInput(f"{Path(path).name} holds no facts")
     return facts
+
+
+def _fact(record) -> tuple[str, str]:
+    for key in ("prompt", "answer"):
+        if not isinstance(record, dict) or not isinstance(record.get(key), str) or not record[key].strip():
+            raise InvalidInput(f"field {key!r} must be a non-empty string")
+    return record["prompt"], record["answer"]
 
 
 def teach(model, tokenizer, facts: list[tuple[str, str]], *, steps: int, lr: float = 2e-3, batch_size: int = 32, seed: int = 0,

@@ -244,12 +244,12 @@ def _no_heldout_leaks(new: list[Example], replay: list[Example]) -> tuple[list[E
     """Held-out examples whose prompt (normalised) a training or replayed example also has are moved to
     training: held out, they would measure what the candidate was trained on. Returns the examples and
     how many were moved, by what they matched. (Anchors on such a prompt are left out: `_not_overridden`.)"""
-    trained = {_prompt_key(e.prompt) for e in new if e.split == "train"}
-    replayed = {_prompt_key(e.prompt) for e in replay}
+    trained = {prompt_key(e.prompt) for e in new if e.split == "train"}
+    replayed = {prompt_key(e.prompt) for e in replay}
     moved: Counter[str] = Counter()
     result = []
     for example in new:
-        key = _prompt_key(example.prompt)
+        key = prompt_key(example.prompt)
         reason = "same prompt as a new training example" if key in trained else "same prompt as a replayed example" if key in replayed else None
         if example.split == "heldout" and reason:
             moved[reason] += 1
@@ -261,12 +261,12 @@ def _no_heldout_leaks(new: list[Example], replay: list[Example]) -> tuple[list[E
 def _not_overridden(anchors: list[Example], feedback: list[Example]) -> tuple[list[Example], int]:
     """Anchors whose prompt the line's feedback answers too are left out: the feedback says what the
     answer should now be, and an anchor on the base model's old answer would fight it."""
-    asked = {_prompt_key(e.prompt) for e in feedback}
-    kept = [a for a in anchors if _prompt_key(a.prompt) not in asked]
+    asked = {prompt_key(e.prompt) for e in feedback}
+    kept = [a for a in anchors if prompt_key(a.prompt) not in asked]
     return kept, len(anchors) - len(kept)
 
 
-def _prompt_key(prompt: list[dict[str, str]]) -> tuple:
+def prompt_key(prompt: list[dict[str, str]]) -> tuple:
     return tuple((m["role"], normalise(m["content"])) for m in prompt if m["role"] != "system")
 
 

@@ -29,7 +29,14 @@ class GateThresholds:
     """Largest allowed relative increase of the reference-set loss against the base model (0.05 = 5%),
     the forgetting check when the reference set holds only text (the built-in one)."""
     min_heldout_gain: float = 0.0
-    """Smallest required improvement of held-out exact match over the active version."""
+    """Smallest required improvement of held-out exact match over the active version (the base model
+    when there is none)."""
+    min_heldout_cases: int = 10
+    """Fewest held-out cases on which the held-out gain is judged; with fewer, its 95% interval is wider
+    than +/-0.28 and the check says it is too small to judge instead of passing or failing."""
+    max_version_drop: float = 0.1
+    """Largest allowed drop, against the active version, of exact match on a sample of an earlier
+    version's own data (the check 'keeps vN')."""
     min_learned: float = 0.8
     """Smallest share of its own training answers (the weaker of new and replayed, greedy) a candidate
     must reproduce."""
@@ -79,6 +86,8 @@ class LineSettings:
             (0.0 <= self.gate.min_learned <= 1.0, f"gate.min_learned must be in [0, 1] (got {self.gate.min_learned})"),
             (0.0 <= self.gate.max_degenerate_share <= 1.0, f"gate.max_degenerate_share must be in [0, 1] (got {self.gate.max_degenerate_share})"),
             (0.0 <= self.gate.max_reference_drop <= 1.0, f"gate.max_reference_drop must be in [0, 1] (got {self.gate.max_reference_drop})"),
+            (0 <= self.gate.min_heldout_cases <= 100_000, f"gate.min_heldout_cases must be between 0 and 100000 (got {self.gate.min_heldout_cases})"),
+            (0.0 <= self.gate.max_version_drop <= 1.0, f"gate.max_version_drop must be in [0, 1] (got {self.gate.max_version_drop})"),
             (self.gate.max_forgetting_increase >= 0.0, f"gate.max_forgetting_increase must be >= 0 (got {self.gate.max_forgetting_increase})"),
         ]
         return [message for ok, message in checks if not ok]

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from adapterctl import audit, evaluation, learning, leases, registry
+from adapterctl import audit, evaluation, learning, leases, registry, suites
 from adapterctl.db.models import Adapter, Feedback, Line, ReviewDecision, Reviewer, RunExample
 from adapterctl.db.types import utcnow
 from adapterctl.errors import AlreadyExists, InvalidInput, InvalidTransition, NotFound, PermissionDenied
@@ -122,7 +122,9 @@ def _age(now: datetime, then: datetime) -> str:
 def _gate_summary(gate: dict[str, Any] | None) -> str:
     if gate is None:
         return "not evaluated"
-    return "passed" if gate["passed"] else "failed: " + "; ".join(gate["reasons"])
+    if not gate["passed"]:
+        return "failed: " + "; ".join(gate["reasons"])
+    return "passed" + (f" ({'; '.join(gate['undecided'])})" if gate.get("undecided") else "")
 
 
 def approvers(session: Session, adapter_id: int) -> list[str]:
@@ -202,6 +204,7 @@ def report(session: Session, adapter_id: int) -> dict[str, Any]:
         "evaluation": evaluation.as_dict(latest) if latest else None,
         "table": comparison_table(latest) if latest else [],
         "gate": latest.gate if latest else None,
+        "suite_cases": suite_cases(session, latest) if latest else {},
         "training": {
             "params": run.params, "loss_curve": (run.metrics or {}).get("loss_curve", []),
             "steps": (run.metrics or {}).get("steps"), "seconds": (run.metrics or {}).get("seconds"),
@@ -262,8 +265,31 @@ def comparison_table(latest) -> list[dict[str, Any]]:
     if "reference_agreement" in models[subject]:
         row(f"reference agreement ({models[subject]['reference']}, {models[subject]['reference_cases']} cases)",
             {role: m.get("reference_agreement") for role, m in models.items()}, True)
+        for other in ("base", "active"):
+            for how in ("normalised", "exact"):
+                if other in models:
+                    row(f"reference: same answer as {other} ({how})",
+                        {role: 1.0 if role == other else m.get("agreement", {}).get(other, {}).get(how) for role, m in models.items()}, True)
     row(f"reference loss ({models[subject]['reference']})", {role: m["reference_loss"] for role, m in models.items()}, False)
+    for name, measured in models[subject].get("versions", {}).items():
+        row(f"{name}'s data exact match ({measured['cases']} cases)",
+            {role: m.get("versions", {}).get(name, {}).get("exact") for role, m in models.items()}, True)
     return rows
+
+
+def suite_cases(session: Session, latest) -> dict[str, list[dict[str, Any]]]:
+    """Every regression suite case with whether each model passed it."""
+    models = {r.role: r.metrics for r in latest.results}
+    line = latest.line.name
+    cases = {}
+    for name, version in (latest.settings or {}).get("suites", {}).items():
+        failed = {role: set(m["suites"].get(name, {}).get("failed", ())) for role, m in models.items()}
+        if not all("failed" in m["suites"].get(name, {}) for m in models.values()):
+            continue  # measured before per-case results were kept
+        suite = suites.get_suite(session, line=line, name=name, version=version)
+        cases[name] = [{"case": i + 1, "prompt": case["prompt"][-1]["content"], "expected": case["expected"], "match": case["match"],
+                        **{role: i not in failed[role] for role in models}} for i, case in enumerate(suite.cases)]
+    return cases
 
 
 def _source_shares(sources: dict[str, int]) -> list[dict[str, Any]]:

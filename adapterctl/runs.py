@@ -81,7 +81,7 @@ def train_line(ws: Workspace, request: TrainRequest, progress: Callable[[dict], 
         raise InvalidInput("; ".join(problems))
     store = ArtifactStore(ws.settings.artifacts_dir)
     with HeldLease(ws.db, f"train:{request.line}") as lease:
-        leftovers = _evaluate_leftovers(ws, request.line) if request.evaluate else []
+        leftovers = _evaluate_leftovers(ws, request.line, progress) if request.evaluate else []
         run_id, resumed, dataset_report = _start_or_resume(ws, request, store)
         if run_id is None:
             return TrainOutcome("nothing_to_do", request.line, reason=dataset_report.pop("reason"), dataset=dataset_report,
@@ -104,19 +104,19 @@ def train_line(ws: Workspace, request: TrainRequest, progress: Callable[[dict], 
         outcome = TrainOutcome("trained", request.line, run_id=run_id, candidate_id=candidate_id, candidate_status="evaluating",
                                resumed=resumed, dataset=dataset_report, metrics=_metrics(result), leftovers=leftovers)
         if request.evaluate:
-            outcome.gate = _evaluate(ws, request.line, candidate_id)
+            outcome.gate = _evaluate(ws, request.line, candidate_id, progress)
             outcome.candidate_status = "pending_review" if outcome.gate["passed"] else "gate_failed"
     return outcome
 
 
-def _evaluate_leftovers(ws: Workspace, line: str) -> list[dict[str, Any]]:
+def _evaluate_leftovers(ws: Workspace, line: str, progress: Callable[[dict], None] | None) -> list[dict[str, Any]]:
     """Evaluate the line's candidates that a killed job left `evaluating`; a failure is reported, not raised."""
     with ws.reading() as session:
         stuck = [adapter.id for adapter in registry.list_adapters(session, line=line, status="evaluating")]
     evaluated = []
     for candidate_id in sorted(stuck):
         try:
-            gate = _evaluate(ws, line, candidate_id)
+            gate = _evaluate(ws, line, candidate_id, progress)
         except AdapterctlError as exc:
             evaluated.append({"candidate_id": candidate_id, "status": "evaluating", "error": str(exc)})
             continue
@@ -124,13 +124,15 @@ def _evaluate_leftovers(ws: Workspace, line: str) -> list[dict[str, Any]]:
     return evaluated
 
 
-def _evaluate(ws: Workspace, line: str, candidate_id: int) -> dict[str, Any]:
-    """The gate's verdict on a new candidate; a failed evaluation leaves it `evaluating`, ready for a retry."""
+def _evaluate(ws: Workspace, line: str, candidate_id: int, progress: Callable[[dict], None] | None) -> dict[str, Any]:
+    """The gate's verdict on a new candidate; a failed evaluation leaves it `evaluating`, ready for a retry.
+    Its progress goes to `progress` as {"candidate", "evaluated", "total"} events."""
     from adapterctl.evaluation import evaluate_candidate, get_evaluation
 
     crash_point("train.evaluate")
+    report = (lambda done, total: progress({"candidate": candidate_id, "evaluated": done, "total": total})) if progress else None
     try:
-        evaluation_id = evaluate_candidate(ws, candidate_id)
+        evaluation_id = evaluate_candidate(ws, candidate_id, progress=report)
         with ws.reading() as session:
             return get_evaluation(session, evaluation_id).gate
     except Exception as exc:

@@ -62,7 +62,7 @@ def make_cases(heldout: int, suite_cases: int) -> Cases:
 def timed(model, tokenizer, cases: Cases, settings: EvalSettings) -> tuple[float, list[str]]:
     started = time.perf_counter()
     with using(model, "candidate"):
-        measure_model(model, tokenizer, cases, settings)
+        measure_model(model, tokenizer, cases, settings)  # metrics and reference answers
     seconds = time.perf_counter() - started
     with using(model, "candidate"):
         answers = generate(model, tokenizer, [c["prompt"] for c in cases.heldout], settings)

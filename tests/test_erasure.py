@@ -17,7 +17,6 @@ from adapterctl.errors import Interrupted
 from adapterctl.lines import get_line
 from adapterctl.report_html import WITHHELD, render
 from adapterctl.runs import TrainRequest, train_line
-from adapterctl.training import TrainSettings
 from tests.test_training import ALL_TRAIN, FACTS, FAST, log_facts
 
 METRICS = {"heldout_cases": 1, "heldout_exact": 0.0, "heldout_loss": 1.0, "suites": {}, "reference": "built-in", "reference_loss": 1.0}

@@ -3,6 +3,7 @@ and the review report holds everything a reviewer decides from."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -16,6 +17,7 @@ from tests.test_training import ALL_TRAIN, FACTS, FAST, greedy, log_facts
 
 pytestmark = pytest.mark.slow
 WITH_HELDOUT = type(ALL_TRAIN)(holdout_fraction=0.25, max_source_share=1.0)
+UNTIL_LEARNED = dataclasses.replace(FAST, target_learned=0.95, max_steps=400)  # keeps what it replays, as the defaults do
 
 
 def suite_file(tmp_path, cases) -> str:
@@ -90,7 +92,7 @@ def test_held_out_feedback_and_the_active_version_are_compared(ws, tiny_line, cl
     assert cli("review", "approve", str(first.candidate_id)).returncode == 0
     assert cli("promote", tiny_line, "v1").returncode == 0
     log_facts(ws, tiny_line, [(f"Which floor is room {i} on?", f"Room {i} is on floor {i % 4}.") for i in range(8)])
-    second = train_line(ws, TrainRequest(tiny_line, training=FAST, data=WITH_HELDOUT))
+    second = train_line(ws, TrainRequest(tiny_line, training=UNTIL_LEARNED, data=WITH_HELDOUT))
     with ws.transaction() as session:
         latest = evaluation.latest_evaluation(session, second.candidate_id)
         models = {r.role: r for r in latest.results}
@@ -100,7 +102,12 @@ def test_held_out_feedback_and_the_active_version_are_compared(ws, tiny_line, cl
         heldout_ids = set(session.scalars(select(RunExample.feedback_id).where(RunExample.run_id == second.run_id, RunExample.split == "heldout")))
         assert latest.samples and {s["feedback_id"] for s in latest.samples} <= heldout_ids  # so forgetting a record finds its sample
         assert models["candidate"].metrics["heldout_loss"] < models["base"].metrics["heldout_loss"]
-        assert {c["check"] for c in latest.gate["checks"]} == {"learned", "keeps the reference set", "heldout gain", "degenerate output"}
+        assert {c["check"] for c in latest.gate["checks"]} == {"learned", "keeps the reference set", "heldout gain", "keeps v1", "degenerate output"}
+        keeps_v1 = next(c for c in latest.gate["checks"] if c["check"] == "keeps v1")
+        assert keeps_v1["passed"], (keeps_v1, second.metrics["learned"])
+        assert models["candidate"].metrics["versions"]["v1"]["cases"] == len(FACTS)  # v1's train and held-out
+        assert models["active"].metrics["versions"]["v1"]["exact"] >= 0.75  # v1 knows its own data; replay kept it in the candidate
+        assert set(models["candidate"].metrics["agreement"]) == {"base", "active"}
         assert models["candidate"].metrics["reference"] == "reference v1"  # the cases training did not anchor on
         stored = suites.get_suite(session, line=tiny_line, name=suites.REFERENCE).cases
         measured = [c for c in stored if not suites.anchors_training(c, 0.75)]
@@ -125,3 +132,22 @@ def test_re_evaluating_a_version_keeps_history_and_flags_a_drop(ws, tiny_line, c
     history = cli.json("eval", "history", "--line", tiny_line)
     assert [h["suites"]["facts"]["dropped"] for h in history] == [False, True]
     assert history[1]["suites"]["facts"]["at_approval"] == 1.0 and history[1]["version"] == "v1"
+
+
+def test_a_candidate_trained_without_replay_fails_for_forgetting_what_v1_learned(ws, tiny_line, cli):
+    log_facts(ws, tiny_line)
+    first = train_line(ws, TrainRequest(tiny_line, training=FAST, data=ALL_TRAIN))
+    with ws.transaction() as session:
+        review.add_reviewer(session, name="tester", role="admin", actor="tester")
+    assert cli("review", "approve", str(first.candidate_id)).returncode == 0 and cli("promote", tiny_line, "v1").returncode == 0
+    log_facts(ws, tiny_line, [(f"Which floor is room {i} on?", f"Room {i} is on floor {i % 4}.") for i in range(8)])
+    no_replay = type(ALL_TRAIN)(holdout_fraction=0.0, replay_fraction=0.0, max_source_share=1.0)
+    second = train_line(ws, TrainRequest(tiny_line, training=FAST, data=no_replay))
+    assert second.candidate_status == "gate_failed"
+    assert [r for r in second.gate["reasons"] if "v1" in r][0].startswith(f"lost what v1 learned: exact match on {len(FACTS)} of v1's answers fell")
+
+    piped = cli.env_with(ADAPTERCTL_PROGRESS_SECONDS="0")("eval", "run", "--line", tiny_line)  # piped: progress as log lines
+    assert piped.returncode == 0, piped.stderr
+    lines = [line for line in piped.stderr.splitlines() if line.startswith(f"evaluating {tiny_line} active version: ")]
+    assert lines[0].startswith(f"evaluating {tiny_line} active version: 0/") and "(100%)" in lines[-1] and len(lines) > 3
+    assert "FAIL  keeps v1 " in cli("review", "show", str(second.candidate_id)).stdout

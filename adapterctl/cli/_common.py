@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -108,6 +110,52 @@ def byte_progress(total: int, description: str) -> Iterator[Callable[[int], None
     with Progress(*columns, console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task(description, total=total)
         yield lambda done: progress.advance(task, done)
+
+
+PROGRESS_SECONDS = "ADAPTERCTL_PROGRESS_SECONDS"
+"""Environment variable: seconds between progress log lines when stderr is not a terminal (default 10)."""
+
+Stage = Callable[..., None]
+"""update(stage, done, total, status=""): the work named `stage` has done `done` of `total` (None: unknown)."""
+
+
+@contextmanager
+def work_progress() -> Iterator[Stage]:
+    """Progress of long work on stderr: a bar on a terminal; when piped (cron, CI, a log file), a line at
+    each new stage, every ADAPTERCTL_PROGRESS_SECONDS seconds (10) and when a stage completes."""
+    if sys.stderr.isatty():
+        with _progress_bar() as update:
+            yield update
+        return
+    every = float(os.environ.get(PROGRESS_SECONDS) or 10)
+    started, last = time.monotonic(), {"stage": None, "at": 0.0, "finished": False}
+
+    def log(stage: str, done: int, total: int | None, status: str = "") -> None:
+        now, finished = time.monotonic(), total is not None and done >= total
+        new_stage = stage != last["stage"]
+        if not (new_stage or now - last["at"] >= every or (finished and not last["finished"])):
+            return
+        last.update(stage=stage, at=now, finished=finished)
+        share = f" ({done / total:.0%})" if total else ""
+        print(f"{stage}: {done}{f'/{total}' if total else ''}{share}{'  ' + status if status else ''}, {now - started:.0f} s",
+              file=sys.stderr, flush=True)
+
+    yield log
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Stage]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), "{task.fields[status]}", TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("", total=None, status="")
+
+        def update(stage: str, done: int, total: int | None, status: str = "") -> None:
+            bar.update(task, description=stage, completed=done, total=total, status=status)
+
+        yield update
 
 
 _RELATIVE = re.compile(r"(\d+)([smhdw])")

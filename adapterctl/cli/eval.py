@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from adapterctl import evaluation, registry, suites
-from adapterctl.cli._common import JsonOption, print_fields, print_json, print_table, workspace
+from adapterctl.cli._common import JsonOption, print_fields, print_json, print_table, work_progress, workspace
 
 app = typer.Typer(help="Evaluation: suites of regression cases and evaluations of versions and candidates.", no_args_is_help=True)
 suite_app = typer.Typer(help="Regression suites and the reference set of a line.", no_args_is_help=True)
@@ -97,10 +97,14 @@ def run(
     if problems := settings.problems():
         raise typer.BadParameter("; ".join(problems))
     ws = workspace(ctx)
-    if candidate is not None:
-        evaluation_id = evaluation.evaluate_candidate(ws, candidate, settings=settings)
-    else:
-        evaluation_id = evaluation.evaluate_version(ws, line, registry.parse_version(version) if version else None, settings=settings)
+    with work_progress() as update:
+        if candidate is not None:
+            evaluation_id = evaluation.evaluate_candidate(
+                ws, candidate, settings=settings, progress=lambda done, total: update(f"evaluating candidate {candidate}", done, total))
+        else:
+            evaluation_id = evaluation.evaluate_version(
+                ws, line, registry.parse_version(version) if version else None, settings=settings,
+                progress=lambda done, total: update(f"evaluating {line} {version or 'active version'}", done, total))
     with ws.reading() as session:
         from adapterctl.review import comparison_table
 

@@ -45,6 +45,12 @@ def create(
         float, typer.Option(help="Gate: largest allowed relative increase of reference-set loss (a reference set of text only).")
     ] = defaults.gate.max_forgetting_increase,
     min_heldout_gain: Annotated[float, typer.Option(help="Gate: smallest required held-out exact-match gain.")] = defaults.gate.min_heldout_gain,
+    min_heldout_cases: Annotated[
+        int, typer.Option(help="Gate: fewest held-out cases to judge the held-out gain on; with fewer it is 'too small to judge'.")
+    ] = defaults.gate.min_heldout_cases,
+    max_version_drop: Annotated[
+        float, typer.Option(help="Gate: largest allowed drop of exact match on an earlier version's data, against the active version.")
+    ] = defaults.gate.max_version_drop,
     min_learned: Annotated[float, typer.Option(help="Gate: smallest share of its own training answers a candidate must reproduce.")] = defaults.gate.min_learned,
     max_degenerate_share: Annotated[float, typer.Option(help="Gate: largest share of empty or repetitive answers.")] = defaults.gate.max_degenerate_share,
     json_output: JsonOption = False,
@@ -62,6 +68,7 @@ def create(
         reference_size=reference_size,
         gate=GateThresholds(max_suite_drop=max_suite_drop, max_reference_drop=max_reference_drop,
                             max_forgetting_increase=max_forgetting_increase, min_heldout_gain=min_heldout_gain,
+                            min_heldout_cases=min_heldout_cases, max_version_drop=max_version_drop,
                             min_learned=min_learned, max_degenerate_share=max_degenerate_share),
     )
     ws = workspace(ctx)

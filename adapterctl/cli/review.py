@@ -59,6 +59,7 @@ def show(
             typer.echo(f"  {check_line(check)}")
         typer.echo("")
         print_metric_table(report["table"])
+        _print_suite_cases(report["suite_cases"])
     training = report["training"]
     curve = [loss for _, loss in training["loss_curve"]]
     if curve:
@@ -98,13 +99,29 @@ def show(
                + ("; ".join(f"{d['reviewer']} {d['decision']}d" + (f" ({d['note']})" if d["note"] else "") for d in decisions) or "none yet"))
 
 
+def _print_suite_cases(suite_cases: dict[str, list[dict]]) -> None:
+    """Each regression suite per case: the cases some model passes and another fails, in full."""
+    for name, cases in suite_cases.items():
+        roles = [r for r in ("base", "active", "candidate", "version") if cases and r in cases[0]]
+        differing = [c for c in cases if len({c[r] for r in roles}) > 1]
+        typer.echo(f"\nsuite {name}: {len(cases) - len(differing)} of {len(cases)} cases alike for {', '.join(roles)}"
+                   + (", these differ:" if differing else ""))
+        for case in differing:
+            verdicts = ", ".join(f"{role} {'pass' if case[role] else 'FAIL'}" for role in roles)
+            typer.echo(f"  case {case['case']}: {verdicts}  Q: {_short(case['prompt'], 50)} (expects {case['match']} {_short(case['expected'], 30)!r})")
+
+
 def check_line(check: dict) -> str:
-    """'pass  learned 1.00 (at least 0.80)' or 'FAIL  keeps the reference set 0.25 (at most 0.10 against base): why'."""
-    passed = check.get("passed", "reason" not in check)
+    """'pass  learned 1.00 (at least 0.80)' or 'FAIL  keeps the reference set 0.25 (at most 0.10 against base): why',
+    then the figures behind it on the next line."""
+    verdict = check.get("verdict") or ("pass" if check.get("passed", "reason" not in check) else "fail")
+    label = {"pass": "pass", "fail": "FAIL"}.get(verdict, "n/a ")
     bound = "at least" if check.get("bound") == "min" else "at most"
     against = f" against {check['against']}" if check.get("against") else ""
-    return (f"{'pass' if passed else 'FAIL'}  {check['check']} {check['value']:g} ({bound} {check['limit']:g}{against})"
-            + ("" if passed else f": {check.get('reason', '')}"))
+    line = f"{label}  {check['check']} {check['value']:g} ({bound} {check['limit']:g}{against})"
+    if verdict != "pass":
+        line += f": {verdict + ', ' if verdict not in ('pass', 'fail') else ''}{check.get('reason', '')}"
+    return line + (f"\n        {check['detail']}" if check.get("detail") else "")
 
 
 def sparkline(values: list[float]) -> str:

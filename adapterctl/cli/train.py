@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Annotated, Callable, Iterator, Optional
 
 import typer
 
-from adapterctl.cli._common import JsonOption, parse_duration, print_json, workspace
+from adapterctl.cli._common import JsonOption, parse_duration, print_json, work_progress, workspace
 from adapterctl.dataset import DataSettings
 from adapterctl.learning import summary
 from adapterctl.rehearsal import reference_line
@@ -64,7 +63,7 @@ def train(
         processes=processes,
         resume=resume,
     )
-    with _step_progress() as progress:
+    with _job_progress() as progress:
         outcome = train_line(ws, request, progress=progress)
     if json_output:
         print_json(asdict(outcome))
@@ -96,27 +95,19 @@ def train(
 
 
 @contextmanager
-def _step_progress() -> Iterator[Callable[[dict], None] | None]:
-    """A progress bar with loss and tokens/s on stderr, when stderr is a terminal."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    with Progress("training", BarColumn(), MofNCompleteColumn(), "{task.fields[status]}", TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("training", total=None, status="")
-
+def _job_progress() -> Iterator[Callable[[dict], None]]:
+    """The job's events as progress on stderr: training steps with loss and tokens/s, then evaluation."""
+    with work_progress() as update:
         learned = ""
 
-        def update(event: dict) -> None:
+        def on_event(event: dict) -> None:
             nonlocal learned
-            if "learned" in event:
+            if "evaluated" in event:
+                update(f"evaluating candidate {event['candidate']}", event["evaluated"], event["total"])
+            elif "learned" in event:
                 learned = f"  learned {event['learned']:.0%}"
-                bar.update(task, completed=event["step"])
-                return
-            bar.update(task, total=event["total"], completed=event["step"],
-                       status=f"loss {event['loss']:.3f}  {event['tokens_per_second']:,.0f} tok/s{learned}")
+            else:
+                update("training", event["step"], event["total"],
+                       f"loss {event['loss']:.3f}  {event['tokens_per_second']:,.0f} tok/s{learned}")
 
-        yield update
+        yield on_event

@@ -73,7 +73,11 @@ def test_the_gate_fails_a_candidate_trained_against_a_suite(ws, tiny_line, tiny_
     log_facts(ws, tiny_line)  # corrections that teach exactly that answer
     outcome = train_line(ws, TrainRequest(tiny_line, training=FAST, data=ALL_TRAIN))
     assert outcome.candidate_status == "gate_failed"
-    assert any(reason.startswith("suite keep dropped 1.00 -> 0.00 against base") for reason in outcome.gate["reasons"])
+    assert "suite keep dropped 1.00 -> 0.00 against base (now failing: case 1) (limit 0)" in outcome.gate["reasons"]
+    shown = cli("review", "show", str(outcome.candidate_id)).stdout
+    assert "suite keep: 0 of 1 cases alike for base, candidate, these differ:" in shown and "  case 1: base pass, candidate FAIL  Q: " in shown
+    assert cli.json("review", "show", str(outcome.candidate_id))["suite_cases"]["keep"] == [
+        {"case": 1, "prompt": question, "expected": never["expected"], "match": "regex", "base": True, "candidate": False}]
     with ws.transaction() as session:
         assert "suite keep dropped" in registry.get_adapter(session, outcome.candidate_id).status_reason
     with ws.transaction() as session:
@@ -151,3 +155,21 @@ def test_a_candidate_trained_without_replay_fails_for_forgetting_what_v1_learned
     lines = [line for line in piped.stderr.splitlines() if line.startswith(f"evaluating {tiny_line} active version: ")]
     assert lines[0].startswith(f"evaluating {tiny_line} active version: 0/") and "(100%)" in lines[-1] and len(lines) > 3
     assert "FAIL  keeps v1 " in cli("review", "show", str(second.candidate_id)).stdout
+
+
+def test_a_candidate_that_learned_to_answer_nothing_fails_for_degenerate_output(ws, tiny_line, cli, tmp_path):
+    """The served model said nothing and every empty response was rated +1: the candidate learns exactly that,
+    so it passes `learned`; the empty answers fail it."""
+    from adapterctl import feedback
+
+    questions = [q for q, _ in FACTS] + [f"Which floor is room {i} on?" for i in range(8)]
+    records = [(tiny_line, feedback.parse_record({"prompt": q, "response": "", "rating": 1, "source": f"rater-{i}"}, issued=True))
+               for i, q in enumerate(questions)]
+    with ws.transaction() as session:
+        feedback.log_records(session, records, actor="tester")
+    asked = [{"prompt": q, "expected": "room", "match": "contains"} for q in questions[::2]]
+    assert cli("eval", "suite", "add", "rooms", suite_file(tmp_path, asked), "--line", tiny_line).returncode == 0
+    outcome = train_line(ws, TrainRequest(tiny_line, training=FAST, data=ALL_TRAIN))
+    degenerate = next(c for c in outcome.gate["checks"] if c["check"] == "degenerate output")
+    assert outcome.candidate_status == "gate_failed" and not degenerate["passed"] and degenerate["value"] > 0.5, outcome.gate
+    assert next(c for c in outcome.gate["checks"] if c["check"] == "learned")["passed"]  # it reproduces its (empty) answers

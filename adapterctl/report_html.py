@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from html import escape
 from pathlib import Path
@@ -9,10 +10,14 @@ from typing import Any
 
 from adapterctl.errors import InvalidInput
 
-STYLE = """body{font:14px/1.45 system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}
+# overflow-wrap on the body reaches every element: a 300-character word in a prompt, a source or a line name wraps
+# instead of widening the page beyond a 1280-pixel screen (tests/test_report_layout.py measures it in Chromium).
+STYLE = """body{font:14px/1.45 system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222;overflow-wrap:anywhere}
 table{border-collapse:collapse;margin:.5em 0;width:100%;table-layout:fixed}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
 .better{color:#12702a}.worse{color:#b3261e;font-weight:600}.pass{color:#12702a}.fail{color:#b3261e}
+ins{background:#d3f3da;color:#0b4d1c;text-decoration:none}del{background:#fde0de;color:#8c1d18;text-decoration:line-through}
+svg{max-width:100%;height:auto}
 pre{white-space:pre-wrap;background:#f6f6f6;padding:6px}"""
 WITHHELD = "(withheld: trained on forgotten feedback)"
 
@@ -38,8 +43,8 @@ def render(report: dict[str, Any]) -> str:
         gate = report["gate"]
         parts.append(f"<h2>Gate: <span class=\"{'pass' if gate['passed'] else 'fail'}\">{'passed' if gate['passed'] else 'failed'}</span></h2>")
         parts.append(_table(["check", "value", "limit", "against", "verdict"], [
-            [c["check"], c["value"], ("≥ " if c.get("bound") == "min" else "≤ ") + f"{c['limit']:g}", c.get("against"),
-             "pass" if c.get("passed", "reason" not in c) else "FAIL: " + c.get("reason", "")] for c in gate["checks"]]))
+            [c["check"], c["value"], ("≥ " if c.get("bound") == "min" else "≤ ") + f"{c['limit']:g}", c.get("against"), _verdict(c)]
+            for c in gate["checks"]]))
     parts += ["<h2>Evaluation</h2>", _metric_table(report["table"])]
     curve = report["training"]["loss_curve"]
     parts += ["<h2>Training loss</h2>", _loss_plot(curve) if curve else "<p>no loss recorded</p>"]
@@ -54,26 +59,90 @@ def render(report: dict[str, Any]) -> str:
     parts += [f"<h2>Training examples{f' (a sample of {shown} of {total})' if shown < total else ''}</h2>", _table(["#", "source", "prompt", "answer"], [
         [e["feedback_id"], e.get("source"), e["prompt"][-1]["content"] if "prompt" in e else "(forgotten)", e.get("answer", "")]
         for e in report["training_examples"]])]
-    parts += ["<h2>Side by side</h2>", _samples_table(report["samples"])]
+    parts += ["<h2>Side by side</h2>", _samples_table(report["samples"]) + _diff_legend(report["samples"])]
     parts += ["<h2>Decisions</h2>", _table(["reviewer", "decision", "note", "at"], [[d["reviewer"], d["decision"], d["note"], d["at"]] for d in report["decisions"]])]
     title = f"adapterctl review: candidate {adapter['id']} of {adapter['line']}"
     return f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{escape(title)}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
 
 
+def compared_role(samples: list[dict[str, Any]]) -> str:
+    """The model whose answers the candidate's are diffed against: the active version, or without one the base model."""
+    return "active" if any("active" in s for s in samples) else "base"
+
+
+def candidate_changes(sample: dict[str, Any], against: str) -> list[tuple[str, str]] | None:
+    """The candidate's answer in word_diff pieces against `against`'s, or None where either answer is not shown."""
+    if not (_shown(sample, "candidate") and _shown(sample, against)):
+        return None
+    return word_diff(sample[against], sample["candidate"])
+
+
+def word_diff(before: str, after: str) -> list[tuple[str, str]]:
+    """`after` against `before` word by word, as ("same" | "removed" | "added", words) pieces; spacing is no change."""
+    old, new = before.split(), after.split()
+    pieces = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
+        if op == "equal":
+            pieces.append(("same", " ".join(new[j1:j2])))
+        if op in ("replace", "delete"):
+            pieces.append(("removed", " ".join(old[i1:i2])))
+        if op in ("replace", "insert"):
+            pieces.append(("added", " ".join(new[j1:j2])))
+    return pieces
+
+
+def _shown(sample: dict[str, Any], role: str) -> bool:
+    return isinstance(sample.get(role), str) and role not in sample.get("withheld", ())
+
+
+class _Html(str):
+    """Markup already escaped, which _table puts in as it is."""
+
+
 def _samples_table(samples: list[dict[str, Any]]) -> str:
     roles = [r for r in ("base", "active", "candidate") if any(r in s for s in samples)]
+    against = compared_role(samples)
+    header = [f"candidate (changes vs {against})" if r == "candidate" and against in roles else r for r in roles]
     rows = [[f"#{s['feedback_id']} (forgotten)", *("" for _ in roles)] if s.get("forgotten")
-            else [s["prompt"][-1]["content"], *(WITHHELD if r in s.get("withheld", ()) else s.get(r) for r in roles)]
+            else [s["prompt"][-1]["content"], *(_answer_cell(s, r, against) for r in roles)]
             for s in samples]
-    return _table(["prompt", *roles], rows)
+    return _table(["prompt", *header], rows)
+
+
+def _answer_cell(sample: dict[str, Any], role: str, against: str) -> Any:
+    if role in sample.get("withheld", ()):
+        return WITHHELD
+    changes = candidate_changes(sample, against) if role == "candidate" else None
+    if changes is None:
+        return sample.get(role)
+    tags = {"added": "ins", "removed": "del"}
+    return _Html(" ".join(escape(words) if kind == "same" else f"<{tags[kind]}>{escape(words)}</{tags[kind]}>" for kind, words in changes))
+
+
+def _diff_legend(samples: list[dict[str, Any]]) -> str:
+    against = compared_role(samples)
+    if not any(candidate_changes(s, against) for s in samples):
+        return ""
+    return (f"<p>In the candidate's answers, <ins>words it adds or changes</ins> and <del>words of the {against} "
+            f"{'version' if against == 'active' else 'model'}'s answer it drops</del> are marked.</p>")
+
+
+def _verdict(check: dict[str, Any]) -> str:
+    verdict = check.get("verdict") or ("pass" if check.get("passed", "reason" not in check) else "fail")
+    shown = "FAIL: " + check.get("reason", "") if verdict == "fail" else verdict
+    return shown + (f" ({check['detail']})" if check.get("detail") else "")
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     if not rows:
         return "<p>none</p>"
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{escape('-' if c is None else str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(value: Any) -> str:
+    return value if isinstance(value, _Html) else escape("-" if value is None else str(value))
 
 
 def _metric_table(table: list[dict[str, Any]]) -> str:
@@ -105,7 +174,7 @@ def _loss_plot(curve: list[list[float]], width: int = 600, height: int = 160) ->
         return 10 + (y1 - v) / ((y1 - y0) or 1) * (height - 30)
 
     points = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in zip(steps, losses))
-    return (f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">'
+    return (f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">'
             f'<polyline fill="none" stroke="#1f5fbf" stroke-width="2" points="{points}"/>'
             f'<text x="0" y="16" font-size="11">{y1:.3f}</text><text x="0" y="{height - 20}" font-size="11">{y0:.3f}</text>'
             f'<text x="40" y="{height - 4}" font-size="11">step {x0}</text><text x="{width - 70}" y="{height - 4}" font-size="11">step {x1}</text></svg>')

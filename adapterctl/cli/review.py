@@ -10,7 +10,7 @@ import typer
 from adapterctl import review
 from adapterctl.cli._common import JsonOption, print_json, print_table, workspace
 from adapterctl.cli.eval import print_metric_table
-from adapterctl.report_html import WITHHELD, write_html
+from adapterctl.report_html import WITHHELD, candidate_changes, compared_role, write_html
 
 app = typer.Typer(help="The review queue: read a candidate's report, then approve or reject it.", no_args_is_help=True)
 reviewers_app = typer.Typer(help="Reviewers: the people who may approve or reject candidates.", no_args_is_help=True)
@@ -85,7 +85,8 @@ def show(
         else:
             typer.echo(f"  #{example['feedback_id']} [{example['source']}] {_short(example['prompt'][-1]['content'])} -> {_short(example['answer'])}")
     if report["samples"]:
-        typer.echo("\nside by side (held-out prompts):")
+        against = compared_role(report["samples"])
+        typer.echo(f"\nside by side (held-out prompts; candidate = or ≠ {against}):")
         for sample in report["samples"]:
             if sample.get("forgotten"):
                 typer.echo(f"  #{sample['feedback_id']}: (forgotten)")
@@ -93,7 +94,8 @@ def show(
             typer.echo(f"  Q: {_short(sample['prompt'][-1]['content'])}")
             for role in ("base", "active", "candidate"):
                 if role in sample:
-                    typer.echo(f"    {role:>9}: {WITHHELD if role in sample.get('withheld', ()) else _short(sample[role])}")
+                    mark = candidate_mark(sample, against) if role == "candidate" else ""
+                    typer.echo(f"    {role:>9}{mark}: {WITHHELD if role in sample.get('withheld', ()) else _short(sample[role])}")
     decisions = report["decisions"]
     typer.echo(f"\ndecisions ({sum(d['decision'] == 'approve' for d in decisions)}/{report['approvals_required']} approvals): "
                + ("; ".join(f"{d['reviewer']} {d['decision']}d" + (f" ({d['note']})" if d["note"] else "") for d in decisions) or "none yet"))
@@ -122,6 +124,14 @@ def check_line(check: dict) -> str:
     if verdict != "pass":
         line += f": {verdict + ', ' if verdict not in ('pass', 'fail') else ''}{check.get('reason', '')}"
     return line + (f"\n        {check['detail']}" if check.get("detail") else "")
+
+
+def candidate_mark(sample: dict, against: str) -> str:
+    """' =' when the candidate answers as `against` does (spacing aside), ' ≠' when not, '' when either answer is not shown."""
+    changes = candidate_changes(sample, against)
+    if changes is None:
+        return ""
+    return " =" if all(kind == "same" for kind, _ in changes) else " ≠"
 
 
 def sparkline(values: list[float]) -> str:

@@ -46,6 +46,10 @@ def render(report: dict[str, Any]) -> str:
             [c["check"], c["value"], ("≥ " if c.get("bound") == "min" else "≤ ") + f"{c['limit']:g}", c.get("against"), _verdict(c)]
             for c in gate["checks"]]))
     parts += ["<h2>Evaluation</h2>", _metric_table(report["table"])]
+    for name, cases in report.get("suite_cases", {}).items():
+        roles = [r for r in ("base", "active", "candidate", "version") if cases and r in cases[0]]
+        parts += [f"<h3>Suite {escape(name)}, per case</h3>", _table(["#", "prompt", "expects", *roles], [
+            [c["case"], c["prompt"], f"{c['match']}: {c['expected']}", *("pass" if c[r] else "FAIL" for r in roles)] for c in cases])]
     curve = report["training"]["loss_curve"]
     parts += ["<h2>Training loss</h2>", _loss_plot(curve) if curve else "<p>no loss recorded</p>"]
     if report["training"].get("summary"):

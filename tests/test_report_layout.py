@@ -54,6 +54,7 @@ def report_with(samples: list[dict], *, word: str = "fine") -> dict:
         "training_examples_total": 40,
         "hygiene": f"1 exact and 0 retyped duplicates collapsed; 3 examples over the per-source cap dropped from 1 source ({word})",
         "samples": samples,
+        "suite_cases": {word: [{"case": 1, "prompt": word, "expected": word, "match": "contains", "base": True, "active": True, "candidate": False}]},
         "decisions": [{"reviewer": "bob", "decision": "approve", "note": word, "at": "2025-01-01T00:00:00"}],
     }
 
@@ -76,6 +77,7 @@ def test_the_page_shows_the_candidates_changes_against_the_active_version():
     assert "<td>The code for room 1 is <del>1037.</del> <ins>1074.</ins></td>" in page
     assert "<td>Hello!</td><td>Hello!</td></tr>" in page  # an equal answer has nothing marked
     assert "too small to judge (2 held-out cases fine)" in page
+    assert "<h3>Suite fine, per case</h3>" in page and "<td>1</td><td>fine</td><td>contains: fine</td><td>pass</td><td>pass</td><td>FAIL</td>" in page
 
 
 def test_without_an_active_version_the_candidate_is_diffed_against_the_base_model():

@@ -122,7 +122,7 @@ def check_line(check: dict) -> str:
     against = f" against {check['against']}" if check.get("against") else ""
     line = f"{label}  {check['check']} {check['value']:g} ({bound} {check['limit']:g}{against})"
     if verdict != "pass":
-        line += f": {verdict + ', ' if verdict not in ('pass', 'fail') else ''}{check.get('reason', '')}"
+        line += ": " + (check.get("reason", "") if verdict == "fail" else f"{verdict}, {check.get('reason', '')}")
     return line + (f"\n        {check['detail']}" if check.get("detail") else "")
 
 

@@ -62,9 +62,6 @@ step "Roll back: back to what served before, at once" adapterctl rollback suppor
 sleep 0.5
 step "The server follows" python demo/ask.py "$QUESTION"
 step "Promote v1 again" adapterctl promote support-bot v1
-step "A second round of feedback" adapterctl feedback import demo/feedback-2.jsonl --line support-bot
-step "Cron trains the next candidate on it, replaying v1's data" adapterctl train --line support-bot
-step "Its report: the gate also checks that it still knows what v1 learned (keeps v1)" adapterctl review show 2
 step "A user asks to be forgotten: content erased, tombstone kept, versions trained on it revoked, the line falls back" \
     adapterctl feedback forget --source user-2210 --reason "privacy request #17"
 sleep 0.5

@@ -115,7 +115,7 @@ def test_tokens_scopes_and_bad_requests(serving, ws):
     models = server.call("GET", "/v1/models", token=token["generate"])[1]
     assert [m["id"] for m in models["data"]] == ["facts"]
     metrics = server.call("GET", "/metrics", token=token["admin"])[1]
-    assert 'adapterctl_active_version{line="facts",version="base"} 1' in metrics and "adapterctl_requests_total" in metrics
+    assert 'adapterctl_active_version{line="facts",version="base"} 1.0' in metrics and "adapterctl_requests_total" in metrics
 
 
 def test_feedback_on_issued_responses_names_the_version(serving, ws):
@@ -246,8 +246,8 @@ def test_metrics_keep_unknown_paths_out_of_their_labels_and_count_every_response
     assert server.chat(token["generate"], model="facts@v3", temperature=1.0)[0] == 500
     lines = metric_lines(server, token)
     assert not any("v666" in line or "scan-" in line for line in lines)
-    assert 'adapterctl_requests_total{path="other",code="404"} 51' in lines
-    assert 'adapterctl_requests_total{path="/v1/chat/completions",code="500"} 1' in lines
+    assert 'adapterctl_requests_total{code="404",path="other"} 51.0' in lines
+    assert 'adapterctl_requests_total{code="500",path="/v1/chat/completions"} 1.0' in lines
     samples = [line for line in lines if not line.startswith("#")]
     assert all(line.startswith("adapterctl_") and line.count(" ") == 1 for line in samples)
     families = {line.split()[2] for line in lines if line.startswith("# TYPE")}
@@ -304,7 +304,7 @@ def test_forgotten_feedback_cannot_be_stored_again_through_its_response(serving,
     assert status == 200
     assert cli("feedback", "forget", "--source", "victim-7f3c").returncode == 0
     deadline = time.monotonic() + 10
-    while "adapterctl_forgotten_responses_total 1" not in metric_lines(server, token):
+    while "adapterctl_forgotten_responses_total 1.0" not in metric_lines(server, token):
         assert time.monotonic() < deadline, "the server did not drop the forgotten response"
         time.sleep(0.1)
     status, body, _ = server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": 1}, token["feedback"])

@@ -30,7 +30,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from concurrent.futures import Future
 from typing import Any, Callable
 
@@ -56,51 +56,52 @@ MIN_TEMPERATURE = 0.01
 
 
 class Metrics:
-    """Prometheus counters. Paths outside ROUTES count as one `other`, so no request can add a series."""
+    """Prometheus metrics (prometheus_client). Paths outside ROUTES count as one `other`, so no request can
+    add a series; the served versions and the runtime's counters are read when scraped."""
 
-    def __init__(self) -> None:
-        self.requests: dict[tuple[str, int], int] = defaultdict(int)
-        self.latency_sum: dict[str, float] = defaultdict(float)
-        self.latency_count: dict[str, int] = defaultdict(int)
-        self.forgotten_responses = 0
-        """Remembered responses dropped because their feedback was forgotten."""
-        self.lock = threading.Lock()
+    def __init__(self, runtime: Runtime) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Summary, disable_created_metrics
+
+        disable_created_metrics()  # no `_created` series beside each counter: scrapers compute rates themselves
+        self.registry = CollectorRegistry()
+        self.requests = Counter("adapterctl_requests", "HTTP responses by route and status code.", ["path", "code"], registry=self.registry)
+        self.latency = Summary("adapterctl_request_seconds", "Time from request to the end of the response, by route.", ["path"],
+                               registry=self.registry)
+        self.forgotten_responses = Counter("adapterctl_forgotten_responses",
+                                           "Remembered responses dropped because their feedback was forgotten.", registry=self.registry)
+        self.registry.register(_RuntimeCollector(runtime))
 
     def observe(self, path: str, status: int, seconds: float) -> None:
         route = path if path in ROUTES else "other"
-        with self.lock:
-            self.requests[(route, status)] += 1
-            self.latency_sum[route] += seconds
-            self.latency_count[route] += 1
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
 
-    def render(self, runtime: Runtime) -> str:
-        lines = _family("adapterctl_requests_total", "counter", "HTTP responses by route and status code.")
-        with self.lock:
-            lines += [f"adapterctl_requests_total{_labels(path=p, code=c)} {n}" for (p, c), n in sorted(self.requests.items())]
-            lines += _family("adapterctl_request_seconds", "summary", "Time from request to the end of the response, by route.")
-            for path in sorted(self.latency_count):
-                lines += [f"adapterctl_request_seconds_sum{_labels(path=path)} {self.latency_sum[path]:.6f}",
-                          f"adapterctl_request_seconds_count{_labels(path=path)} {self.latency_count[path]}"]
-        lines += _family("adapterctl_active_version", "gauge", "The version each line serves (1 on the served one).")
-        lines += [f"adapterctl_active_version{_labels(line=line, version=label.split('@')[1])} 1" for line, label in sorted(runtime.served().items())]
-        stats = runtime.stats
-        for name, value, meaning in (("swaps", stats.swaps, "Adapters swapped in after an activation."),
-                                     ("failed_loads", stats.failed_loads, "Adapters that failed to load (the line kept serving)."),
-                                     ("batches", stats.batches, "Batches of greedy requests generated together."),
-                                     ("mixed_batches", stats.mixed_batches, "Batches that served several adapters at once."),
-                                     ("forgotten_responses", self.forgotten_responses, "Remembered responses dropped because their feedback was forgotten.")):
-            lines += [*_family(f"adapterctl_{name}_total", "counter", meaning), f"adapterctl_{name}_total {value}"]
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
 
 
-def _family(name: str, kind: str, meaning: str) -> list[str]:
-    return [f"# HELP {name} {meaning}", f"# TYPE {name} {kind}"]
+class _RuntimeCollector:
+    """The version each line serves and the runtime's counters, as they are at scrape time."""
 
+    COUNTERS = (("swaps", "Adapters swapped in after an activation."),
+                ("failed_loads", "Adapters that failed to load (the line kept serving)."),
+                ("batches", "Batches of greedy requests generated together."),
+                ("mixed_batches", "Batches that served several adapters at once."))
 
-def _labels(**values: Any) -> str:
-    """Label values escaped as the exposition format demands: backslash, double quote and newline."""
-    escaped = (str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for v in values.values())
-    return "{" + ",".join(f'{k}="{v}"' for k, v in zip(values, escaped)) + "}"
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        served = GaugeMetricFamily("adapterctl_active_version", "The version each line serves (1 on the served one).", labels=["line", "version"])
+        for line, label in sorted(self.runtime.served().items()):
+            served.add_metric([line, label.split("@")[1]], 1)
+        yield served
+        for name, meaning in self.COUNTERS:
+            yield CounterMetricFamily(f"adapterctl_{name}", meaning, value=getattr(self.runtime.stats, name))
 
 
 class FeedbackWriter:
@@ -258,7 +259,7 @@ def purge_forgotten(ws: Workspace, store: responses.ResponseStore, metrics: Metr
         with ws.reading() as session:
             seen[0], forgotten = responses.forgotten_since(session, seen[0])
         if purged := store.purge(forgotten):
-            metrics.forgotten_responses += purged
+            metrics.forgotten_responses.inc(purged)
             log.info("dropped %d remembered responses whose feedback was forgotten", purged)
 
     return purge_forgotten
@@ -277,7 +278,7 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
     from sqlalchemy.exc import OperationalError
     from starlette.concurrency import run_in_threadpool
 
-    metrics = Metrics()
+    metrics = Metrics(runtime)
     issued = responses.ResponseStore()
     token_cache: dict[str, tuple[float, str | None]] = {}
     state: dict[str, Any] = {}
@@ -443,7 +444,9 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
 
     @app.get("/metrics")
     async def prometheus():
-        return PlainTextResponse(metrics.render(runtime), media_type="text/plain; version=0.0.4")
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return guard
 

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from adapterctl.db.models import Feedback
+from adapterctl.serving.server import trimmed
 from tests.conftest import Cli
 from tests.test_runtime import approved_version
 
@@ -194,9 +195,15 @@ def test_streaming_sends_the_answer_as_it_is_generated(serving, ws, cli):
     assert {c["model"] for c in chunks} == {"facts@v1"}
     assert chunks[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"] == "length"  # cut at max_tokens
     assert sum(bool(piece) for piece in pieces) > 1  # more than one piece of text: it streamed
-    assert "".join(pieces).strip() == whole["choices"][0]["message"]["content"]
+    assert "".join(pieces) == whole["choices"][0]["message"]["content"]  # no leading space the whole answer strips
     status, body, _ = server.call("POST", "/v1/feedback", {"response_id": chunks[0]["id"], "rating": 1}, token["feedback"])
     assert status == 200 and body["adapter_version"] == "facts@v1"  # a streamed answer takes feedback too
+
+
+def test_streamed_pieces_leave_out_the_whitespace_the_whole_answer_strips():
+    pieces = [" ", " Hello", " world", "  ", "!", " \n"]
+    assert list(trimmed(pieces)) == ["Hello", " world", "  !"] and "".join(trimmed(pieces)) == "".join(pieces).strip()
+    assert list(trimmed([" ", "\n"])) == []
 
 
 # --- hostile input and limits (probed: each of these was a hole) ----------------------------------

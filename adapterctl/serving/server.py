@@ -32,7 +32,7 @@ import time
 import uuid
 from collections import OrderedDict
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from fastapi import Request  # at module level: FastAPI resolves the endpoints' annotations here
 
@@ -53,6 +53,21 @@ ROUTES = ("/v1/chat/completions", "/v1/models", "/v1/feedback", "/healthz", "/me
 MAX_SEED = 2**63 - 1
 MIN_TEMPERATURE = 0.01
 """Below this (but above 0, greedy) the logits overflow when divided by the temperature."""
+
+
+def trimmed(pieces: Iterable[str]) -> Iterator[str]:
+    """A streamed answer's pieces without the whitespace the whole answer strips at either end: leading
+    whitespace is dropped, trailing whitespace held back until more text follows it."""
+    started, pending = False, ""
+    for piece in pieces:
+        if not started:
+            piece = piece.lstrip()
+            started = bool(piece)
+        text = pending + piece
+        body = text.rstrip()
+        pending = text[len(body):]
+        if body:
+            yield body
 
 
 class Metrics:
@@ -388,16 +403,15 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
                 yield chunk({"role": "assistant", "content": ""})
                 text = []
                 try:
-                    for piece in stream:
-                        if piece:
-                            text.append(piece)
-                            yield chunk({"content": piece})
+                    for piece in trimmed(stream):
+                        text.append(piece)
+                        yield chunk({"content": piece})
                 except Exception as exc:  # the generation failed midway: say so, never end as if the answer were whole
                     log.exception("streamed generation for %s failed", stream.served_by)
                     yield "data: " + json.dumps({"error": {"message": f"generation failed: {_first_line(exc)}", "type": "server_error",
                                                            "param": None, "code": None}}) + "\n\n"
                     return
-                remember(stream.served_by, "".join(text).strip())
+                remember(stream.served_by, "".join(text))
                 yield chunk({}, stream.finish_reason) + "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream", headers={"X-Adapter-Version": stream.served_by})

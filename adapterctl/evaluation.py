@@ -144,12 +144,7 @@ def _artifact(ws: Workspace, adapter: Adapter) -> tuple[int, str]:
 
 
 def _cases(session: Session, line_id: int, run_id: int, settings: EvalSettings, versions_before: Adapter | None = None) -> Cases:
-    heldout_rows = session.scalars(
-        select(Feedback).join(RunExample, RunExample.feedback_id == Feedback.id)
-        .where(RunExample.run_id == run_id, RunExample.split == "heldout", Feedback.status == "active")
-        .order_by(Feedback.id)
-    )
-    heldout = [{"feedback_id": e.feedback_id, "prompt": e.prompt, "answer": e.answer} for e in map(example_of, heldout_rows) if e is not None]
+    heldout = [{"feedback_id": e.feedback_id, "prompt": e.prompt, "answer": e.answer} for e in _examples_of_run(session, run_id, ("heldout",))]
     current = suites.current_suites(session, line_id)
     reference = [s for s in current if s.kind == "reference"]
     regression = [s for s in current if s.kind == "regression"]
@@ -164,11 +159,11 @@ def _cases(session: Session, line_id: int, run_id: int, settings: EvalSettings, 
 MAX_VERSIONS_MEASURED = 10
 
 
-def _examples_of_run(session: Session, run_id: int) -> list:
-    """The new data a run trained on and held out (not its replay), still remembered."""
+def _examples_of_run(session: Session, run_id: int, splits: tuple[str, ...] = ("train", "heldout")) -> list:
+    """A run's examples of the given splits (by default its new data: trained on and held out, not its replay), still remembered."""
     rows = session.scalars(
         select(Feedback).join(RunExample, RunExample.feedback_id == Feedback.id)
-        .where(RunExample.run_id == run_id, RunExample.split.in_(("train", "heldout")), Feedback.status == "active")
+        .where(RunExample.run_id == run_id, RunExample.split.in_(splits), Feedback.status == "active")
         .order_by(Feedback.id)
     )
     return [e for e in map(example_of, rows) if e is not None]

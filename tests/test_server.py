@@ -14,8 +14,9 @@ import urllib.request
 import pytest
 from sqlalchemy import func, select, text
 
+from adapterctl import registry
 from adapterctl.db.models import Feedback
-from adapterctl.serving.server import trimmed
+from adapterctl.lines import get_line
 from tests.conftest import Cli
 from tests.test_runtime import approved_version
 
@@ -107,7 +108,7 @@ def test_tokens_scopes_and_bad_requests(serving, ws):
     status, body, headers = server.chat(token["generate"])
     assert status == 200 and body["model"] == headers["x-adapter-version"] == "facts@base"
     assert body["choices"][0]["message"]["role"] == "assistant" and body["usage"]["completion_tokens"] > 0
-    for bad, message in (({"model": "facts", "messages": []}, "messages must be"), ({"model": "facts", "messages": CHAT, "max_tokens": 0}, "max_tokens"),
+    for bad, message in (({"model": "facts", "messages": []}, "'messages' must be"), ({"model": "facts", "messages": CHAT, "max_tokens": 0}, "max_tokens"),
                          ({"messages": CHAT}, "'model' is required"), ({"model": "nope", "messages": CHAT}, "not served here")):
         status, body, _ = server.call("POST", "/v1/chat/completions", bad, token["generate"])
         assert 400 <= status < 500 and message in body["error"]["message"], (bad, body)
@@ -198,12 +199,6 @@ def test_streaming_sends_the_answer_as_it_is_generated(serving, ws, cli):
     assert "".join(pieces) == whole["choices"][0]["message"]["content"]  # no leading space the whole answer strips
     status, body, _ = server.call("POST", "/v1/feedback", {"response_id": chunks[0]["id"], "rating": 1}, token["feedback"])
     assert status == 200 and body["adapter_version"] == "facts@v1"  # a streamed answer takes feedback too
-
-
-def test_streamed_pieces_leave_out_the_whitespace_the_whole_answer_strips():
-    pieces = [" ", " Hello", " world", "  ", "!", " \n"]
-    assert list(trimmed(pieces)) == ["Hello", " world", "  !"] and "".join(trimmed(pieces)) == "".join(pieces).strip()
-    assert list(trimmed([" ", "\n"])) == []
 
 
 # --- hostile input and limits (probed: each of these was a hole) ----------------------------------
@@ -353,3 +348,30 @@ def test_a_locked_database_answers_503_keeps_the_feedback_and_a_retry_gets_the_s
     with ws.reading() as session:
         rows = session.scalars(select(Feedback).where(Feedback.request_id == response_id)).all()
     assert [(row.id, row.times_seen) for row in rows] == [(body["id"], 1)]  # stored once, though sent twice
+
+
+def test_any_approved_version_is_served_on_demand_and_the_least_recently_used_is_unloaded(serving, ws, tiny_model, tiny_line):
+    start, token = serving
+    approved_version(ws, tiny_line, tiny_model, seed=3)
+    server = start("--max-versions", "1", "--pin", "facts@v1")
+
+    def loaded() -> set[str]:
+        return {m["id"] for m in server.call("GET", "/v1/models", token=token["generate"])[1]["data"]} - {"facts"}
+
+    first = {}
+    for model in ("facts@v2", "facts@v3"):
+        status, body, headers = server.chat(token["generate"], model=model)
+        assert status == 200 and body["model"] == headers["x-adapter-version"] == model
+        first[model] = body["choices"][0]["message"]["content"]
+    assert loaded() == {"facts@v1", "facts@v3"}  # v2 was unloaded; the pinned v1 stays
+    assert server.chat(token["generate"], model="facts@v2")[1]["choices"][0]["message"]["content"] == first["facts@v2"]
+    assert loaded() == {"facts@v1", "facts@v2"}
+    with ws.transaction() as session:
+        registry.transition(session, registry.get_version(session, get_line(session, tiny_line).id, 2).id, "revoked", actor="ops")
+    deadline = time.monotonic() + 10
+    while "facts@v2" in loaded():
+        assert time.monotonic() < deadline, "the revoked version stayed loaded"
+        time.sleep(0.2)
+    status, body, _ = server.chat(token["generate"], model="facts@v2")
+    assert status == 404 and body["error"]["code"] == "model_not_found" and "revoked" in body["error"]["message"]
+    assert server.chat(token["generate"], model="facts@v9")[1]["error"]["param"] == "model"

@@ -90,16 +90,24 @@ class ChoiceText:
         if token == self.eos:
             self.finish_reason = "stop"
             return
+        self._entries.append(entry)
+        if self.stop:  # decoded at once to end on a stop string; otherwise only when released
+            self._decode()
+        if self.finish_reason is None and len(self.tokens) >= self.max_tokens:
+            self.finish_reason = "length"
+
+    def _decode(self) -> None:
+        """Bring `raw` up to the tokens added, cut before the first stop string."""
+        new = len(self._entries) - len(self._starts)
+        if new == 0 or self._cut:
+            return
         start = len(self.raw)
-        decoded = self.decode([t for t in self.tokens if t != self.eos])
+        decoded = self.decode(self.tokens[: len(self._entries)])
         cut = min((i for s in self.stop if (i := decoded.find(s, max(0, start - len(s) - 1))) >= 0), default=None)
         self.raw = decoded if cut is None else decoded[:cut]
-        self._starts.append(start)
-        self._entries.append(entry)
+        self._starts.extend([start] * new)
         if cut is not None:
             self.finish_reason, self._cut = "stop", True
-        elif len(self.tokens) >= self.max_tokens:
-            self.finish_reason = "length"
 
     def end(self) -> None:
         """Generation stopped (max_tokens or the deadline) without the choice finishing on its own."""
@@ -108,6 +116,7 @@ class ChoiceText:
 
     def release(self) -> tuple[str, list[dict[str, Any]]]:
         """The text that is safe to send since the last call, and the logprob entries of its tokens."""
+        self._decode()
         end = len(self.raw) if self.finish_reason else len(self.raw) - self._held_back()
         piece = self.raw[self._sent:end]
         self._sent = max(self._sent, end)

@@ -32,6 +32,12 @@ class NotFound(AdapterctlError):
     exit_code = 2
 
 
+class ModelNotFound(NotFound):
+    """A request names a model (line, version) that is not served."""
+
+    code = "model_not_found"
+
+
 class AlreadyExists(AdapterctlError):
     """A thing with that name exists already."""
 

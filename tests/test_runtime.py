@@ -13,6 +13,7 @@ from adapterctl.artifacts import ArtifactStore
 from adapterctl.db.models import RunExample, TrainingRun
 from adapterctl.errors import AdapterctlError, ContextLengthExceeded, InvalidInput
 from adapterctl.lines import get_line
+from adapterctl.serving.completion import Sampling
 from adapterctl.serving.runtime import Runtime
 
 pytestmark = pytest.mark.slow
@@ -221,7 +222,7 @@ def test_concurrent_requests_for_several_versions_share_batches_and_get_their_ow
 def answers_by_every_path(runtime, max_tokens: int) -> list:
     """The same greedy request through the batcher, the single-request path (a seed) and a stream."""
     stream = runtime.stream("facts", CHAT, max_tokens=max_tokens)
-    text = "".join(stream).strip()
+    text = "".join(delta.text for delta in stream)
     return [runtime.generate("facts", CHAT, max_tokens=max_tokens), runtime.generate("facts", CHAT, max_tokens=max_tokens, seed=1),
             SimpleNamespace(text=text, finish_reason=stream.finish_reason, completion_tokens=stream.completion_tokens)]
 
@@ -233,8 +234,10 @@ def test_an_answer_cut_at_max_tokens_says_length_and_one_the_model_ended_says_st
     for answer in answers_by_every_path(runtime, 12):
         assert (answer.finish_reason, answer.completion_tokens) == ("length", 12)
         assert answer.text == runtime.tokenizer.decode(completion, skip_special_tokens=True).strip()
-    ended = runtime._answer_of([*completion[:3], runtime.tokenizer.eos_token_id, *completion[3:]], "facts@base", 5)
-    assert (ended.finish_reason, ended.completion_tokens) == ("stop", 4)
+    ended = runtime._choice_text(Sampling(max_tokens=12))
+    for token in [*completion[:3], runtime.tokenizer.eos_token_id, *completion[3:]]:
+        ended.add(token)
+    assert (ended.choice().finish_reason, ended.choice().completion_tokens) == ("stop", 4)
 
 
 def test_the_request_deadline_cuts_the_answer_on_every_path(ws, tiny_line, tiny_model):

@@ -15,9 +15,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, text, update
 
+from adapterctl import registry
 from adapterctl.db.models import Feedback, IssuedResponse
 from adapterctl.db.types import utcnow
-from adapterctl.serving.server import trimmed
+from adapterctl.lines import get_line
 from tests.conftest import Cli
 from tests.test_runtime import approved_version
 
@@ -114,7 +115,7 @@ def test_tokens_scopes_and_bad_requests(serving, ws):
     status, body, headers = server.chat(token["generate"])
     assert status == 200 and body["model"] == headers["x-adapter-version"] == "facts@base"
     assert body["choices"][0]["message"]["role"] == "assistant" and body["usage"]["completion_tokens"] > 0
-    for bad, message in (({"model": "facts", "messages": []}, "messages must be"), ({"model": "facts", "messages": CHAT, "max_tokens": 0}, "max_tokens"),
+    for bad, message in (({"model": "facts", "messages": []}, "'messages' must be"), ({"model": "facts", "messages": CHAT, "max_tokens": 0}, "max_tokens"),
                          ({"messages": CHAT}, "'model' is required"), ({"model": "nope", "messages": CHAT}, "not served here")):
         status, body, _ = server.call("POST", "/v1/chat/completions", bad, token["generate"])
         assert 400 <= status < 500 and message in body["error"]["message"], (bad, body)
@@ -147,6 +148,14 @@ def test_feedback_on_issued_responses_names_the_version(serving, ws):
         status, body, _ = server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": 1, "choice": choice}, token["feedback"])
         assert status == 400 and body["error"]["param"] == "choice", (choice, body)
     assert server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": 1, "choice": 0}, token["feedback"])[0] == 200
+    answer = server.chat(token["generate"], n=2, temperature=1.0, seed=7, user="u-42")[1]
+    status, body, _ = server.call("POST", "/v1/feedback", {"response_id": answer["id"], "rating": 1, "choice": 1}, token["feedback"])
+    assert status == 200
+    with ws.reading() as session:
+        assert session.get(Feedback, body["id"]).response == answer["choices"][1]["message"]["content"]
+        assert session.get(IssuedResponse, answer["id"]).user == "u-42"
+    status, body, _ = server.call("POST", "/v1/feedback", {"response_id": answer["id"], "rating": 1, "choice": 2}, token["feedback"])
+    assert status == 400 and body["error"]["param"] == "choice" and "has 2 choice(s)" in body["error"]["message"]
 
 
 def test_a_response_with_store_false_is_not_kept_so_feedback_cannot_name_it(serving, ws):
@@ -223,12 +232,6 @@ def test_streaming_sends_the_answer_as_it_is_generated(serving, ws, cli):
     assert "".join(pieces) == whole["choices"][0]["message"]["content"]  # no leading space the whole answer strips
     status, body, _ = server.call("POST", "/v1/feedback", {"response_id": chunks[0]["id"], "rating": 1}, token["feedback"])
     assert status == 200 and body["adapter_version"] == "facts@v1"  # a streamed answer takes feedback too
-
-
-def test_streamed_pieces_leave_out_the_whitespace_the_whole_answer_strips():
-    pieces = [" ", " Hello", " world", "  ", "!", " \n"]
-    assert list(trimmed(pieces)) == ["Hello", " world", "  !"] and "".join(trimmed(pieces)) == "".join(pieces).strip()
-    assert list(trimmed([" ", "\n"])) == []
 
 
 # --- hostile input and limits (probed: each of these was a hole) ----------------------------------
@@ -379,6 +382,33 @@ def test_a_locked_database_answers_503_keeps_the_feedback_and_a_retry_gets_the_s
     with ws.reading() as session:
         rows = session.scalars(select(Feedback).where(Feedback.request_id == response_id)).all()
     assert [(row.id, row.times_seen) for row in rows] == [(body["id"], 1)]  # stored once, though sent twice
+
+
+def test_any_approved_version_is_served_on_demand_and_the_least_recently_used_is_unloaded(serving, ws, tiny_model, tiny_line):
+    start, token = serving
+    approved_version(ws, tiny_line, tiny_model, seed=3)
+    server = start("--max-versions", "1", "--pin", "facts@v1")
+
+    def loaded() -> set[str]:
+        return {m["id"] for m in server.call("GET", "/v1/models", token=token["generate"])[1]["data"]} - {"facts"}
+
+    first = {}
+    for model in ("facts@v2", "facts@v3"):
+        status, body, headers = server.chat(token["generate"], model=model)
+        assert status == 200 and body["model"] == headers["x-adapter-version"] == model
+        first[model] = body["choices"][0]["message"]["content"]
+    assert loaded() == {"facts@v1", "facts@v3"}  # v2 was unloaded; the pinned v1 stays
+    assert server.chat(token["generate"], model="facts@v2")[1]["choices"][0]["message"]["content"] == first["facts@v2"]
+    assert loaded() == {"facts@v1", "facts@v2"}
+    with ws.transaction() as session:
+        registry.transition(session, registry.get_version(session, get_line(session, tiny_line).id, 2).id, "revoked", actor="ops")
+    deadline = time.monotonic() + 10
+    while "facts@v2" in loaded():
+        assert time.monotonic() < deadline, "the revoked version stayed loaded"
+        time.sleep(0.2)
+    status, body, _ = server.chat(token["generate"], model="facts@v2")
+    assert status == 404 and body["error"]["code"] == "model_not_found" and "revoked" in body["error"]["message"]
+    assert server.chat(token["generate"], model="facts@v9")[1]["error"]["param"] == "model"
 
 
 # --- several servers on one database ------------------------------------------------------------

@@ -9,13 +9,15 @@ import typer
 
 from adapterctl.cli._common import workspace
 from adapterctl.registry import parse_version
-from adapterctl.serving.runtime import DEFAULT_DEADLINE_S
+from adapterctl.serving.runtime import DEFAULT_DEADLINE_S, DEFAULT_MAX_VERSIONS
 
 
 def serve(
     ctx: typer.Context,
     line: Annotated[Optional[list[str]], typer.Option("--line", help="A line to serve (repeat); default: every line.")] = None,
-    pin: Annotated[Optional[list[str]], typer.Option("--pin", help="Also keep LINE@vN loaded for requests that name it (repeat).")] = None,
+    pin: Annotated[Optional[list[str]], typer.Option("--pin", help="Keep LINE@vN loaded from the start, never unloaded (repeat).")] = None,
+    max_versions: Annotated[int, typer.Option(help="Versions kept loaded for requests naming LINE@vN, beyond the pinned ones; "
+                                                   "the least recently used is unloaded.")] = DEFAULT_MAX_VERSIONS,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
@@ -34,11 +36,14 @@ def serve(
         raise typer.BadParameter("--poll must be between 0.05 and 60 seconds")
     if not request_deadline > 0:
         raise typer.BadParameter("--request-deadline must be more than 0 seconds")
+    if max_versions < 0:
+        raise typer.BadParameter("--max-versions must be 0 or more")
     if max_context_tokens is not None and max_context_tokens < 2:
         raise typer.BadParameter("--max-context-tokens must be at least 2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ws = workspace(ctx)
-    runtime = Runtime(ws, line or None, device=device, max_context_tokens=max_context_tokens, request_deadline_s=request_deadline)
+    runtime = Runtime(ws, line or None, device=device, max_context_tokens=max_context_tokens, request_deadline_s=request_deadline,
+                      max_versions=max_versions)
     for pinned in pin or []:
         name, _, version = pinned.partition("@")
         runtime.pin(name, parse_version(version))

@@ -15,6 +15,11 @@ Each line has at most two slots: the one serving and an idle one. A new version 
 idle slot only when its LoRA settings (rank, alpha, targets, ...) equal the slot's, so PEFT never keeps
 a stale config after a rank change; otherwise it gets a new slot and the idle one is deleted. Adapters
 are never merged into the base weights.
+
+A request may also name any approved, non-revoked version (`line@vN`): it is loaded on first use into a
+slot of its own and kept while used; beyond `max_versions` the least recently used is unloaded, and a
+version revoked meanwhile is unloaded by `drop_unservable()`. Versions pinned at start stay loaded.
+What a request asks of generation (stop strings, n, penalties, logprobs, ...) is `completion.Sampling`.
 """
 
 from __future__ import annotations
@@ -25,17 +30,19 @@ import threading
 import time
 import warnings
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 from sqlalchemy import select
 
 from adapterctl import activations, base_models, chat, registry
 from adapterctl.artifacts import ArtifactStore
-from adapterctl.db.models import Line
-from adapterctl.errors import AdapterctlError, ContextLengthExceeded, InvalidInput, NotFound
+from adapterctl.db.models import Adapter, Line
+from adapterctl.errors import AdapterctlError, ContextLengthExceeded, InvalidInput, ModelNotFound, NotFound
 from adapterctl.evaluation import load_models, using
 from adapterctl.lines import get_line
+from adapterctl.serving.completion import Choice, ChoiceText, Delta, Sampling, Tracker, logprob_entries, score_processors
 from adapterctl.workspace import Workspace
 
 
@@ -55,34 +62,62 @@ class Swap:
 
 @dataclass
 class Answer:
-    text: str
     served_by: str
     """`line@vN` or `line@base`: exactly what produced the text."""
     prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
-    """"stop" when the model ended its answer, "length" when max_tokens or the request deadline cut it."""
+    choices: list[Choice]
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].text
+
+    @property
+    def finish_reason(self) -> str:
+        """"stop" when the model ended its answer (or met a stop string), "length" when max_tokens or the
+        request deadline cut it."""
+        return self.choices[0].finish_reason
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(choice.completion_tokens for choice in self.choices)
 
 
 class Stream:
-    """A streamed answer: what answers (`served_by`) at once, then the text in pieces as it is generated.
+    """A streamed answer: what answers (`served_by`) at once, then `Delta`s (a piece of one choice) as they
+    are generated.
 
-    Iterating to the end sets `finish_reason` and `completion_tokens`, or raises what stopped the
-    generation midway, so that a caller never mistakes a failure for a short answer.
+    Iterating to the end sets `choices`, or raises what stopped the generation midway, so that a caller
+    never mistakes a failure for a short answer.
     """
 
-    def __init__(self, served_by: str, prompt_tokens: int, pieces: Iterator[str], outcome: dict) -> None:
+    def __init__(self, served_by: str, prompt_tokens: int, deltas: queue.Queue, sampling: Sampling) -> None:
         self.served_by, self.prompt_tokens = served_by, prompt_tokens
-        self.finish_reason: str | None = None
-        self.completion_tokens = 0
-        self._pieces, self._outcome = pieces, outcome
+        self.choices: list[Choice] = []
+        self._deltas, self._sampling = deltas, sampling
 
-    def __iter__(self) -> Iterator[str]:
-        yield from self._pieces
-        self._outcome["done"].wait()
-        if "error" in self._outcome:
-            raise self._outcome["error"]
-        self.completion_tokens, self.finish_reason = self._outcome["completion_tokens"], self._outcome["finish_reason"]
+    def __iter__(self) -> Iterator[Delta]:
+        while True:
+            item = self._deltas.get()
+            if isinstance(item, Exception):
+                raise item
+            if isinstance(item, list):
+                self.choices = spread(item, self._sampling)
+                return
+            for index in range(self._sampling.n if self._sampling.rows == 1 else 1):
+                yield replace(item, index=index) if index else item
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.choices[0].finish_reason if self.choices else None
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(choice.completion_tokens for choice in self.choices)
+
+
+def spread(choices: list[Choice], sampling: Sampling) -> list[Choice]:
+    """Greedy choices are one answer generated once: every one of the n choices is that answer."""
+    return [replace(choices[0]) for _ in range(sampling.n)] if sampling.rows == 1 else choices
 
 
 @dataclass
@@ -97,7 +132,7 @@ class _Request:
     model: str
     line: str
     ids: list[int]
-    max_tokens: int
+    sampling: Sampling
     done: Future = field(default_factory=Future)
 
 
@@ -113,6 +148,9 @@ class RuntimeStats:
 
 
 DEFAULT_DEADLINE_S = 30.0
+DEFAULT_MAX_VERSIONS = 4
+SERVABLE = ("approved", "active", "inactive")
+"""States of a version that `line@vN` may name: approved, and not revoked."""
 
 
 def context_length(model, tokenizer) -> int | None:
@@ -128,7 +166,8 @@ class Runtime:
     """Serves lines of one base model; follow the database with `refresh()` (a server calls it in a loop)."""
 
     def __init__(self, ws: Workspace, lines: list[str] | None = None, *, device: str = "auto", max_batch: int = 8,
-                 max_context_tokens: int | None = None, request_deadline_s: float = DEFAULT_DEADLINE_S) -> None:
+                 max_context_tokens: int | None = None, request_deadline_s: float = DEFAULT_DEADLINE_S,
+                 max_versions: int = DEFAULT_MAX_VERSIONS) -> None:
         self.ws = ws
         self.store = ArtifactStore(ws.settings.artifacts_dir)
         with ws.reading() as session:
@@ -148,9 +187,12 @@ class Runtime:
         """Prompt and answer together never exceed this many tokens (None: the model states no limit)."""
         self.deadline_s = request_deadline_s
         """Longest time one request (or one batch) may generate for; its answer is cut there ("length")."""
-        self._lock = threading.Lock()  # one request on the model at a time: the active adapter is model state
+        self._lock = threading.RLock()  # one request on the model at a time: the active adapter is model state
         self._served: dict[str, _Served] = {line: _Served("base", None) for line in self.lines}
-        self._pinned: dict[str, _Served] = {}  # "line@vN" -> adapter kept loaded for pinned requests
+        self._versions: OrderedDict[str, _Served] = OrderedDict()  # "line@vN" named by requests, least recently used first
+        self._pinned: set[str] = set()  # versions loaded at start (`serve --pin`): never evicted
+        self.max_versions = max_versions
+        """Versions loaded on demand for requests naming `line@vN`, beyond the pinned ones; the least recently used goes."""
         self._spare: dict[str, str] = {}  # line -> an idle adapter slot its next version can be copied into
         self._slots = 0
         self.stats = RuntimeStats()
@@ -205,7 +247,7 @@ class Runtime:
                 self.model.delete_adapter(previous)
 
     def _names_in_use(self) -> set[str]:
-        return {s.adapter for s in (*self._served.values(), *self._pinned.values()) if s.adapter}
+        return {s.adapter for s in (*self._served.values(), *self._versions.values()) if s.adapter}
 
     def _load(self, line: str, relative_path: str, sha256: str, timing: Swap | None = None, *, reuse: bool = True) -> str:
         """Read and hash the artifact once; copy its weights into the line's spare slot when the LoRA
@@ -233,53 +275,150 @@ class Runtime:
         return name
 
     def pin(self, line: str, version: int) -> str:
-        """Keep `line@vN` loaded for requests that name it, whatever the line serves."""
+        """Keep `line@vN` loaded for requests that name it, whatever the line serves; it is never evicted."""
         key = f"{line}@v{version}"
-        if key not in self._pinned:
-            with self.ws.reading() as session:
-                adapter = registry.get_version(session, get_line(session, line).id, version)
-                if adapter.status not in ("approved", "active", "inactive"):
-                    raise InvalidInput(f"{key} is {adapter.status}; it cannot be served")
-                path, sha256, adapter_id = adapter.artifact_path, adapter.sha256, adapter.id
-            self._pinned[key] = _Served(f"v{version}", self._load(line, path, sha256, reuse=False), adapter_id)
+        self._version(key)
+        self._pinned.add(key)
         return key
 
-    def pinned(self) -> list[str]:
-        return sorted(self._pinned)
+    def loaded_versions(self) -> list[str]:
+        """The `line@vN` loaded for requests that name them (pinned, or recently asked for)."""
+        return sorted(self._versions)
+
+    def _version(self, key: str) -> _Served:
+        """The adapter of `line@vN`, loaded on first use: approved and not revoked versions only."""
+        with self._lock:
+            if (served := self._versions.get(key)) is not None:
+                self._versions.move_to_end(key)
+                return served
+        line, _, label = key.partition("@")
+        try:
+            number = registry.parse_version(label)
+        except InvalidInput:
+            raise ModelNotFound(f"model {key!r} is not served here: name a line, line@vN or line@base", param="model") from None
+        with self.ws.reading() as session:
+            try:
+                adapter = registry.get_version(session, get_line(session, line).id, number)
+            except NotFound:
+                raise ModelNotFound(f"{key} does not exist", param="model") from None
+            if adapter.status not in SERVABLE:
+                raise ModelNotFound(f"{key} is {adapter.status.replace('_', ' ')}; only approved versions are served", param="model")
+            path, sha256, adapter_id = adapter.artifact_path, adapter.sha256, adapter.id
+        slot = self._load(line, path, sha256, reuse=False)
+        with self._lock:
+            if (served := self._versions.get(key)) is None:
+                served = self._versions[key] = _Served(f"v{number}", slot, adapter_id)
+            else:  # another request loaded it meanwhile
+                self._delete_slots([slot])
+            self._evict()
+        return served
+
+    def _evict(self) -> None:
+        """Unload the least recently used versions beyond `max_versions` (call with the lock held)."""
+        loaded = [key for key in self._versions if key not in self._pinned]
+        self._drop(loaded[: max(0, len(loaded) - self.max_versions)])
+
+    def _drop(self, keys: list[str]) -> None:
+        with self._lock:
+            slots = [self._versions.pop(key).adapter for key in keys]
+            self._delete_slots([slot for slot in slots if slot not in self._names_in_use()])
+            self._pinned.difference_update(keys)
+
+    def _delete_slots(self, slots: list[str]) -> None:
+        with warnings.catch_warnings():  # PEFT warns when the deleted adapter was the active one
+            warnings.simplefilter("ignore", UserWarning)
+            for slot in slots:
+                self.model.delete_adapter(slot)
+
+    def drop_unservable(self) -> list[str]:
+        """Unload the loaded versions that were revoked since (or otherwise stopped being servable)."""
+        ids = {served.adapter_id: key for key, served in list(self._versions.items())}
+        if not ids:
+            return []
+        with self.ws.reading() as session:
+            servable = set(session.scalars(select(Adapter.id).where(Adapter.id.in_(ids), Adapter.status.in_(SERVABLE))))
+        gone = [key for adapter_id, key in ids.items() if adapter_id not in servable]
+        self._drop(gone)
+        return gone
 
     # ------------------------------------------------------------ generating
 
-    def generate(self, model: str, messages: list[dict[str, str]], *, max_tokens: int = 64, temperature: float = 0.0,
-                 seed: int | None = None) -> Answer:
-        """Answer chat messages with a line's active version (`line`) or a pinned one (`line@vN`).
+    def generate(self, model: str, messages: list[dict[str, str]], sampling: Sampling | None = None, **options) -> Answer:
+        """Answer chat messages with a line's active version (`line`), a version (`line@vN`) or `line@base`.
 
-        Greedy requests that arrive while the model is busy are answered together in one batch, lines
-        mixed (PEFT's `adapter_names`); sampled ones run alone, so that their seed means what it says.
+        `sampling` (or its fields as keywords) says how. Greedy requests that neither change the scores nor
+        ask for them are answered together with the others waiting, in one batch, lines mixed (PEFT's
+        `adapter_names`); the rest run alone, so that their seed means what it says.
         """
-        import torch
-
-        line, inputs, options = self._prepare(model, messages, max_tokens, temperature)
-        if temperature == 0 and seed is None:
-            request = _Request(model, line, inputs["input_ids"][0].tolist(), max_tokens)
+        sampling = sampling or Sampling(**options)
+        line, inputs = self._prepare(model, messages, sampling)
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        if sampling.batchable:
+            request = _Request(model, line, inputs["input_ids"][0].tolist(), sampling)
             self._pending.put(request)
             return request.done.result()
+        tracker = self._tracker(sampling, prompt_tokens)
         with self._lock:
             served = self._choose(model)
-            if seed is not None:
-                torch.manual_seed(seed)
-            with using(self.model, served.adapter), torch.no_grad():
-                output = self.model.generate(**inputs, **options)
-        prompt_tokens = int(inputs["input_ids"].shape[1])
-        return self._answer_of(output[0, prompt_tokens:].tolist(), f"{line}@{served.label}", prompt_tokens)
+            self._generate(served, inputs, sampling, tracker)
+        return Answer(f"{line}@{served.label}", prompt_tokens, spread(tracker.finish(), sampling))
 
-    def _answer_of(self, completion: list[int], served_by: str, prompt_tokens: int) -> Answer:
-        """The answer in `completion` (the tokens generated for one request, up to its max_tokens)."""
-        eos = self.tokenizer.eos_token_id
-        ended = eos in completion
-        if ended:
-            completion = completion[: completion.index(eos) + 1]
-        text = self.tokenizer.decode(completion, skip_special_tokens=True).strip()
-        return Answer(text, served_by, prompt_tokens, len(completion), "stop" if ended else "length")
+    def stream(self, model: str, messages: list[dict[str, str]], sampling: Sampling | None = None, **options) -> Stream:
+        """Like `generate`, but returns what answers (`line@vN`) at once and the text as it is generated.
+
+        Everything that can be refused (model, messages, lengths) is refused before this returns.
+        """
+        sampling = sampling or Sampling(**options)
+        line, inputs = self._prepare(model, messages, sampling)
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        deltas: queue.Queue = queue.Queue()
+        tracker = self._tracker(sampling, prompt_tokens, deltas)
+        chosen: queue.Queue = queue.Queue(maxsize=1)
+
+        def run() -> None:
+            started = False
+            try:
+                with self._lock:  # held for the whole generation: the adapter cannot change under it
+                    served = self._choose(model)
+                    chosen.put(served.label)
+                    started = True
+                    self._generate(served, inputs, sampling, tracker)
+                deltas.put(tracker.finish())
+            except Exception as exc:  # the text so far, then the error: never a short answer that looks whole
+                (deltas if started else chosen).put(exc)
+
+        threading.Thread(target=run, name="adapterctl-stream", daemon=True).start()
+        label = chosen.get()
+        if isinstance(label, Exception):
+            raise label
+        return Stream(f"{line}@{label}", prompt_tokens, deltas, sampling)
+
+    def _tracker(self, sampling: Sampling, prompt_tokens: int, deltas: queue.Queue | None = None) -> Tracker:
+        rows = [self._choice_text(sampling) for _ in range(sampling.rows)]
+        entry = logprob_entries(self.tokenizer, sampling.top_logprobs) if sampling.logprobs else None
+        return Tracker(rows, entry=entry, deltas=deltas)
+
+    def _choice_text(self, sampling: Sampling) -> ChoiceText:
+        return ChoiceText(lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=True), self.tokenizer.eos_token_id,
+                          stop=sampling.stop, max_tokens=sampling.max_tokens)
+
+    def _generate(self, served: _Served, inputs: dict, sampling: Sampling, tracker: Tracker) -> None:
+        """One request alone on the model (call with the lock held): its choices end up in `tracker`."""
+        import torch
+
+        width = int(inputs["input_ids"].shape[1])
+        processors = [p for p in (tracker.recorder, *score_processors(sampling, width)) if p is not None]
+        if not sampling.greedy:
+            processors.append(_finite_scores())
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+        with using(self.model, served.adapter), torch.no_grad():
+            self.model.generate(**inputs, **self._options(sampling), num_return_sequences=sampling.rows,
+                                logits_processor=processors, stopping_criteria=[tracker.criterion])
+
+    def _options(self, sampling: Sampling) -> dict:
+        sampled = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0} if not sampling.greedy else {"do_sample": False}
+        return {"max_new_tokens": sampling.max_tokens, "pad_token_id": self.tokenizer.pad_token_id, "max_time": self.deadline_s, **sampled}
 
     def _batches(self) -> None:
         """Take what waits (up to max_batch) whenever the model is free: batches form under load only."""
@@ -314,75 +453,39 @@ class Runtime:
             pad = self.tokenizer.pad_token_id
             input_ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r, _ in live], device=self.model.device)
             attention = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r, _ in live], device=self.model.device)
+            tracker = Tracker([self._choice_text(r.sampling) for r, _ in live])
             adapters = {served.adapter for _, served in live}
-            options = {"max_new_tokens": max(r.max_tokens for r, _ in live), "do_sample": False, "pad_token_id": pad,
-                       "max_time": self.deadline_s}
+            options = {"max_new_tokens": max(r.sampling.max_tokens for r, _ in live), "do_sample": False, "pad_token_id": pad,
+                       "max_time": self.deadline_s, "stopping_criteria": [tracker.criterion]}
             if len(adapters) > 1 and isinstance(self.model, PeftModel):  # several lines (or base) in one batch
                 options["adapter_names"] = [served.adapter or "__base__" for _, served in live]
                 context = torch.no_grad()
             else:
                 context = using(self.model, next(iter(adapters)))
             with context, torch.no_grad():
-                output = self.model.generate(input_ids=input_ids, attention_mask=attention, **options)
+                self.model.generate(input_ids=input_ids, attention_mask=attention, **options)
             self.stats.batches += 1
             self.stats.largest_batch = max(self.stats.largest_batch, len(live))
             self.stats.mixed_batches += "adapter_names" in options
-        for row, (request, served) in enumerate(live):
-            completion = output[row, width : width + request.max_tokens].tolist()
-            request.done.set_result(self._answer_of(completion, f"{request.line}@{served.label}", len(request.ids)))
+        for choice, (request, served) in zip(tracker.finish(), live):
+            request.done.set_result(Answer(f"{request.line}@{served.label}", len(request.ids), spread([choice], request.sampling)))
 
-    def stream(self, model: str, messages: list[dict[str, str]], *, max_tokens: int = 64, temperature: float = 0.0,
-               seed: int | None = None) -> Stream:
-        """Like `generate`, but returns what answers (`line@vN`) at once and the text as it is generated.
-
-        Everything that can be refused (model, messages, lengths) is refused before this returns.
-        """
-        import torch
-        from transformers import TextIteratorStreamer
-
-        line, inputs, options = self._prepare(model, messages, max_tokens, temperature)
-        prompt_tokens = int(inputs["input_ids"].shape[1])
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
-        chosen: queue.Queue = queue.Queue(maxsize=1)
-        outcome: dict = {"done": threading.Event()}
-
-        def run() -> None:
-            started = False
-            try:
-                with self._lock:  # held for the whole generation: the adapter cannot change under it
-                    served = self._choose(model)
-                    chosen.put(served.label)
-                    started = True
-                    if seed is not None:
-                        torch.manual_seed(seed)
-                    with using(self.model, served.adapter), torch.no_grad():
-                        output = self.model.generate(**inputs, **options, streamer=streamer)
-                answer = self._answer_of(output[0, prompt_tokens:].tolist(), "", prompt_tokens)
-                outcome.update(completion_tokens=answer.completion_tokens, finish_reason=answer.finish_reason)
-            except Exception as exc:
-                if not started:
-                    chosen.put(exc)
-                else:
-                    outcome["error"] = exc
-                    streamer.end()  # the text so far, then the error: never a short answer that looks whole
-            finally:
-                outcome["done"].set()
-
-        threading.Thread(target=run, name="adapterctl-stream", daemon=True).start()
-        label = chosen.get()
-        if isinstance(label, Exception):
-            raise label
-        return Stream(f"{line}@{label}", prompt_tokens, iter(streamer), outcome)
-
-    def _prepare(self, model: str, messages: list[dict[str, str]], max_tokens: int, temperature: float):
-        """The line, the prompt's token ids and the generation options; refuses what the model cannot answer."""
-        line = model.partition("@")[0]
+    def _prepare(self, model: str, messages: list[dict[str, str]], sampling: Sampling):
+        """The line and the prompt's token ids; refuses what the model cannot answer, and loads a version
+        the request names (outside the model lock, so other requests go on meanwhile)."""
+        line, _, version = model.partition("@")
         if line not in self._served:
-            raise NotFound(f"model {model!r} is not served here; served: {', '.join(sorted(self._served))}", param="model")
-        limit = self.context_tokens
+            raise ModelNotFound(f"model {model!r} is not served here; served: {', '.join(sorted(self._served))}", param="model")
+        if version and version != "base":
+            self._version(model)
+        limit, max_tokens = self.context_tokens, sampling.max_tokens
         if limit is not None and max_tokens >= limit:
             raise InvalidInput(f"max_tokens {max_tokens} does not fit the model's context of {limit} tokens "
                                f"(prompt and answer together)", param="max_tokens")
+        vocabulary = len(self.tokenizer)
+        if unknown := [token for token, _ in sampling.logit_bias if not 0 <= token < vocabulary]:
+            raise InvalidInput(f"logit_bias names token {unknown[0]}, which is not in the model's vocabulary (0 to {vocabulary - 1})",
+                               param="logit_bias")
         prompt = chat.render(self.tokenizer, messages, self.roles)
         inputs = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
         prompt_tokens = int(inputs["input_ids"].shape[1])
@@ -391,22 +494,16 @@ class Runtime:
                 f"This model's maximum context length is {limit} tokens. However, you requested {prompt_tokens + max_tokens} tokens "
                 f"({prompt_tokens} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
                 param="messages")
-        inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
-        sampling = {"do_sample": True, "temperature": temperature, "logits_processor": [_finite_scores()]} if temperature > 0 else {"do_sample": False}
-        options = {"max_new_tokens": max_tokens, "pad_token_id": self.tokenizer.pad_token_id, "max_time": self.deadline_s, **sampling}
-        return line, inputs, options
+        return line, {k: v.to(self.model.device) for k, v in inputs.items()}
 
     def _choose(self, model: str) -> _Served:
-        """What answers `model` now (call with the lock held): the line's active version, a pinned one, or base."""
+        """What answers `model` now (call with the lock held): the line's active version, a version, or base."""
         line, _, version = model.partition("@")
         if not version:
             return self._served[line]
         if version == "base":
             return _Served("base", None)
-        served = self._pinned.get(model)
-        if served is None:
-            raise NotFound(f"{model} is not loaded; pin it with `serve --pin {model}` or use {line}")
-        return served
+        return self._version(model)
 
 
 def _finite_scores():

@@ -34,13 +34,13 @@ import time
 import uuid
 from collections import OrderedDict
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import Request  # at module level: FastAPI resolves the endpoints' annotations here
 
 from adapterctl import feedback, json_input, tokens
 from adapterctl.errors import AdapterctlError, Busy, InvalidInput, NotFound
-from adapterctl.serving import responses
+from adapterctl.serving import chat_api, responses
 from adapterctl.serving.runtime import Runtime
 from adapterctl.workspace import Workspace
 
@@ -56,24 +56,6 @@ PRUNE_EVERY_S = 60.0
 """How often a server deletes the issued responses older than the retention."""
 RETRY_AFTER_S = 2
 ROUTES = ("/v1/chat/completions", "/v1/models", "/v1/feedback", "/healthz", "/metrics")
-MAX_SEED = 2**63 - 1
-MIN_TEMPERATURE = 0.01
-"""Below this (but above 0, greedy) the logits overflow when divided by the temperature."""
-
-
-def trimmed(pieces: Iterable[str]) -> Iterator[str]:
-    """A streamed answer's pieces without the whitespace the whole answer strips at either end: leading
-    whitespace is dropped, trailing whitespace held back until more text follows it."""
-    started, pending = False, ""
-    for piece in pieces:
-        if not started:
-            piece = piece.lstrip()
-            started = bool(piece)
-        text = pending + piece
-        body = text.rstrip()
-        pending = text[len(body):]
-        if body:
-            yield body
 
 
 class Metrics:
@@ -272,6 +254,14 @@ def follow_activations(runtime: Runtime) -> Callable[[], None]:
     return follow_activations
 
 
+def unload_revoked(runtime: Runtime) -> Callable[[], None]:
+    def unload_revoked() -> None:
+        for key in runtime.drop_unservable():
+            log.info("unloaded %s: it can no longer be served (revoked)", key)
+
+    return unload_revoked
+
+
 def prune_responses(issued: responses.ResponseLog, metrics: Metrics) -> Callable[[], None]:
     last = [-PRUNE_EVERY_S]
 
@@ -297,7 +287,8 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
     from sqlalchemy.exc import OperationalError
-    from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     metrics = Metrics(runtime)
     token_cache: dict[str, tuple[float, str | None]] = {}
@@ -307,7 +298,8 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
     async def lifespan(app):
         state["writer"] = FeedbackWriter(ws)
         state["issued"] = responses.ResponseLog(ws)
-        state["follower"] = Follower(ws, [follow_activations(runtime), prune_responses(state["issued"], metrics)], poll_s)
+        state["follower"] = Follower(ws, [follow_activations(runtime), unload_revoked(runtime), prune_responses(state["issued"], metrics)],
+                                     poll_s)
         yield
         state["follower"].close()  # first: it uses the response log
         state["issued"].close()
@@ -396,6 +388,13 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
         status = 404 if isinstance(exc, NotFound) else 400 if exc.exit_code == 2 else 500
         return error(status, str(exc), code=exc.code, param=exc.param)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):  # routing: unknown URLs (404), wrong methods (405)
+        where = f"{request.method} {request.url.path}"
+        message, code = {404: (f"Invalid URL ({where})", "unknown_url"),
+                         405: (f"Method not allowed ({where})", "method_not_allowed")}.get(exc.status_code, (str(exc.detail), None))
+        return error(exc.status_code, message, code=code, headers=exc.headers)
+
     @app.exception_handler(OperationalError)
     async def database_error(request: Request, exc: OperationalError):
         return busy(exc)
@@ -406,50 +405,22 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await body_of(request)
-        model, messages, options = _completion_request(body)
-        store = body.get("store", True)
-        if not isinstance(store, bool):
-            raise InvalidInput("field 'store' must be true or false (false: the response is not kept, so feedback cannot name it)",
-                               param="store")
+        asked = chat_api.parse(await body_of(request), ws.settings.max_field_bytes)
         response_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-
-        if body.get("stream"):
-            stream = await run_in_threadpool(lambda: runtime.stream(model, messages, **options))
-
-            async def events():
-                def chunk(delta: dict, finish: str | None = None) -> str:
-                    return "data: " + json.dumps({"id": response_id, "object": "chat.completion.chunk", "created": created,
-                                                  "model": stream.served_by, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
-
-                yield chunk({"role": "assistant", "content": ""})
-                text = []
-                try:
-                    async for piece in iterate_in_threadpool(trimmed(stream)):
-                        text.append(piece)
-                        yield chunk({"content": piece})
-                except Exception as exc:  # the generation failed midway: say so, never end as if the answer were whole
-                    log.exception("streamed generation for %s failed", stream.served_by)
-                    yield "data: " + json.dumps({"error": {"message": f"generation failed: {_first_line(exc)}", "type": "server_error",
-                                                           "param": None, "code": None}}) + "\n\n"
-                    return
-                await remember(response_id, model.split("@")[0], stream.served_by, messages, ["".join(text)], None, store)
-                yield chunk({}, stream.finish_reason) + "data: [DONE]\n\n"
-
-            return StreamingResponse(events(), media_type="text/event-stream", headers={"X-Adapter-Version": stream.served_by})
-        answer = await run_in_threadpool(lambda: runtime.generate(model, messages, **options))
-        await remember(response_id, model.split("@")[0], answer.served_by, messages, [answer.text], None, store)
-        return JSONResponse({
-            "id": response_id, "object": "chat.completion", "created": created, "model": answer.served_by,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text}, "finish_reason": answer.finish_reason}],
-            "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-                      "total_tokens": answer.prompt_tokens + answer.completion_tokens},
-        }, headers={"X-Adapter-Version": answer.served_by})
+        line = asked.model.split("@")[0]
+        if asked.stream:
+            stream = await run_in_threadpool(lambda: runtime.stream(asked.model, asked.messages, asked.sampling))
+            return StreamingResponse(_events(stream, asked, response_id, created, remember),
+                                     media_type="text/event-stream", headers={"X-Adapter-Version": stream.served_by})
+        answer = await run_in_threadpool(lambda: runtime.generate(asked.model, asked.messages, asked.sampling))
+        await remember(response_id, line, answer.served_by, asked.messages, [c.text for c in answer.choices], asked.user, asked.store)
+        return JSONResponse(chat_api.completion(response_id, created, answer.served_by, answer.prompt_tokens, answer.choices),
+                            headers={"X-Adapter-Version": answer.served_by})
 
     @app.get("/v1/models")
     async def models():
-        names = sorted(runtime.served()) + runtime.pinned()
+        names = sorted(runtime.served()) + runtime.loaded_versions()
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "adapterctl",
                                             "served_by": runtime.served().get(name, name)} for name in names]}
 
@@ -458,7 +429,7 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
         body = await body_of(request)
         response_id = body.get("response_id")
         if not isinstance(response_id, str):
-            raise InvalidInput("field 'response_id' is required: the id of a chat completion this server returned", param="response_id")
+            raise InvalidInput("field 'response_id' is required: the id of a chat completion a server returned", param="response_id")
         allowed = {"rating", "correction", "chosen", "rejected", "source", "tags"}
         if unknown := sorted(set(body) - allowed - {"response_id", "choice"}):
             raise InvalidInput(f"unknown field {unknown[0]!r}; feedback takes response_id, choice, {', '.join(sorted(allowed))}",
@@ -493,6 +464,33 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return guard
+
+
+async def _events(stream, asked: chat_api.ChatRequest, response_id: str, created: int, remember) -> AsyncIterator[str]:
+    """The server-sent events of a streamed answer: a role chunk per choice, the pieces as they come, a
+    finish_reason per choice, the usage when asked for, then [DONE]; or an error event where it failed."""
+    from starlette.concurrency import iterate_in_threadpool
+
+    include_usage, logprobs = asked.include_usage, asked.sampling.logprobs
+
+    def event(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+        body = chat_api.chunk(response_id, created, stream.served_by, choices, with_usage=include_usage, usage_value=usage)
+        return f"data: {json.dumps(body)}\n\n"
+
+    yield event([chat_api.role_choice(index) for index in range(asked.sampling.n)])
+    try:
+        async for delta in iterate_in_threadpool(iter(stream)):
+            yield event([chat_api.delta_choice(delta, logprobs=logprobs)])
+    except Exception as exc:  # the generation failed midway: say so, never end as if the answer were whole
+        log.exception("streamed generation for %s failed", stream.served_by)
+        yield "data: " + json.dumps({"error": {"message": f"generation failed: {_first_line(exc)}", "type": "server_error",
+                                               "param": None, "code": None}}) + "\n\n"
+        return
+    await remember(response_id, asked.model.split("@")[0], stream.served_by, asked.messages, [c.text for c in stream.choices],
+                   asked.user, asked.store)
+    if include_usage:
+        yield event([], chat_api.usage(stream.prompt_tokens, stream.choices))
+    yield "data: [DONE]\n\n"
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error", *, code: str | None = None, param: str | None = None,
@@ -552,24 +550,3 @@ async def body_of(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidInput("body must be a JSON object")
     return body
-
-
-def _completion_request(body: dict[str, Any]) -> tuple[str, list[dict[str, str]], dict[str, Any]]:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidInput("field 'model' is required: a line name, or line@vN for a pinned version", param="model")
-    try:
-        messages = feedback.parse_prompt(body.get("messages"), feedback.DEFAULT_MAX_FIELD_BYTES, "messages")
-    except InvalidInput as exc:
-        raise InvalidInput(str(exc), param="messages") from None
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens", 64))
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise InvalidInput("field 'max_tokens' must be a positive integer", param="max_tokens")
-    temperature = body.get("temperature", 0.0)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-            temperature == 0 or MIN_TEMPERATURE <= temperature <= 2):
-        raise InvalidInput(f"field 'temperature' must be 0 (greedy) or from {MIN_TEMPERATURE} to 2", param="temperature")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -MAX_SEED - 1 <= seed <= MAX_SEED):
-        raise InvalidInput("field 'seed' must be an integer that fits in 64 bits (-2**63 to 2**63-1)", param="seed")
-    return model, messages, {"max_tokens": max_tokens, "temperature": float(temperature), "seed": seed}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ class Settings:
     """Who the command acts as; recorded in audit events and reviews."""
     max_field_bytes: int = 32 * 1024
     """Largest accepted feedback text field (prompt message, response, correction, ...), in UTF-8 bytes."""
+    responses_retention_days: float = 7.0
+    """How long servers keep the responses they issued (so feedback can name them), in days."""
 
     @property
     def artifacts_dir(self) -> Path:
@@ -41,7 +44,8 @@ class Settings:
 
 
 # Settings the config file and the environment may set, with their environment variable.
-_FILE_KEYS = {"db_url": "ADAPTERCTL_DB_URL", "user": "ADAPTERCTL_USER", "max_field_bytes": "ADAPTERCTL_MAX_FIELD_BYTES"}
+_FILE_KEYS = {"db_url": "ADAPTERCTL_DB_URL", "user": "ADAPTERCTL_USER", "max_field_bytes": "ADAPTERCTL_MAX_FIELD_BYTES",
+              "responses_retention_days": "ADAPTERCTL_RESPONSES_RETENTION_DAYS"}
 
 
 def default_db_url(home: Path) -> str:
@@ -61,13 +65,14 @@ def load_settings(
     values = _read_config_file(home_path / CONFIG_FILE_NAME)
     for key, variable in _FILE_KEYS.items():
         if env.get(variable):
-            values[key] = env[variable] if key != "max_field_bytes" else _positive_int(env[variable], variable)
+            values[key] = _NUMBERS[key](env[variable], variable) if key in _NUMBERS else env[variable]
     values.update({key: value for key, value in (("db_url", db_url), ("user", user)) if value})
     return Settings(
         home=home_path,
         db_url=values.get("db_url") or default_db_url(home_path),
         user=values.get("user") or _login_name(),
         max_field_bytes=values.get("max_field_bytes", Settings.max_field_bytes),
+        responses_retention_days=values.get("responses_retention_days", Settings.responses_retention_days),
     )
 
 
@@ -80,11 +85,12 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     problems = [f"unknown setting {key!r} (known: {', '.join(_FILE_KEYS)})" for key in values if key not in _FILE_KEYS]
     problems += [f"setting {key!r} must be a string" for key in ("db_url", "user") if key in values and not isinstance(values[key], str)]
-    if "max_field_bytes" in values:
-        try:
-            values["max_field_bytes"] = _positive_int(values["max_field_bytes"], "max_field_bytes")
-        except ConfigError as exc:
-            problems.append(str(exc))
+    for key, parse in _NUMBERS.items():
+        if key in values:
+            try:
+                values[key] = parse(values[key], key)
+            except ConfigError as exc:
+                problems.append(str(exc))
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))
     return values
@@ -94,6 +100,20 @@ def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit() or int(value) <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _positive_number(value: Any, name: str) -> float:
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else math.nan
+    except (ValueError, OverflowError):
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+    return number
+
+
+# The numeric settings, with what checks and converts them (from the config file or the environment).
+_NUMBERS = {"max_field_bytes": _positive_int, "responses_retention_days": _positive_number}
 
 
 def _login_name() -> str:

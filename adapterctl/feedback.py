@@ -14,11 +14,11 @@ from datetime import datetime, timezone
 from functools import cache
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import Connection, case, func, select, text, update
+from sqlalchemy import Connection, case, delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from adapterctl import activations, audit, erasure, registry
-from adapterctl.db.models import BaseModel, Feedback, Line
+from adapterctl.db.models import BaseModel, Feedback, IssuedResponse, Line
 from adapterctl.db.types import utcnow
 from adapterctl.errors import InvalidInput, NotFound
 from adapterctl.lines import get_line, line_id_of
@@ -452,6 +452,8 @@ class ForgetReport:
     """Adapters revoked because they were trained on the forgotten records."""
     fallbacks: list[dict[str, str]] = field(default_factory=list)
     """Lines that served a revoked version and what they serve now."""
+    responses_deleted: int = 0
+    """Issued responses the records were given on (their request_id), deleted so no feedback can name them again."""
     redacted: erasure.Redacted = field(default_factory=erasure.Redacted)
     """The other copies erased in the database: evaluation samples, source names of runs, unfinished runs."""
 
@@ -469,12 +471,13 @@ def forget_feedback(
     """Erase the content of feedback records, keeping a tombstone: id, line, content hash, time and who.
 
     Every other copy in the database goes in the same transaction (see `adapterctl.erasure`); after
-    the commit, call `erasure.scrub` for the copies in files.
+    the commit, call `erasure.scrub` for the copies in files. The issued responses the records were
+    given on are deleted too, so that no server accepts feedback on them again.
     """
     ids = sorted(set(ids))
     if bool(ids) == (source is not None):
         raise InvalidInput("give either feedback ids or a source to forget")
-    query = select(Feedback.id, Feedback.status, Feedback.line_id, Feedback.prompt, Feedback.source, Line.name).join(
+    query = select(Feedback.id, Feedback.status, Feedback.line_id, Feedback.prompt, Feedback.source, Feedback.request_id, Line.name).join(
         Line, Line.id == Feedback.line_id)
     if ids:
         found = {row.id: row for row in session.execute(query.where(Feedback.id.in_(ids)))}
@@ -504,8 +507,13 @@ def forget_feedback(
             .where(Feedback.id.in_(targets[start : start + 1000]))
             .values(**erased, status="forgotten", forgotten_at=utcnow(), forgotten_by=actor, forget_reason=reason)
         )
+    request_ids = sorted({row.request_id for row in live if row.request_id is not None})
+    for start in range(0, len(request_ids), 1000):
+        report.responses_deleted += session.execute(
+            delete(IssuedResponse).where(IssuedResponse.id.in_(request_ids[start : start + 1000]))).rowcount
     # No trace of the source, not even a hash: a guessed identifier could be confirmed against it.
-    payload = {"count": len(targets), "ids": targets[:1000], "lines": report.lines, "reason": reason, "by": "source" if source else "id"}
+    payload = {"count": len(targets), "ids": targets[:1000], "lines": report.lines, "reason": reason, "by": "source" if source else "id",
+               "responses_deleted": report.responses_deleted}
     audit.record(session, actor=actor, action="feedback.forget",
                  subject=f"line:{report.lines[0]}" if len(report.lines) == 1 else "feedback", payload=payload)
     report.redacted = erasure.redact(session, live, actor=actor)

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from adapterctl import audit, feedback, feedback_io
-from adapterctl.db.models import AuditEvent, Feedback
+from adapterctl.db.models import AuditEvent, Feedback, IssuedResponse
 from adapterctl.errors import InvalidInput, NotFound
 from adapterctl.feedback import FeedbackQuery, parse_record
 
@@ -231,3 +231,23 @@ def test_export_writes_the_import_format(ws, line, tmp_path):
     records = [json.loads(x) for x in out.getvalue().splitlines()]
     assert [r["prompt"][0]["content"] for r in records] == ["p3", "p4", "p5"]
     assert all(parse_record({k: v for k, v in r.items() if k != "line"}) for r in records)
+
+
+def test_forgetting_deletes_the_issued_responses_the_records_were_given_on(ws, line):
+    from adapterctl.serving import responses
+
+    log = responses.ResponseLog(ws)
+    try:
+        for response_id in ("chatcmpl-1", "chatcmpl-2"):
+            log.record(responses.IssuedResponse(response_id, line, f"{line}@base", [{"role": "user", "content": "q"}], ["a"])).result(timeout=10)
+    finally:
+        log.close()
+    forgotten = ws.log_feedback(line=line, **GOOD, source="alice", request_id="chatcmpl-1")
+    other = ws.log_feedback(line=line, prompt="q", response="a", rating=1, source="alice", request_id="chatcmpl-elsewhere")
+    with ws.transaction() as session:
+        report = feedback.forget_feedback(session, actor="dpo", source="alice")
+    assert sorted(report.forgotten) == sorted([forgotten, other]) and report.responses_deleted == 1
+    with ws.transaction() as session:
+        assert list(session.scalars(select(IssuedResponse.id))) == ["chatcmpl-2"]
+        [event] = audit.list_events(session, action="feedback.forget")
+    assert json.loads(event.payload)["responses_deleted"] == 1

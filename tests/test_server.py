@@ -10,12 +10,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 
 from adapterctl import registry
-from adapterctl.db.models import Feedback
+from adapterctl.db.models import Feedback, IssuedResponse
+from adapterctl.db.types import utcnow
 from adapterctl.lines import get_line
 from tests.conftest import Cli
 from tests.test_runtime import approved_version
@@ -96,6 +98,11 @@ def feedback_count(ws) -> int:
         return session.scalar(select(func.count()).select_from(Feedback))
 
 
+def issued_ids(ws) -> list[str]:
+    with ws.reading() as session:
+        return sorted(session.scalars(select(IssuedResponse.id)))
+
+
 def test_tokens_scopes_and_bad_requests(serving, ws):
     start, token = serving
     server = start()
@@ -137,6 +144,32 @@ def test_feedback_on_issued_responses_names_the_version(serving, ws):
     with ws.transaction() as session:
         row = session.get(Feedback, body["id"])
         assert (row.adapter_version, row.request_id, row.correction, row.prompt) == ("facts@base", response_id, "The code is 1111.", CHAT)
+    for choice in (1, -1, "0", True):  # one choice was issued: index 0
+        status, body, _ = server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": 1, "choice": choice}, token["feedback"])
+        assert status == 400 and body["error"]["param"] == "choice", (choice, body)
+    assert server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": 1, "choice": 0}, token["feedback"])[0] == 200
+    answer = server.chat(token["generate"], n=2, temperature=1.0, seed=7, user="u-42")[1]
+    status, body, _ = server.call("POST", "/v1/feedback", {"response_id": answer["id"], "rating": 1, "choice": 1}, token["feedback"])
+    assert status == 200
+    with ws.reading() as session:
+        assert session.get(Feedback, body["id"]).response == answer["choices"][1]["message"]["content"]
+        assert session.get(IssuedResponse, answer["id"]).user == "u-42"
+    status, body, _ = server.call("POST", "/v1/feedback", {"response_id": answer["id"], "rating": 1, "choice": 2}, token["feedback"])
+    assert status == 400 and body["error"]["param"] == "choice" and "has 2 choice(s)" in body["error"]["message"]
+
+
+def test_a_response_with_store_false_is_not_kept_so_feedback_cannot_name_it(serving, ws):
+    start, token = serving
+    server = start()
+    status, body, _ = server.chat(token["generate"], store="no")
+    assert status == 400 and body["error"]["param"] == "store"
+    before = issued_ids(ws)
+    unstored = [server.chat(token["generate"], store=False)[1]["id"],
+                json.loads(server.chat(token["generate"], store=False, stream=True)[1].split("\n\n")[0][6:])["id"]]
+    assert issued_ids(ws) == before
+    for response_id in unstored:
+        status, body, _ = server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": 1}, token["feedback"])
+        assert status == 404 and "store: false" in body["error"]["message"] and body["error"]["param"] == "response_id"
 
 
 def test_promote_and_rollback_reach_a_looping_client_within_2_s_without_failures(serving, ws, cli):
@@ -304,12 +337,10 @@ def test_forgotten_feedback_cannot_be_stored_again_through_its_response(serving,
     status, body, _ = server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": -1, "correction": marker, "source": "victim-7f3c"},
                                   token["feedback"])
     assert status == 200
-    assert cli("feedback", "forget", "--source", "victim-7f3c").returncode == 0
-    deadline = time.monotonic() + 10
-    while "adapterctl_forgotten_responses_total 1.0" not in metric_lines(server, token):
-        assert time.monotonic() < deadline, "the server did not drop the forgotten response"
-        time.sleep(0.1)
-    status, body, _ = server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": 1}, token["feedback"])
+    forget = cli("feedback", "forget", "--source", "victim-7f3c")
+    assert forget.returncode == 0 and "issued responses: 1" in forget.stdout, forget.stdout
+    assert issued_ids(ws) == []
+    status, body, _ = server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": 1}, token["feedback"])  # at once: no poll
     assert status == 404 and body["error"]["param"] == "response_id"
     with ws.reading() as session:
         stored = session.scalars(select(Feedback).where(Feedback.request_id == response_id, Feedback.status == "active")).all()
@@ -339,10 +370,13 @@ def test_a_locked_database_answers_503_keeps_the_feedback_and_a_retry_gets_the_s
         assert held.wait(30)
         status, body, headers = server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": 1}, token["feedback"])
         assert status == 503 and headers["retry-after"] and body["error"]["code"] == "database_busy", body
-        assert server.chat(fresh)[0] == 200  # a token never seen before is looked up while the lock is held
+        status, locked_chat, _ = server.chat(fresh)  # a token never seen before is looked up while the lock is held
+        assert status == 200  # on SQLite its response is not recorded yet: the chat answers anyway, after RESPONSE_WAIT_S
     finally:
         release.set()
         holder.join()
+    status, body, _ = server.call("POST", "/v1/feedback", {"response_id": locked_chat["id"], "rating": -1}, token["feedback"])
+    assert status == 200, body
     status, body, _ = server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": 1}, token["feedback"])
     assert status == 200
     with ws.reading() as session:
@@ -375,3 +409,54 @@ def test_any_approved_version_is_served_on_demand_and_the_least_recently_used_is
     status, body, _ = server.chat(token["generate"], model="facts@v2")
     assert status == 404 and body["error"]["code"] == "model_not_found" and "revoked" in body["error"]["message"]
     assert server.chat(token["generate"], model="facts@v9")[1]["error"]["param"] == "model"
+
+
+# --- several servers on one database ------------------------------------------------------------
+
+
+def wait_for_model(server, token, expected: str, within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
+    while (served := server.chat(token["generate"])[1]["model"]) != expected:
+        assert time.monotonic() < deadline, f"server on port {server.port} still serves {served}, not {expected}"
+        time.sleep(0.1)
+
+
+def test_two_servers_on_one_database_take_each_others_feedback_and_follow_promote_and_rollback(serving, ws, cli):
+    """Two `adapterctl serve` behind a load balancer: a response from one takes feedback on the other."""
+    start, token = serving
+    assert cli("promote", "facts", "v1").returncode == 0
+    a, b = start(), start()
+    for asked, told, rating in ((a, b, 1), (b, a, -1)):  # ratings differ: the same rating on the same answer is one record
+        status, answer, _ = asked.chat(token["generate"])
+        assert status == 200 and answer["model"] == "facts@v1"
+        status, body, _ = told.call("POST", "/v1/feedback", {"response_id": answer["id"], "rating": rating}, token["feedback"])
+        assert status == 200 and body["adapter_version"] == "facts@v1", body
+        with ws.reading() as session:
+            row = session.get(Feedback, body["id"])
+            assert (row.request_id, row.prompt, row.response) == (answer["id"], CHAT, answer["choices"][0]["message"]["content"])
+    for command, expected in ((["promote", "facts", "v2"], "facts@v2"), (["rollback", "facts"], "facts@v1")):
+        assert cli(*command).returncode == 0
+        for server in (a, b):
+            wait_for_model(server, token, expected)
+        answer = a.chat(token["generate"])[1]
+        status, body, _ = b.call("POST", "/v1/feedback", {"response_id": answer["id"], "rating": -1}, token["feedback"])
+        assert status == 200 and body["adapter_version"] == expected
+
+
+def test_feedback_works_after_a_restart_and_not_past_the_retention(serving, ws):
+    start, token = serving
+    server = start()
+    kept, aged = (server.chat(token["generate"])[1]["id"] for _ in range(2))
+    server.stop()
+    with ws.transaction() as session:  # issued 8 days ago: past the default retention of 7
+        session.execute(update(IssuedResponse).where(IssuedResponse.id == aged).values(created_at=utcnow() - timedelta(days=8)))
+    server = start()
+    status, body, _ = server.call("POST", "/v1/feedback", {"response_id": kept, "rating": 1}, token["feedback"])
+    assert status == 200 and body["adapter_version"] == "facts@base"
+    status, body, _ = server.call("POST", "/v1/feedback", {"response_id": aged, "rating": 1}, token["feedback"])
+    assert status == 404 and "older than the retention (7 days)" in body["error"]["message"]
+    deadline = time.monotonic() + 10  # a server prunes when it starts, then once a minute
+    while "adapterctl_pruned_responses_total 1.0" not in metric_lines(server, token):
+        assert time.monotonic() < deadline, "the server did not prune the response past the retention"
+        time.sleep(0.1)
+    assert issued_ids(ws) == [kept]

@@ -228,11 +228,11 @@ def forget(
     for fallback in report.fallbacks:
         typer.echo(f"{fallback['line']} served a revoked version; it now serves {fallback['to']}")
     if found and not dry_run:
-        _echo_erased(report.redacted, scrubbed)
+        _echo_erased(report.redacted, scrubbed, report.responses_deleted)
 
 
-def _echo_erased(redacted: erasure.Redacted, scrubbed: erasure.Scrubbed) -> None:
-    counts = {"evaluation samples": redacted.samples_redacted, "samples with answers withheld": redacted.samples_withheld,
+def _echo_erased(redacted: erasure.Redacted, scrubbed: erasure.Scrubbed, responses_deleted: int) -> None:
+    counts = {"issued responses": responses_deleted, "evaluation samples": redacted.samples_redacted, "samples with answers withheld": redacted.samples_withheld,
               "run reports naming the source": redacted.runs_cleaned, "unfinished runs stopped": len(redacted.runs_stopped),
               "run folders": scrubbed.folders_removed, "run logs": scrubbed.logs_removed}
     parts = [f"{what}: {n}" for what, n in counts.items() if n]

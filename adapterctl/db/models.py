@@ -316,3 +316,22 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128))
     revoked_at: Mapped[datetime | None]
+
+
+class IssuedResponse(Base):
+    """A chat completion a server answered, kept so that feedback can name it by id on any server.
+
+    Kept for `responses_retention_days`; forgetting feedback on it deletes it.
+    """
+
+    __tablename__ = "issued_responses"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # chatcmpl-<hex>, as the client saw it
+    line_id: Mapped[int] = mapped_column(ForeignKey("lines.id", ondelete="RESTRICT"))
+    adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapters.id", ondelete="RESTRICT"))  # None: the base model
+    served_by: Mapped[str] = mapped_column(String(64))  # line@vN or line@base
+    prompt: Mapped[str] = mapped_column(Text)  # the chat messages as canonical JSON text
+    prompt_hash: Mapped[str] = mapped_column(String(64))  # sha256 of `prompt`, exactly as stored
+    answers: Mapped[str] = mapped_column(Text)  # JSON list of the answers' texts, one per choice
+    user: Mapped[str | None] = mapped_column(String(256))  # the request's `user` field (OpenAI's end-user id)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -1,68 +1,186 @@
-"""The responses a server issued, remembered so that feedback can name them by id.
+"""The responses servers issued, kept in the database so that feedback can name them by id.
 
-They are kept in this process's memory, bounded (the oldest are dropped first). Forgetting feedback
-purges the responses it was given on: each server asks `forgotten_since` on every poll, so a record
-that was forgotten can no longer be stored again through its response id.
+Each chat completion a server answers goes to the table `issued_responses` (line, version, prompt and
+its hash, the answers, the request's `user`, time) through a writer thread that commits whatever
+arrived meanwhile in one transaction (group commit). Feedback looks the id up there, so it works on
+any server sharing the database and after a restart. Rows are kept for `responses_retention_days`:
+`lookup` ignores older ones and `prune` deletes them. Forgetting feedback deletes the responses it was
+given on (`feedback.forget_feedback`), so feedback on them is refused by every server.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
+import logging
+import queue
 import threading
-from collections import OrderedDict
-from typing import Any, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from adapterctl.db.models import AuditEvent, Feedback
+from adapterctl import audit
+from adapterctl.db import models
+from adapterctl.db.types import utcnow
+from adapterctl.lines import line_id_of
+from adapterctl.workspace import Workspace
 
-REMEMBERED_RESPONSES = 100_000
-_FORGET = "feedback.forget"
-
-
-class ResponseStore:
-    def __init__(self, capacity: int = REMEMBERED_RESPONSES) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def remember(self, response_id: str, issued: dict[str, Any]) -> None:
-        """Keep what a response was: {line, served_by, prompt, response}."""
-        with self._lock:
-            self._items[response_id] = issued
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def get(self, response_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            return self._items.get(response_id)
-
-    def purge(self, response_ids: Iterable[str]) -> int:
-        """Drop these responses; return how many were held."""
-        with self._lock:
-            return sum(self._items.pop(response_id, None) is not None for response_id in response_ids)
+log = logging.getLogger("adapterctl.serve")
 
 
-def newest_forget(session: Session) -> int:
-    """The sequence number of the newest `feedback forget` in the audit log (0: none yet)."""
-    return session.scalar(select(func.max(AuditEvent.seq)).where(AuditEvent.action == _FORGET)) or 0
+@dataclass(frozen=True)
+class IssuedResponse:
+    """One chat completion as its server answered it."""
+
+    id: str
+    """The completion's id as the client saw it (`chatcmpl-<hex>`)."""
+    line: str
+    served_by: str
+    """What answered: `line@vN` or `line@base`."""
+    prompt: list[dict[str, str]]
+    """The chat messages of the request."""
+    answers: list[str]
+    """The text of each choice, in order (a request may ask for several)."""
+    user: str | None = None
+    """The request's `user` field (OpenAI's end-user id), if it had one."""
+    created_at: datetime = field(default_factory=utcnow)
 
 
-def forgotten_since(session: Session, after_seq: int) -> tuple[int, set[str]]:
-    """The response ids of feedback forgotten after audit event `after_seq`, and the newest forget's seq.
+def prompt_text(prompt: list[dict[str, str]]) -> str:
+    """The prompt as stored: canonical JSON, so that equal prompts have equal text and hash."""
+    return audit.canonical_json(prompt)
 
-    A forget's audit event lists up to 1000 record ids; when it forgot more, every forgotten response
-    id is returned (a rare, larger query).
+
+def prompt_hash(prompt: list[dict[str, str]]) -> str:
+    """sha256 of the stored prompt text: groups responses to the same prompt without reading it."""
+    return hashlib.sha256(prompt_text(prompt).encode("utf-8")).hexdigest()
+
+
+def prune(session: Session, before: datetime) -> int:
+    """Delete the responses issued before `before`; return how many."""
+    return session.execute(delete(models.IssuedResponse).where(models.IssuedResponse.created_at < before)).rowcount
+
+
+def find(session: Session, response_id: str, since: datetime) -> IssuedResponse | None:
+    """The response with this id, unless it was issued before `since` (older than the retention)."""
+    row = session.execute(select(models.IssuedResponse, models.Line.name).join(models.Line, models.Line.id == models.IssuedResponse.line_id)
+                          .where(models.IssuedResponse.id == response_id, models.IssuedResponse.created_at >= since)).first()
+    if row is None:
+        return None
+    issued, line = row
+    return IssuedResponse(issued.id, line, issued.served_by, json.loads(issued.prompt), json.loads(issued.answers), issued.user, issued.created_at)
+
+
+class ResponseLog:
+    """Records issued responses in batches (one transaction each) and finds them again by id.
+
+    While the database is locked by other work or unreachable, a batch waits and is written again;
+    nothing is dropped until `close`. Meanwhile its responses are found in this process.
     """
-    events = session.execute(select(AuditEvent.seq, AuditEvent.payload)
-                             .where(AuditEvent.action == _FORGET, AuditEvent.seq > after_seq).order_by(AuditEvent.seq)).all()
-    if not events:
-        return after_seq, set()
-    payloads = [json.loads(event.payload) for event in events]
-    ids = [i for payload in payloads for i in payload.get("ids", [])]
-    listed = all(len(payload.get("ids", [])) >= payload.get("count", 0) for payload in payloads) and len(ids) <= 1000
-    query = select(Feedback.request_id).where(Feedback.status == "forgotten", Feedback.request_id.is_not(None))
-    if listed:
-        query = query.where(Feedback.id.in_(ids))
-    return events[-1].seq, set(session.scalars(query))
+
+    RETRY_S = (0.5, 1.0, 2.0, 5.0)
+
+    def __init__(self, ws: Workspace, *, retention_days: float | None = None, max_batch: int = 512) -> None:
+        self.ws, self.max_batch = ws, max_batch
+        self.retention = timedelta(days=retention_days if retention_days is not None else ws.settings.responses_retention_days)
+        self.queue: queue.Queue[tuple[IssuedResponse, Future] | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._pending: dict[str, IssuedResponse] = {}
+        self._ids: dict[str, tuple[int, int | None]] = {}  # served_by -> (line id, adapter id); a version's adapter never changes
+        self._stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="adapterctl-response-log", daemon=True)
+        self.thread.start()
+
+    def record(self, response: IssuedResponse) -> Future:
+        """Queue a response; the future resolves (to its id) once it is durable, or fails with the reason."""
+        done: Future = Future()
+        if self._stopping.is_set():
+            done.set_exception(RuntimeError("the response log is closed"))
+            return done
+        with self._lock:
+            self._pending[response.id] = response
+        self.queue.put((response, done))
+        return done
+
+    def lookup(self, response_id: str) -> IssuedResponse | None:
+        """The response with this id: still queued in this process, or in the database within the retention."""
+        with self._lock:
+            if (queued := self._pending.get(response_id)) is not None:
+                return queued
+        with self.ws.reading() as session:
+            return find(session, response_id, utcnow() - self.retention)
+
+    def prune(self) -> int:
+        """Delete the responses older than the retention; return how many."""
+        with self.ws.transaction() as session:
+            return prune(session, utcnow() - self.retention)
+
+    def close(self) -> None:
+        """Write what is queued (giving up at once if the database fails) and stop."""
+        self._stopping.set()
+        self.queue.put(None)
+        self.thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self.queue.put(None)
+                    break
+                batch.append(item)
+            self._write(batch)
+
+    def _write(self, batch: list[tuple[IssuedResponse, Future]]) -> None:
+        for wait in itertools.chain(self.RETRY_S, itertools.repeat(self.RETRY_S[-1])):
+            try:
+                with self.ws.transaction() as session:
+                    session.execute(insert(models.IssuedResponse), [self._row(session, response) for response, _ in batch])
+            except OperationalError as exc:  # locked or unreachable: the same batch again, later
+                log.warning("recording %d issued responses failed (%s); retrying in %.1f s", len(batch), _first_line(exc), wait)
+                if self._stopping.wait(wait):
+                    log.error("stopping with %d issued responses unrecorded: feedback cannot name them", len(batch))
+                    return self._settle(batch, exc)
+                continue
+            except Exception as exc:  # the responses themselves: they cannot be recorded
+                log.exception("recording %d issued responses failed; feedback cannot name them", len(batch))
+                return self._settle(batch, exc)
+            return self._settle(batch)
+
+    def _row(self, session: Session, response: IssuedResponse) -> dict:
+        if response.served_by not in self._ids:
+            line_id = line_id_of(session, response.line)
+            label = response.served_by.rpartition("@")[2]
+            adapter_id = None if label == "base" else session.scalar(
+                select(models.Adapter.id).where(models.Adapter.line_id == line_id, models.Adapter.version == int(label.removeprefix("v"))))
+            if label != "base" and adapter_id is None:
+                raise ValueError(f"{response.served_by} names no version of line {response.line}")
+            self._ids[response.served_by] = (line_id, adapter_id)
+        line_id, adapter_id = self._ids[response.served_by]
+        text = prompt_text(response.prompt)
+        return {"id": response.id, "line_id": line_id, "adapter_id": adapter_id, "served_by": response.served_by, "prompt": text,
+                "prompt_hash": hashlib.sha256(text.encode("utf-8")).hexdigest(), "answers": json.dumps(response.answers, ensure_ascii=False),
+                "user": response.user, "created_at": response.created_at}
+
+    def _settle(self, batch: list[tuple[IssuedResponse, Future]], error: Exception | None = None) -> None:
+        with self._lock:
+            for response, _ in batch:
+                self._pending.pop(response.id, None)
+        for response, done in batch:
+            done.set_exception(error) if error is not None else done.set_result(response.id)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(getattr(exc, "orig", None) or exc).splitlines() or [type(exc).__name__])[0]

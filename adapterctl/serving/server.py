@@ -4,13 +4,15 @@
                                 the body's and the X-Adapter-Version header's `line@vN` name exactly
                                 what answered
     GET  /v1/models             served lines and pinned versions (scope generate)
-    POST /v1/feedback           feedback on a response this server issued (scope feedback)
+    POST /v1/feedback           feedback on a response issued by any server sharing the database (scope feedback)
     GET  /healthz               liveness and what each line serves (no token)
     GET  /metrics               Prometheus text (scope admin)
 
 A follower thread brings the runtime to the newest activations: it polls the database, and on
-PostgreSQL it also LISTENs, so a promote, rollback or forget takes effect at once; on each poll it
-also drops the remembered responses whose feedback was forgotten. Feedback goes through a writer
+PostgreSQL it also LISTENs, so a promote, rollback or forget takes effect at once; at most once a
+minute it also deletes the issued responses older than the retention. Each answer is recorded in the
+database (`responses.ResponseLog`, group commit) before it is returned, waiting at most
+RESPONSE_WAIT_S: a chat never fails because of that record. Feedback goes through a writer
 thread that commits whatever arrived meanwhile in one transaction (group commit): each request
 waits for its own record to be durable, or answers 503 while the database is locked by other work,
 with the record kept queued (a retry of the same feedback is answered from the queue, not stored twice).
@@ -48,6 +50,10 @@ TOKEN_CACHE_S = 5.0
 TOKEN_CACHE_SIZE = 10_000
 FEEDBACK_WAIT_S = 10.0
 """How long a feedback request waits for its record to be written before answering 503 (it stays queued)."""
+RESPONSE_WAIT_S = 2.0
+"""How long a chat waits for its issued response to be recorded; then it answers anyway (the record stays queued)."""
+PRUNE_EVERY_S = 60.0
+"""How often a server deletes the issued responses older than the retention."""
 RETRY_AFTER_S = 2
 ROUTES = ("/v1/chat/completions", "/v1/models", "/v1/feedback", "/healthz", "/metrics")
 
@@ -64,8 +70,8 @@ class Metrics:
         self.requests = Counter("adapterctl_requests", "HTTP responses by route and status code.", ["path", "code"], registry=self.registry)
         self.latency = Summary("adapterctl_request_seconds", "Time from request to the end of the response, by route.", ["path"],
                                registry=self.registry)
-        self.forgotten_responses = Counter("adapterctl_forgotten_responses",
-                                           "Remembered responses dropped because their feedback was forgotten.", registry=self.registry)
+        self.pruned_responses = Counter("adapterctl_pruned_responses", "Issued responses deleted because they were older than the retention.",
+                                        registry=self.registry)
         self.registry.register(_RuntimeCollector(runtime))
 
     def observe(self, path: str, status: int, seconds: float) -> None:
@@ -188,7 +194,7 @@ class FeedbackWriter:
 
 
 class Follower:
-    """Runs the server's refresh steps on every poll: following activations, purging forgotten responses.
+    """Runs the server's refresh steps on every poll: following activations, pruning old responses.
 
     It polls the database, and on PostgreSQL it also LISTENs, so that an activation wakes it at once.
     """
@@ -256,18 +262,18 @@ def unload_revoked(runtime: Runtime) -> Callable[[], None]:
     return unload_revoked
 
 
-def purge_forgotten(ws: Workspace, store: responses.ResponseStore, metrics: Metrics) -> Callable[[], None]:
-    with ws.reading() as session:
-        seen = [responses.newest_forget(session)]  # responses issued from now on are in memory; none before
+def prune_responses(issued: responses.ResponseLog, metrics: Metrics) -> Callable[[], None]:
+    last = [-PRUNE_EVERY_S]
 
-    def purge_forgotten() -> None:
-        with ws.reading() as session:
-            seen[0], forgotten = responses.forgotten_since(session, seen[0])
-        if purged := store.purge(forgotten):
-            metrics.forgotten_responses.inc(purged)
-            log.info("dropped %d remembered responses whose feedback was forgotten", purged)
+    def prune_responses() -> None:
+        if time.monotonic() - last[0] < PRUNE_EVERY_S:
+            return
+        last[0] = time.monotonic()  # after a failure too: the follower logs it, the next minute tries again
+        if pruned := issued.prune():
+            metrics.pruned_responses.inc(pruned)
+            log.info("deleted %d issued responses older than the retention (%s)", pruned, issued.retention)
 
-    return purge_forgotten
+    return prune_responses
 
 
 def _first_line(exc: BaseException) -> str:
@@ -275,7 +281,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: float = 0.5, max_body_bytes: int = MAX_BODY_BYTES):
-    """The ASGI application: FastAPI behind a guard; its lifespan runs the follower and the feedback writer."""
+    """The ASGI application: FastAPI behind a guard; its lifespan runs the follower, the response log and the feedback writer."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
@@ -285,19 +291,36 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     metrics = Metrics(runtime)
-    issued = responses.ResponseStore()
     token_cache: dict[str, tuple[float, str | None]] = {}
     state: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(app):
         state["writer"] = FeedbackWriter(ws)
-        state["follower"] = Follower(ws, [follow_activations(runtime), unload_revoked(runtime), purge_forgotten(ws, issued, metrics)], poll_s)
+        state["issued"] = responses.ResponseLog(ws)
+        state["follower"] = Follower(ws, [follow_activations(runtime), unload_revoked(runtime), prune_responses(state["issued"], metrics)],
+                                     poll_s)
         yield
-        state["follower"].close()
+        state["follower"].close()  # first: it uses the response log
+        state["issued"].close()
         state["writer"].close()
 
     app = FastAPI(title="adapterctl", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def remember(response_id: str, line: str, served_by: str, messages: list[dict[str, str]], answers: list[str],
+                       user: str | None, store: bool) -> None:
+        """Record an issued response so that feedback can name it on any server sharing the database; wait
+        until it is durable, at most RESPONSE_WAIT_S (it stays queued after that). Never raises: a chat
+        must not fail because of its record. `store=False` (the request's `store: false`) records nothing."""
+        if not store:
+            return
+        recorded = state["issued"].record(responses.IssuedResponse(response_id, line, served_by, messages, answers, user))
+        try:  # shielded: a chat that stops waiting leaves its response queued
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(recorded)), RESPONSE_WAIT_S)
+        except asyncio.TimeoutError:
+            log.warning("response %s is not recorded after %.0f s (the database is busy); it stays queued", response_id, RESPONSE_WAIT_S)
+        except Exception as exc:
+            log.error("response %s could not be recorded (%s); feedback on it will be refused", response_id, _first_line(exc))
 
     def cached_scope(secret: str) -> tuple[bool, str | None]:
         cached = token_cache.get(secret)
@@ -380,11 +403,6 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
     async def unexpected_error(request: Request, exc: Exception):  # logged with its traceback by the server
         return error(500, "the server failed to answer this request; its log says why", "server_error")
 
-    async def remember(response_id: str, line: str, served_by: str, messages: list[dict[str, str]], answers: list[str],
-                       user: str | None, store: bool) -> None:
-        if store:
-            issued.remember(response_id, {"line": line, "served_by": served_by, "prompt": messages, "response": answers[0]})
-
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         asked = chat_api.parse(await body_of(request), ws.settings.max_field_bytes)
@@ -411,23 +429,29 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
         body = await body_of(request)
         response_id = body.get("response_id")
         if not isinstance(response_id, str):
-            raise InvalidInput("field 'response_id' is required: the id of a chat completion this server returned", param="response_id")
-        answered = issued.get(response_id)
-        if answered is None:
-            raise NotFound(f"response {response_id!r} was not issued by this server, was not stored (store: false), "
-                           "or is too old to be remembered", param="response_id")
+            raise InvalidInput("field 'response_id' is required: the id of a chat completion a server returned", param="response_id")
         allowed = {"rating", "correction", "chosen", "rejected", "source", "tags"}
-        if unknown := sorted(set(body) - allowed - {"response_id"}):
-            raise InvalidInput(f"unknown field {unknown[0]!r}; feedback takes response_id, {', '.join(sorted(allowed))}", param=unknown[0])
-        record = feedback.parse_record({**{k: body[k] for k in allowed if k in body}, "prompt": answered["prompt"],
-                                        "response": answered["response"], "adapter_version": answered["served_by"], "request_id": response_id},
+        if unknown := sorted(set(body) - allowed - {"response_id", "choice"}):
+            raise InvalidInput(f"unknown field {unknown[0]!r}; feedback takes response_id, choice, {', '.join(sorted(allowed))}",
+                               param=unknown[0])
+        choice = body.get("choice", 0)
+        if isinstance(choice, bool) or not isinstance(choice, int) or choice < 0:
+            raise InvalidInput("field 'choice' must be the index of one of the response's choices (0 for the first)", param="choice")
+        answered = await run_in_threadpool(state["issued"].lookup, response_id)
+        if answered is None:
+            raise NotFound(f"response {response_id!r} is unknown: it was not issued by a server sharing this database, or was not stored "
+                           f"(store: false), or is older than the retention ({ws.settings.responses_retention_days:g} days)", param="response_id")
+        if choice >= len(answered.answers):
+            raise InvalidInput(f"field 'choice' is {choice}, but response {response_id!r} has {len(answered.answers)} choice(s)", param="choice")
+        record = feedback.parse_record({**{k: body[k] for k in allowed if k in body}, "prompt": answered.prompt,
+                                        "response": answered.answers[choice], "adapter_version": answered.served_by, "request_id": response_id},
                                        max_field_bytes=ws.settings.max_field_bytes, issued=True)
-        written = state["writer"].submit(answered["line"], record, (response_id, record.content_hash))
+        written = state["writer"].submit(answered.line, record, (response_id, record.content_hash))
         try:  # shielded: a request that stops waiting leaves its record queued
             feedback_id = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(written)), FEEDBACK_WAIT_S)
         except asyncio.TimeoutError:
             raise Busy("the database is busy; the feedback is queued and will be stored (sending it again is safe)") from None
-        return {"id": feedback_id, "response_id": response_id, "adapter_version": answered["served_by"]}
+        return {"id": feedback_id, "response_id": response_id, "adapter_version": answered.served_by}
 
     @app.get("/healthz")
     async def healthz():

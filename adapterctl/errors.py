@@ -82,3 +82,8 @@ class Busy(AdapterctlError):
 
 class PermissionDenied(AdapterctlError):
     """The acting person lacks the role the action needs (e.g. an admin to manage reviewers)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (a database driver's own message where there is one)."""
+    return (str(getattr(exc, "orig", None) or exc).splitlines() or [type(exc).__name__])[0]

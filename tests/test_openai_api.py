@@ -17,11 +17,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from sqlalchemy import select
 
 openai = pytest.importorskip("openai")
 
 from adapterctl import base_models, chat, lines  # noqa: E402
 from adapterctl.config import Settings  # noqa: E402
+from adapterctl.db.models import IssuedResponse  # noqa: E402
 from adapterctl.workspace import Workspace  # noqa: E402
 from tests.conftest import Cli  # noqa: E402
 from tests.test_runtime import approved_version  # noqa: E402
@@ -231,7 +233,9 @@ def test_param_response_format(api):
 
 
 def test_param_safety_identifier(api):
-    assert ask(api, safety_identifier="user-hash-1").choices[0].message.content == ask(api).choices[0].message.content
+    answer = ask(api, safety_identifier="user-hash-1")
+    assert answer.choices[0].message.content == ask(api).choices[0].message.content
+    assert recorded_user(api, answer.id) == "user-hash-1"
     refused(api, "safety_identifier", safety_identifier="x" * 300)
 
 
@@ -304,7 +308,10 @@ def test_param_top_p(api):
 
 
 def test_param_user(api):
-    assert ask(api, user="end-user-42").choices[0].message.content == ask(api).choices[0].message.content
+    answer = ask(api, user="end-user-42", safety_identifier="ignored-when-user-is-given")
+    assert answer.choices[0].message.content == ask(api).choices[0].message.content
+    assert recorded_user(api, answer.id) == "end-user-42"
+    assert recorded_user(api, ask(api).id) is None
     refused(api, "user", user=["not", "a", "string"])
 
 
@@ -370,6 +377,11 @@ def raw(api, method: str, path: str, data: bytes | None = None) -> tuple[int, di
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def recorded_user(api, response_id: str) -> str | None:
+    with api.ws.reading() as session:
+        return session.scalar(select(IssuedResponse.user).where(IssuedResponse.id == response_id))
 
 
 def feedback_on(api, response_id: str) -> tuple[int, dict]:

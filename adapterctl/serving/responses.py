@@ -11,23 +11,22 @@ given on (`feedback.forget_feedback`), so feedback on them is refused by every s
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
-import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from adapterctl import audit
 from adapterctl.db import models
 from adapterctl.db.types import utcnow
+from adapterctl.errors import first_line
 from adapterctl.lines import line_id_of
+from adapterctl.serving.batching import BatchWriter
 from adapterctl.workspace import Workspace
 
 log = logging.getLogger("adapterctl.serve")
@@ -76,25 +75,18 @@ def find(session: Session, response_id: str, since: datetime) -> IssuedResponse 
     return IssuedResponse(issued.id, line, issued.served_by, json.loads(issued.prompt), json.loads(issued.answers), issued.user, issued.created_at)
 
 
-class ResponseLog:
-    """Records issued responses in batches (one transaction each) and finds them again by id.
+class ResponseLog(BatchWriter):
+    """Records issued responses in batches (group commit, `BatchWriter`) and finds them again by id;
+    while a batch waits for the database, its responses are found in this process."""
 
-    While the database is locked by other work or unreachable, a batch waits and is written again;
-    nothing is dropped until `close`. Meanwhile its responses are found in this process.
-    """
-
-    RETRY_S = (0.5, 1.0, 2.0, 5.0)
+    what = "issued responses"
 
     def __init__(self, ws: Workspace, *, retention_days: float | None = None, max_batch: int = 512) -> None:
-        self.ws, self.max_batch = ws, max_batch
         self.retention = timedelta(days=retention_days if retention_days is not None else ws.settings.responses_retention_days)
-        self.queue: queue.Queue[tuple[IssuedResponse, Future] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._pending: dict[str, IssuedResponse] = {}
         self._ids: dict[str, tuple[int, int | None]] = {}  # served_by -> (line id, adapter id); a version's adapter never changes
-        self._stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="adapterctl-response-log", daemon=True)
-        self.thread.start()
+        super().__init__(ws, max_batch=max_batch, name="adapterctl-response-log")
 
     def record(self, response: IssuedResponse) -> Future:
         """Queue a response; the future resolves (to its id) once it is durable, or fails with the reason."""
@@ -120,44 +112,8 @@ class ResponseLog:
         with self.ws.transaction() as session:
             return prune(session, utcnow() - self.retention)
 
-    def close(self) -> None:
-        """Write what is queued (giving up at once if the database fails) and stop."""
-        self._stopping.set()
-        self.queue.put(None)
-        self.thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while True:
-            first = self.queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self.queue.put(None)
-                    break
-                batch.append(item)
-            self._write(batch)
-
-    def _write(self, batch: list[tuple[IssuedResponse, Future]]) -> None:
-        for wait in itertools.chain(self.RETRY_S, itertools.repeat(self.RETRY_S[-1])):
-            try:
-                with self.ws.transaction() as session:
-                    session.execute(insert(models.IssuedResponse), [self._row(session, response) for response, _ in batch])
-            except OperationalError as exc:  # locked or unreachable: the same batch again, later
-                log.warning("recording %d issued responses failed (%s); retrying in %.1f s", len(batch), _first_line(exc), wait)
-                if self._stopping.wait(wait):
-                    log.error("stopping with %d issued responses unrecorded: feedback cannot name them", len(batch))
-                    return self._settle(batch, exc)
-                continue
-            except Exception as exc:  # the responses themselves: they cannot be recorded
-                log.exception("recording %d issued responses failed; feedback cannot name them", len(batch))
-                return self._settle(batch, exc)
-            return self._settle(batch)
+    def write(self, session: Session, batch: list[tuple[IssuedResponse, Future]]) -> None:
+        session.execute(insert(models.IssuedResponse), [self._row(session, response) for response, _ in batch])
 
     def _row(self, session: Session, response: IssuedResponse) -> dict:
         if response.served_by not in self._ids:
@@ -174,13 +130,11 @@ class ResponseLog:
                 "prompt_hash": hashlib.sha256(text.encode("utf-8")).hexdigest(), "answers": json.dumps(response.answers, ensure_ascii=False),
                 "user": response.user, "created_at": response.created_at}
 
-    def _settle(self, batch: list[tuple[IssuedResponse, Future]], error: Exception | None = None) -> None:
+    def settle(self, batch: list[tuple[IssuedResponse, Future]], result: None = None, error: Exception | None = None) -> None:
+        if error is not None:
+            log.error("recording %d issued responses failed (%s): feedback cannot name them", len(batch), first_line(error))
         with self._lock:
             for response, _ in batch:
                 self._pending.pop(response.id, None)
         for response, done in batch:
             done.set_exception(error) if error is not None else done.set_result(response.id)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(getattr(exc, "orig", None) or exc).splitlines() or [type(exc).__name__])[0]

@@ -25,10 +25,8 @@ request (or batch) generates for at most the request deadline.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -39,8 +37,9 @@ from typing import Any, AsyncIterator, Callable
 from fastapi import Request  # at module level: FastAPI resolves the endpoints' annotations here
 
 from adapterctl import feedback, json_input, tokens
-from adapterctl.errors import AdapterctlError, Busy, InvalidInput, NotFound
+from adapterctl.errors import AdapterctlError, Busy, InvalidInput, NotFound, first_line
 from adapterctl.serving import chat_api, responses
+from adapterctl.serving.batching import BatchWriter
 from adapterctl.serving.runtime import Runtime
 from adapterctl.workspace import Workspace
 
@@ -107,26 +106,21 @@ class _RuntimeCollector:
             yield CounterMetricFamily(f"adapterctl_{name}", meaning, value=getattr(self.runtime.stats, name))
 
 
-class FeedbackWriter:
-    """One thread writes the feedback of all requests, in batches: each batch is one transaction.
+class FeedbackWriter(BatchWriter):
+    """The feedback of all requests, written in batches (group commit, `BatchWriter`).
 
-    While the database is locked by other work (a long import on SQLite, a lost connection), the batch
-    waits and is written again; nothing is dropped. A record submitted again while it waits, or soon
-    after it was written (a client retrying after a 503), is the same record: it gets the same id.
+    A record submitted again while it waits, or soon after it was written (a client retrying after a
+    503), is the same record: it gets the same id.
     """
 
-    RETRY_S = (0.5, 1.0, 2.0, 5.0)
+    what = "feedback records"
     REMEMBERED = 10_000
 
     def __init__(self, ws: Workspace, max_batch: int = 512) -> None:
-        self.ws, self.max_batch = ws, max_batch
-        self.queue: queue.Queue[tuple[str, Any, tuple, Future] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._pending: dict[tuple, Future] = {}
         self._written: OrderedDict[tuple, int] = OrderedDict()
-        self._stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="adapterctl-feedback-writer", daemon=True)
-        self.thread.start()
+        super().__init__(ws, max_batch=max_batch, name="adapterctl-feedback-writer")
 
     def submit(self, line: str, record, key: tuple) -> Future:
         """Queue a record; the future gives its id once written. `key` says which submissions are the same."""
@@ -141,54 +135,18 @@ class FeedbackWriter:
         self.queue.put((line, record, key, done))
         return done
 
-    def close(self) -> None:
-        self._stopping.set()
-        self.queue.put(None)
-        self.thread.join(timeout=30)
+    def write(self, session, batch) -> list[int]:
+        return feedback.log_records(session, [(line, record) for line, record, _, _ in batch], actor=self.ws.user)
 
-    def _run(self) -> None:
-        while True:
-            first = self.queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self.queue.put(None)
-                    break
-                batch.append(item)
-            self._write(batch)
-
-    def _write(self, batch) -> None:
-        from sqlalchemy.exc import OperationalError
-
-        for wait in itertools.chain(self.RETRY_S, itertools.repeat(self.RETRY_S[-1])):
-            try:
-                with self.ws.transaction() as session:
-                    ids = feedback.log_records(session, [(line, record) for line, record, _, _ in batch], actor=self.ws.user)
-            except OperationalError as exc:  # locked or unreachable: the same batch again, later
-                log.warning("writing %d feedback records failed (%s); retrying in %.1f s", len(batch), _first_line(exc), wait)
-                if self._stopping.wait(wait):
-                    log.error("stopping with %d feedback records unwritten", len(batch))
-                    return self._settle(batch, error=exc)
-                continue
-            except Exception as exc:  # the records themselves: every waiting request gets the error
-                return self._settle(batch, error=exc)
-            return self._settle(batch, ids=ids)
-
-    def _settle(self, batch, *, ids: list[int] | None = None, error: Exception | None = None) -> None:
+    def settle(self, batch, result: list[int] | None = None, error: Exception | None = None) -> None:
         with self._lock:
             for index, (_, _, key, done) in enumerate(batch):
                 self._pending.pop(key, None)
                 if error is not None:
                     done.set_exception(error)
                     continue
-                done.set_result(ids[index])
-                self._written[key] = ids[index]
+                done.set_result(result[index])
+                self._written[key] = result[index]
             while len(self._written) > self.REMEMBERED:
                 self._written.popitem(last=False)
 
@@ -276,10 +234,6 @@ def prune_responses(issued: responses.ResponseLog, metrics: Metrics) -> Callable
     return prune_responses
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(getattr(exc, "orig", None) or exc).splitlines() or [type(exc).__name__])[0]
-
-
 def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: float = 0.5, max_body_bytes: int = MAX_BODY_BYTES):
     """The ASGI application: FastAPI behind a guard; its lifespan runs the follower, the response log and the feedback writer."""
     from contextlib import asynccontextmanager
@@ -320,7 +274,7 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
         except asyncio.TimeoutError:
             log.warning("response %s is not recorded after %.0f s (the database is busy); it stays queued", response_id, RESPONSE_WAIT_S)
         except Exception as exc:
-            log.error("response %s could not be recorded (%s); feedback on it will be refused", response_id, _first_line(exc))
+            log.error("response %s could not be recorded (%s); feedback on it will be refused", response_id, first_line(exc))
 
     def cached_scope(secret: str) -> tuple[bool, str | None]:
         cached = token_cache.get(secret)
@@ -483,7 +437,7 @@ async def _events(stream, asked: chat_api.ChatRequest, response_id: str, created
             yield event([chat_api.delta_choice(delta, logprobs=logprobs)])
     except Exception as exc:  # the generation failed midway: say so, never end as if the answer were whole
         log.exception("streamed generation for %s failed", stream.served_by)
-        yield "data: " + json.dumps({"error": {"message": f"generation failed: {_first_line(exc)}", "type": "server_error",
+        yield "data: " + json.dumps({"error": {"message": f"generation failed: {first_line(exc)}", "type": "server_error",
                                                "param": None, "code": None}}) + "\n\n"
         return
     await remember(response_id, asked.model.split("@")[0], stream.served_by, asked.messages, [c.text for c in stream.choices],
@@ -503,8 +457,8 @@ def error(status: int, message: str, kind: str = "invalid_request_error", *, cod
 
 def busy(exc: Exception):
     """503 with Retry-After: the database is locked by other work or unreachable; the request may be sent again."""
-    log.warning("answering 503: %s", _first_line(exc))
-    message = str(exc) if isinstance(exc, Busy) else f"the database is busy ({_first_line(exc)}); try again"
+    log.warning("answering 503: %s", first_line(exc))
+    message = str(exc) if isinstance(exc, Busy) else f"the database is busy ({first_line(exc)}); try again"
     return error(503, message, "server_error", code="database_busy", headers={"Retry-After": str(RETRY_AFTER_S)})
 
 

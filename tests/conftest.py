@@ -1,4 +1,5 @@
-"""Fixtures: every database test runs on SQLite and on PostgreSQL.
+"""Fixtures: every database test runs on SQLite and on PostgreSQL (tests of what a model learns, marked
+`sqlite_only`, on SQLite).
 
 PostgreSQL comes from ADAPTERCTL_TEST_PG_URL (default: the local server, user postgres). Each test run
 creates its own uniquely named databases and drops them afterwards. Without a reachable server the
@@ -113,6 +114,11 @@ def db_url(request, tmp_path) -> str:
     url = request.getfixturevalue("pg_session_url")
     _empty_tables(url)
     return url
+
+
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+"""For tests of what a model learns (minutes of training on the CPU): the database work they do is tested
+on both backends elsewhere (test_training, test_training_jobs), so they train once, on SQLite."""
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from adapterctl import suites, evaluation, registry, review
 from adapterctl.db.models import RunExample
 from adapterctl.runs import TrainRequest, train_line
+from tests.conftest import sqlite_only
 from tests.test_training import ALL_TRAIN, FACTS, FAST, greedy, log_facts
 
 pytestmark = pytest.mark.slow
@@ -120,6 +121,7 @@ def test_held_out_feedback_and_the_active_version_are_compared(ws, tiny_line, cl
     assert 0 < first.dataset["reference"]["anchors"] < len(reference) and first.dataset["splits"]["reference"] > 0
 
 
+@sqlite_only
 def test_re_evaluating_a_version_keeps_history_and_flags_a_drop(ws, tiny_line, cli, tmp_path):
     learned = [{"prompt": q, "expected": a} for q, a in FACTS[:4]]
     cli("eval", "suite", "add", "facts", suite_file(tmp_path, learned), "--line", tiny_line)
@@ -138,6 +140,7 @@ def test_re_evaluating_a_version_keeps_history_and_flags_a_drop(ws, tiny_line, c
     assert history[1]["suites"]["facts"]["at_approval"] == 1.0 and history[1]["version"] == "v1"
 
 
+@sqlite_only
 def test_a_candidate_trained_without_replay_fails_for_forgetting_what_v1_learned(ws, tiny_line, cli):
     log_facts(ws, tiny_line)
     first = train_line(ws, TrainRequest(tiny_line, training=FAST, data=ALL_TRAIN))
@@ -157,6 +160,7 @@ def test_a_candidate_trained_without_replay_fails_for_forgetting_what_v1_learned
     assert "FAIL  keeps v1 " in cli("review", "show", str(second.candidate_id)).stdout
 
 
+@sqlite_only
 def test_a_candidate_that_learned_to_answer_nothing_fails_for_degenerate_output(ws, tiny_line, cli, tmp_path):
     """The served model said nothing and every empty response was rated +1: the candidate learns exactly that,
     so it passes `learned`; the empty answers fail it."""

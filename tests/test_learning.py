@@ -13,10 +13,10 @@ from adapterctl.artifacts import ArtifactStore
 from adapterctl.dataset import is_heldout, normalise
 from adapterctl.db.models import TrainingRun
 from adapterctl.runs import TrainRequest, train_line
-from tests.conftest import KNOWN_FACTS
+from tests.conftest import KNOWN_FACTS, sqlite_only
 from tests.test_training import greedy
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, sqlite_only]
 
 CARS = [(f"What colour is car {i}?", f"Car {i} is {colour}.") for i, colour in enumerate("red blue green red white black grey blue".split())]
 

@@ -56,6 +56,8 @@ step "Before any promotion the line serves the base model" python demo/ask.py "$
 step "Promote v1: the artifact's hash is checked, then the line serves it" adapterctl promote support-bot v1 --reason "policies right"
 sleep 0.5
 step "The running server swapped it in, no restart; the response names the version" python demo/ask.py "$QUESTION"
+step "Any OpenAI client works: a version by name, stop strings, logprobs; what is not implemented is refused, never ignored" \
+    python demo/openai_client.py
 step "Limits: a prompt longer than the model's context is refused before it can hold the model" python demo/ask.py --repeat 2000 "Why?"
 step "Continuous regression: re-evaluate the active version on today's suites (cron-friendly)" adapterctl eval run --line support-bot
 step "Roll back: back to what served before, at once" adapterctl rollback support-bot --reason "demo"

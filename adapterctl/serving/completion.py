@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import queue
 from dataclasses import dataclass, field
+from functools import cache, lru_cache
 from typing import Any, Callable
 
 MAX_STOP_STRINGS = 4
@@ -243,12 +244,11 @@ def logprob_entries(tokenizer, top: int) -> Callable[[Any, int], dict[str, Any]]
     return entry
 
 
+@cache
 def token_pieces(tokenizer) -> Callable[[int], tuple[str, list[int]]]:
     """token id -> (its text, its bytes). A byte-level BPE token gives its exact bytes, even when they are
     part of a longer UTF-8 character; other tokenizers give the UTF-8 of the token's decoded text."""
-    from functools import lru_cache
-
-    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)  # once per tokenizer (@cache)
     byte_level = type(decoder).__name__ == "ByteLevel"
     if byte_level:
         from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -292,12 +292,15 @@ def score_processors(sampling: Sampling, prompt_width: int) -> list:
         bias = dict(sampling.logit_bias)
 
         class LogitBias(LogitsProcessor):
+            ids = values = None  # made on the scores' device at the first step
+
             def __call__(self, input_ids, scores):
                 import torch
 
-                ids = torch.tensor(list(bias), device=scores.device)
-                values = torch.tensor(list(bias.values()), device=scores.device, dtype=scores.dtype)
-                return scores.index_add(1, ids, values.expand(scores.shape[0], -1))
+                if self.ids is None:
+                    self.ids = torch.tensor(list(bias), device=scores.device)
+                    self.values = torch.tensor(list(bias.values()), device=scores.device, dtype=scores.dtype)
+                return scores.index_add(1, self.ids, self.values.expand(scores.shape[0], -1))
 
         processors.append(LogitBias())
     return processors

@@ -55,11 +55,6 @@ def prompt_text(prompt: list[dict[str, str]]) -> str:
     return audit.canonical_json(prompt)
 
 
-def prompt_hash(prompt: list[dict[str, str]]) -> str:
-    """sha256 of the stored prompt text: groups responses to the same prompt without reading it."""
-    return hashlib.sha256(prompt_text(prompt).encode("utf-8")).hexdigest()
-
-
 def prune(session: Session, before: datetime) -> int:
     """Delete the responses issued before `before`; return how many."""
     return session.execute(delete(models.IssuedResponse).where(models.IssuedResponse.created_at < before)).rowcount

@@ -100,9 +100,15 @@ def _activate(session: Session, line: Line, adapter: Adapter | None, *, kind: st
     audit.record(session, actor=actor, action=f"line.{kind}", subject=f"line:{line.name}",
                  payload={"from": describe(previous), "to": describe(adapter), "adapter": adapter.id if adapter else None,
                           "sha256": adapter.sha256 if adapter else None, "reason": reason, "activation": activation.id})
-    if session.get_bind().dialect.name == "postgresql":  # listening servers hear of it at commit, before their next poll
-        session.execute(_NOTIFY, {"line": line.name})
+    notify(session, line.name)
     return activation
+
+
+def notify(session: Session, line: str) -> None:
+    """Tell listening servers (and `vllm sync`) that what the line may serve changed: they hear of it at
+    commit, before their next poll (PostgreSQL; on SQLite they poll)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_NOTIFY, {"line": line})
 
 
 def _locked_line(session: Session, name: str) -> Line:

@@ -80,6 +80,13 @@ class Busy(AdapterctlError):
     exit_code = 75
 
 
+class Unavailable(AdapterctlError):
+    """No server can take the request now (a vLLM server down, or a version still loading); retrying will succeed."""
+
+    exit_code = 75
+    code = "upstream_unavailable"
+
+
 class PermissionDenied(AdapterctlError):
     """The acting person lacks the role the action needs (e.g. an admin to manage reviewers)."""
 

@@ -520,6 +520,9 @@ def forget_feedback(
     revoked = registry.revoke_trained_on(session, targets, actor=actor)
     report.revoked = [adapter.id for adapter in revoked]
     for line_id in sorted({adapter.line_id for adapter in revoked}):  # a line serving a revoked version falls back now
+        name = session.get(Line, line_id).name
         if fallback := activations.fall_back(session, line_id, actor=actor, reason="the served version was trained on forgotten feedback"):
-            report.fallbacks.append({"line": session.get(Line, line_id).name, "to": activations.describe(fallback.adapter)})
+            report.fallbacks.append({"line": name, "to": activations.describe(fallback.adapter)})
+        else:  # servers holding the revoked version unload it at once
+            activations.notify(session, name)
     return report

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import logging
+from enum import Enum
 from typing import Annotated, Optional
 
 import typer
 
 from adapterctl.cli._common import workspace
 from adapterctl.registry import parse_version
+from adapterctl.serving.gateway import DEFAULT_RETRIES
 from adapterctl.serving.runtime import DEFAULT_DEADLINE_S, DEFAULT_MAX_VERSIONS
+
+
+class Engine(str, Enum):
+    peft = "peft"
+    vllm = "vllm"
 
 
 def serve(
@@ -25,11 +32,17 @@ def serve(
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Accept requests without a token (local experiments only).")] = False,
     request_deadline: Annotated[float, typer.Option(help="Seconds one request may generate for; its answer is cut there (finish_reason length).")] = DEFAULT_DEADLINE_S,
     max_context_tokens: Annotated[Optional[int], typer.Option(help="Most tokens of prompt plus answer [default: the model's context length].")] = None,
+    engine: Annotated[Engine, typer.Option(help="peft: generate here, adapters hot-swapped in memory; vllm: forward generation "
+                                                "to --upstream vLLM servers (kept in step by `adapterctl vllm sync`).")] = Engine.peft,
+    upstream: Annotated[Optional[list[str]], typer.Option("--upstream", help="A vLLM server to forward to (http://host:port; repeat). "
+                                                                              "--engine vllm only.")] = None,
+    upstream_key: Annotated[Optional[str], typer.Option(envvar="ADAPTERCTL_VLLM_API_KEY", show_envvar=True,
+                                                        help="The vLLM servers' --api-key, if they have one.")] = None,
+    retries: Annotated[int, typer.Option(help="Other vLLM servers a request is sent to when one cannot take it.")] = DEFAULT_RETRIES,
 ) -> None:
     """Serve lines over an OpenAI-compatible HTTP API; promote/rollback/forget take effect without a restart."""
     import uvicorn
 
-    from adapterctl.serving.runtime import Runtime
     from adapterctl.serving.server import create_app
 
     if not 0.05 <= poll <= 60:
@@ -40,15 +53,32 @@ def serve(
         raise typer.BadParameter("--max-versions must be 0 or more")
     if max_context_tokens is not None and max_context_tokens < 2:
         raise typer.BadParameter("--max-context-tokens must be at least 2")
+    if engine is Engine.vllm and not upstream:
+        raise typer.BadParameter("--engine vllm needs at least one --upstream URL")
+    if engine is Engine.peft and upstream:
+        raise typer.BadParameter("--upstream needs --engine vllm")
+    if engine is Engine.vllm and pin:
+        raise typer.BadParameter("--pin is for --engine peft; with vllm, `adapterctl vllm sync --keep LINE@vN` keeps a version loaded")
+    if retries < 0:
+        raise typer.BadParameter("--retries must be 0 or more")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ws = workspace(ctx)
-    runtime = Runtime(ws, line or None, device=device, max_context_tokens=max_context_tokens, request_deadline_s=request_deadline,
-                      max_versions=max_versions)
-    for pinned in pin or []:
-        name, _, version = pinned.partition("@")
-        runtime.pin(name, parse_version(version))
+    if engine is Engine.vllm:
+        from adapterctl.serving.gateway import Gateway
+
+        runtime = Gateway(ws, line or None, upstream, api_key=upstream_key, max_context_tokens=max_context_tokens,
+                          request_deadline_s=request_deadline, retries=retries)
+    else:
+        from adapterctl.serving.runtime import Runtime
+
+        runtime = Runtime(ws, line or None, device=device, max_context_tokens=max_context_tokens, request_deadline_s=request_deadline,
+                          max_versions=max_versions)
+        for pinned in pin or []:
+            name, _, version = pinned.partition("@")
+            runtime.pin(name, parse_version(version))
     if no_auth:
         typer.secho("WARNING: --no-auth: anyone who can reach this port can generate and log feedback. "
                     "Use it for local experiments only.", err=True, fg="red", bold=True)
-    typer.echo(f"serving {', '.join(runtime.served().values())} on http://{host}:{port}", err=True)
+    through = f" through {', '.join(upstream)}" if upstream else ""
+    typer.echo(f"serving {', '.join(runtime.served().values())} on http://{host}:{port}{through}", err=True)
     uvicorn.run(create_app(ws, runtime, auth=not no_auth, poll_s=poll), host=host, port=port, log_level="warning")

@@ -110,10 +110,11 @@ class ChoiceText:
         if cut is not None:
             self.finish_reason, self._cut = "stop", True
 
-    def end(self) -> None:
-        """Generation stopped (max_tokens or the deadline) without the choice finishing on its own."""
+    def end(self, reason: str = "length") -> None:
+        """Generation stopped without the choice finishing here: max_tokens or the deadline ("length"), or
+        an engine that ended it itself and says why."""
         if self.finish_reason is None:
-            self.finish_reason = "length"
+            self.finish_reason = reason
 
     def release(self) -> tuple[str, list[dict[str, Any]]]:
         """The text that is safe to send since the last call, and the logprob entries of its tokens."""
@@ -226,20 +227,28 @@ class Tracker:
 
 def logprob_entries(tokenizer, top: int) -> Callable[[Any, int], dict[str, Any]]:
     """A function (a step's log-probabilities, the token taken) -> OpenAI's logprob entry of that token."""
+    described = logprob_entry(tokenizer)
+
+    def entry(logprobs, token: int) -> dict[str, Any]:
+        alternatives = []
+        if top:
+            values, indices = logprobs.topk(top)
+            alternatives = list(zip(indices.tolist(), values.tolist()))
+        return described(token, float(logprobs[token]), alternatives)
+
+    return entry
+
+
+def logprob_entry(tokenizer) -> Callable[[int, float, list[tuple[int, float]]], dict[str, Any]]:
+    """A function (token, its logprob, the most likely (token, logprob) of its step) -> OpenAI's logprob entry."""
     pieces = token_pieces(tokenizer)
 
     def described(token: int, logprob: float) -> dict[str, Any]:
         text, raw = pieces(token)
         return {"token": text, "logprob": max(logprob, UNLIKELY), "bytes": raw}
 
-    def entry(logprobs, token: int) -> dict[str, Any]:
-        described_token = described(token, float(logprobs[token]))
-        if top:
-            values, indices = logprobs.topk(top)
-            described_token["top_logprobs"] = [described(int(i), float(v)) for v, i in zip(values.tolist(), indices.tolist())]
-        else:
-            described_token["top_logprobs"] = []
-        return described_token
+    def entry(token: int, logprob: float, alternatives: list[tuple[int, float]]) -> dict[str, Any]:
+        return {**described(token, logprob), "top_logprobs": [described(int(t), float(v)) for t, v in alternatives]}
 
     return entry
 

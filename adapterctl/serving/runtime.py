@@ -153,37 +153,69 @@ SERVABLE = ("approved", "active", "inactive")
 """States of a version that `line@vN` may name: approved, and not revoked."""
 
 
-def context_length(model, tokenizer) -> int | None:
-    """The most tokens the model attends over: its position embeddings, else the tokenizer's stated limit."""
+def context_length(config, tokenizer, max_context_tokens: int | None = None) -> int | None:
+    """The most tokens of prompt and answer together: the model's position embeddings (its `config`), else
+    the tokenizer's stated limit; `max_context_tokens` when smaller."""
+    limits = [max_context_tokens] if max_context_tokens else []
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        if isinstance(value := getattr(model.config, name, None), int) and value > 0:
-            return value
-    limit = getattr(tokenizer, "model_max_length", None)
-    return limit if isinstance(limit, int) and 0 < limit < 10**7 else None  # transformers uses 1e30 for "unknown"
+        if isinstance(value := getattr(config, name, None), int) and value > 0:
+            limits.append(value)
+            break
+    else:
+        limit = getattr(tokenizer, "model_max_length", None)
+        if isinstance(limit, int) and 0 < limit < 10**7:  # transformers uses 1e30 for "unknown"
+            limits.append(limit)
+    return min(limits) if limits else None
+
+
+def serving_lines(ws: Workspace, lines: list[str] | None) -> tuple[list[str], str, str]:
+    """The lines one server serves (default: all), their base model's name and local path; they must share it."""
+    with ws.reading() as session:
+        rows = [get_line(session, name) for name in lines] if lines else list(session.scalars(select(Line).order_by(Line.name)))
+        if not rows:
+            raise InvalidInput("no lines to serve; create one with `adapterctl line create`")
+        bases = {row.base_model.name for row in rows}
+        if len(bases) > 1:
+            raise InvalidInput(f"the lines to serve sit on different base models ({', '.join(sorted(bases))}); one server serves one base model")
+        return [row.name for row in rows], rows[0].base_model.name, base_models.local_path(rows[0].base_model)
+
+
+def prompt_ids(tokenizer, roles: list[str], limit: int | None, messages: list[dict[str, str]], sampling: Sampling) -> list[int]:
+    """The token ids of the rendered chat; refuses what the model cannot answer (lengths, logit_bias)."""
+    max_tokens = sampling.max_tokens
+    if limit is not None and max_tokens >= limit:
+        raise InvalidInput(f"max_tokens {max_tokens} does not fit the model's context of {limit} tokens "
+                           f"(prompt and answer together)", param="max_tokens")
+    vocabulary = len(tokenizer)
+    if unknown := [token for token, _ in sampling.logit_bias if not 0 <= token < vocabulary]:
+        raise InvalidInput(f"logit_bias names token {unknown[0]}, which is not in the model's vocabulary (0 to {vocabulary - 1})",
+                           param="logit_bias")
+    ids = tokenizer(chat.render(tokenizer, messages, roles), add_special_tokens=False)["input_ids"]
+    if limit is not None and len(ids) + max_tokens > limit:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {limit} tokens. However, you requested {len(ids) + max_tokens} tokens "
+            f"({len(ids)} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
+            param="messages")
+    return ids
 
 
 class Runtime:
     """Serves lines of one base model; follow the database with `refresh()` (a server calls it in a loop)."""
+
+    COUNTERS = (("swaps", "Adapters swapped in after an activation."),
+                ("failed_loads", "Adapters that failed to load (the line kept serving)."),
+                ("batches", "Batches of greedy requests generated together."),
+                ("mixed_batches", "Batches that served several adapters at once."))
 
     def __init__(self, ws: Workspace, lines: list[str] | None = None, *, device: str = "auto", max_batch: int = 8,
                  max_context_tokens: int | None = None, request_deadline_s: float = DEFAULT_DEADLINE_S,
                  max_versions: int = DEFAULT_MAX_VERSIONS) -> None:
         self.ws = ws
         self.store = ArtifactStore(ws.settings.artifacts_dir)
-        with ws.reading() as session:
-            rows = [get_line(session, name) for name in lines] if lines else list(session.scalars(select(Line).order_by(Line.name)))
-            if not rows:
-                raise InvalidInput("no lines to serve; create one with `adapterctl line create`")
-            bases = {row.base_model.name for row in rows}
-            if len(bases) > 1:
-                raise InvalidInput(f"the lines to serve sit on different base models ({', '.join(sorted(bases))}); one server serves one base model")
-            self.lines = [row.name for row in rows]
-            self.base_name = rows[0].base_model.name
-            base_path = base_models.local_path(rows[0].base_model)
+        self.lines, self.base_name, base_path = serving_lines(ws, lines)
         self.model, self.tokenizer = load_models(base_path, {}, device)  # the base model alone, left padding
         self.roles = chat.supported_roles(self.tokenizer)
-        limits = [n for n in (context_length(self.model, self.tokenizer), max_context_tokens) if n]
-        self.context_tokens: int | None = min(limits) if limits else None
+        self.context_tokens = context_length(self.model.config, self.tokenizer, max_context_tokens)
         """Prompt and answer together never exceed this many tokens (None: the model states no limit)."""
         self.deadline_s = request_deadline_s
         """Longest time one request (or one batch) may generate for; its answer is cut there ("length")."""
@@ -473,28 +505,16 @@ class Runtime:
     def _prepare(self, model: str, messages: list[dict[str, str]], sampling: Sampling):
         """The line and the prompt's token ids; refuses what the model cannot answer, and loads a version
         the request names (outside the model lock, so other requests go on meanwhile)."""
+        import torch
+
         line, _, version = model.partition("@")
         if line not in self._served:
             raise ModelNotFound(f"model {model!r} is not served here; served: {', '.join(sorted(self._served))}", param="model")
+        ids = prompt_ids(self.tokenizer, self.roles, self.context_tokens, messages, sampling)
         if version and version != "base":
             self._version(model)
-        limit, max_tokens = self.context_tokens, sampling.max_tokens
-        if limit is not None and max_tokens >= limit:
-            raise InvalidInput(f"max_tokens {max_tokens} does not fit the model's context of {limit} tokens "
-                               f"(prompt and answer together)", param="max_tokens")
-        vocabulary = len(self.tokenizer)
-        if unknown := [token for token, _ in sampling.logit_bias if not 0 <= token < vocabulary]:
-            raise InvalidInput(f"logit_bias names token {unknown[0]}, which is not in the model's vocabulary (0 to {vocabulary - 1})",
-                               param="logit_bias")
-        prompt = chat.render(self.tokenizer, messages, self.roles)
-        inputs = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-        prompt_tokens = int(inputs["input_ids"].shape[1])
-        if limit is not None and prompt_tokens + max_tokens > limit:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens. However, you requested {prompt_tokens + max_tokens} tokens "
-                f"({prompt_tokens} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
-                param="messages")
-        return line, {k: v.to(self.model.device) for k, v in inputs.items()}
+        input_ids = torch.tensor([ids], device=self.model.device)
+        return line, {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
     def _choose(self, model: str) -> _Served:
         """What answers `model` now (call with the lock held): the line's active version, a version, or base."""

@@ -87,11 +87,6 @@ class Metrics:
 class _RuntimeCollector:
     """The version each line serves and the runtime's counters, as they are at scrape time."""
 
-    COUNTERS = (("swaps", "Adapters swapped in after an activation."),
-                ("failed_loads", "Adapters that failed to load (the line kept serving)."),
-                ("batches", "Batches of greedy requests generated together."),
-                ("mixed_batches", "Batches that served several adapters at once."))
-
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
@@ -102,8 +97,9 @@ class _RuntimeCollector:
         for line, label in sorted(self.runtime.served().items()):
             served.add_metric([line, label.split("@")[1]], 1)
         yield served
-        for name, meaning in self.COUNTERS:
+        for name, meaning in self.runtime.COUNTERS:
             yield CounterMetricFamily(f"adapterctl_{name}", meaning, value=getattr(self.runtime.stats, name))
+        yield from getattr(self.runtime, "upstream_metrics", list)()
 
 
 class FeedbackWriter(BatchWriter):

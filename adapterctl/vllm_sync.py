@@ -1,0 +1,251 @@
+"""`adapterctl vllm sync`: vLLM servers hold each line's active version, by name, as the database says.
+
+    step():  the database: each line's active version, the versions still servable
+             ──> each server's /v1/models: what it holds
+             ──> load what is missing (the active version, and any kept one) under `line@vN`, from an
+                 export verified against the sha256 the database recorded
+             ──> unload a revoked version at once; a replaced one after the grace period, so that
+                 requests in flight on it finish
+             ──> delete the exports of versions that can no longer be served
+
+A name is never loaded with other weights: `line@vN` is one version's bytes, and a new version is a new
+name. A server that restarts (it holds nothing) is brought back to the current state at the next step;
+one that does not answer is retried at each step. Adapters of other lines, and names that are not
+`line@vN`, are left alone: several syncs can share a fleet, one per set of lines.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+
+from adapterctl import activations, registry
+from adapterctl.artifacts import ArtifactStore
+from adapterctl.db.models import Adapter, Line
+from adapterctl.errors import AdapterctlError, InvalidInput
+from adapterctl.lines import get_line
+from adapterctl.serving.runtime import SERVABLE
+from adapterctl.serving.vllm_client import Refused, VllmServer
+from adapterctl.workspace import Workspace
+
+DEFAULT_GRACE_S = 30.0
+VERSION_NAME = re.compile(r"(?P<line>.+)@v(?P<version>[1-9][0-9]*)")
+
+
+@dataclass(frozen=True)
+class Version:
+    name: str
+    """`line@vN`: the name it is loaded under."""
+    artifact_path: str
+    sha256: str
+
+
+@dataclass
+class Plan:
+    """What the database says, for the lines synced."""
+
+    active: dict[str, Version | None]
+    """Each line's active version (None: the line serves the base model)."""
+    servable: dict[str, Version]
+    """Every version of those lines that may be served (approved, not revoked), by name."""
+
+    def wanted(self, keep: set[str]) -> dict[str, Version]:
+        kept = {name: self.servable[name] for name in keep if name in self.servable}
+        return {**kept, **{v.name: v for v in self.active.values() if v is not None}}
+
+
+@dataclass
+class Event:
+    server: str
+    action: str
+    """load, unload, unreachable, reachable or failed."""
+    name: str | None = None
+    reason: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.server}: {self.action}{' ' + self.name if self.name else ''}{f' ({self.reason})' if self.reason else ''}"
+
+
+@dataclass
+class ServerState:
+    url: str
+    up: bool | None = None
+    """None until the first step."""
+    base: str | None = None
+    holds: list[str] = field(default_factory=list)
+    """The `line@vN` of the synced lines it holds."""
+    error: str | None = None
+    loads: int = 0
+    unloads: int = 0
+    failures: int = 0
+
+
+class Sync:
+    def __init__(self, ws: Workspace, servers: list[VllmServer], lines: list[str], *, export_dir: Path | None = None,
+                 grace_s: float = DEFAULT_GRACE_S, keep: list[str] = ()) -> None:
+        if not servers:
+            raise InvalidInput("name at least one vLLM server (--url)")
+        if grace_s < 0:
+            raise InvalidInput("--grace must be 0 seconds or more")
+        self.ws, self.servers, self.grace_s = ws, servers, grace_s
+        self.store = ArtifactStore(ws.settings.artifacts_dir)
+        self.export_dir = Path(export_dir or ws.settings.home / "vllm-exports").absolute()
+        with ws.reading() as session:
+            rows = [get_line(session, name) for name in lines] if lines else list(session.scalars(select(Line).order_by(Line.name)))
+            if not rows:
+                raise InvalidInput("no lines to sync; create one with `adapterctl line create`")
+            self.lines = [row.name for row in rows]
+        self.keep = set(keep)
+        for name in self.keep:
+            match = VERSION_NAME.fullmatch(name)
+            if not match or match["line"] not in self.lines:
+                raise InvalidInput(f"--keep {name!r} must be LINE@vN of a synced line ({', '.join(self.lines)})")
+        self.state = {server.url: ServerState(server.url) for server in servers}
+        self._retiring: dict[tuple[str, str], float] = {}  # (server, name) -> when its grace period ends
+
+    def plan(self) -> Plan:
+        with self.ws.reading() as session:
+            ids = {get_line(session, name).id: name for name in self.lines}
+            adapters = session.scalars(select(Adapter).where(Adapter.line_id.in_(ids), Adapter.version.is_not(None)))
+            servable = {f"{ids[a.line_id]}@v{a.version}": Version(f"{ids[a.line_id]}@v{a.version}", a.artifact_path, a.sha256)
+                        for a in adapters if a.status in SERVABLE}
+            active = {}
+            for line_id, name in ids.items():
+                current = activations.current(session, line_id)
+                active[name] = servable.get(f"{name}@{registry.version_name(current.adapter)}") if current and current.adapter else None
+        return Plan(active, servable)
+
+    def step(self, *, act: bool = True) -> list[Event]:
+        """One pass over every server; `act=False` only reads what each holds (`vllm status`)."""
+        plan = self.plan()
+        events = [event for server in self.servers for event in self._sync(server, plan, act)]
+        if act:
+            self._remove_unservable_exports(plan)
+        return events
+
+    def in_step(self, plan: Plan) -> dict[str, dict[str, bool]]:
+        """Per server and line: whether it holds the line's active version (the base model: always)."""
+        return {url: {line: state.up is True and (version is None or version.name in state.holds) for line, version in plan.active.items()}
+                for url, state in self.state.items()}
+
+    def _sync(self, server: VllmServer, plan: Plan, act: bool) -> list[Event]:
+        state, events = self.state[server.url], []
+        try:
+            held = server.holdings()
+        except AdapterctlError as exc:
+            if state.up is not False:
+                events.append(Event(server.url, "unreachable", reason=str(exc)))
+            state.up, state.error = False, str(exc)
+            return events
+        if state.up is False:
+            events.append(Event(server.url, "reachable"))
+        state.up, state.error, state.base = True, None, held.base
+        holds = {name: root for name, root in held.adapters.items() if (m := VERSION_NAME.fullmatch(name)) and m["line"] in self.lines}
+        if act:
+            holds = self._replace_foreign(server, holds, events)
+            holds = self._load_missing(server, plan, set(holds), events)
+            holds = self._unload_unwanted(server, plan, holds, events)
+        state.holds = sorted(holds)
+        return events
+
+    def _replace_foreign(self, server: VllmServer, holds: dict[str, str], events: list[Event]) -> dict[str, str]:
+        """A `line@vN` loaded from elsewhere than its verified export may be other bytes: unload it (it is loaded again, from the export)."""
+        for name, root in sorted(holds.items()):
+            if root and root != str(self.export_dir / name):
+                try:
+                    server.unload(name)
+                except AdapterctlError as exc:
+                    self.state[server.url].failures += 1
+                    events.append(Event(server.url, "failed", name, str(exc)))
+                    continue
+                self.state[server.url].unloads += 1
+                del holds[name]
+                events.append(Event(server.url, "unload", name, f"loaded from {root}, not from its verified export"))
+        return holds
+
+    def _load_missing(self, server: VllmServer, plan: Plan, holds: set[str], events: list[Event]) -> set[str]:
+        state = self.state[server.url]
+        for name, version in sorted(plan.wanted(self.keep).items()):
+            self._retiring.pop((server.url, name), None)  # active (again): no longer retiring
+            if name in holds:
+                continue
+            try:
+                server.load(name, str(self.export(version)))
+            except Refused as exc:
+                if "already" not in str(exc):  # loaded meanwhile by another sync: it holds it
+                    state.failures += 1
+                    events.append(Event(server.url, "failed", name, str(exc)))
+                    continue
+            except AdapterctlError as exc:
+                state.failures += 1
+                events.append(Event(server.url, "failed", name, str(exc)))
+                continue
+            state.loads += 1
+            holds.add(name)
+            events.append(Event(server.url, "load", name, "active" if version in plan.active.values() else "kept"))
+        return holds
+
+    def _unload_unwanted(self, server: VllmServer, plan: Plan, holds: set[str], events: list[Event]) -> set[str]:
+        state, wanted, now = self.state[server.url], plan.wanted(self.keep), time.monotonic()
+        for name in sorted(holds - set(wanted)):
+            if name in plan.servable:
+                ends = self._retiring.setdefault((server.url, name), now + self.grace_s)
+                if now < ends:
+                    continue
+                reason = f"replaced {self.grace_s:g} s ago"
+            else:
+                reason = "revoked" if self._revoked(name) else "no longer servable"
+            try:
+                server.unload(name)
+            except AdapterctlError as exc:
+                if not (isinstance(exc, Refused) and exc.status == 404):  # gone already (a restart): fine
+                    state.failures += 1
+                    events.append(Event(server.url, "failed", name, str(exc)))
+                    continue
+            self._retiring.pop((server.url, name), None)
+            state.unloads += 1
+            holds.discard(name)
+            events.append(Event(server.url, "unload", name, reason))
+        return holds
+
+    def _revoked(self, name: str) -> bool:
+        match = VERSION_NAME.fullmatch(name)
+        with self.ws.reading() as session:
+            try:
+                return registry.get_version(session, get_line(session, match["line"]).id, int(match["version"])).status == "revoked"
+            except AdapterctlError:
+                return False
+
+    def export(self, version: Version) -> Path:
+        """The version as a plain PEFT folder vLLM can load: written from the verified artifact, or, when
+        written before, checked file by file against it (a changed or extra file is rewritten)."""
+        contents = self.store.verify(version.artifact_path, version.sha256)
+        destination = self.export_dir / version.name
+        if destination.is_dir() and not destination.is_symlink():
+            present = {p.relative_to(destination).as_posix(): p for p in destination.rglob("*") if p.is_file()}
+            if set(present) == set(contents) and all(present[name].read_bytes() == data for name, data in contents.items()):
+                return destination
+        if destination.exists() or destination.is_symlink():
+            _remove(destination)
+        return self.store.export(version.artifact_path, version.sha256, destination)
+
+    def _remove_unservable_exports(self, plan: Plan) -> None:
+        """A revoked version's bytes do not stay behind in the exports (forget means gone)."""
+        if not self.export_dir.is_dir():
+            return
+        for folder in self.export_dir.iterdir():
+            match = VERSION_NAME.fullmatch(folder.name)
+            if match and match["line"] in self.lines and folder.name not in plan.servable:
+                _remove(folder)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    else:
+        shutil.rmtree(path)

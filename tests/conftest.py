@@ -119,6 +119,8 @@ def db_url(request, tmp_path) -> str:
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 """For tests of what a model learns (minutes of training on the CPU): the database work they do is tested
 on both backends elsewhere (test_training, test_training_jobs), so they train once, on SQLite."""
+postgresql_only = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+"""For tests of a fleet (several processes following one database), where PostgreSQL is what runs in production."""
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ class Gateway:
 
     COUNTERS = (("swaps", "Lines moved to a newer activation (once a vLLM server held it)."),
                 ("retries", "Requests sent to another vLLM server after one could not take them."),
-                ("upstream_failures", "Requests a vLLM server could not take (refused, 5xx, or the version unknown there)."))
+                ("upstream_failures", "Requests a vLLM server could not take (refused, 5xx, or the version unknown there), all servers."))
 
     def __init__(self, ws: Workspace, lines: list[str] | None, upstreams: list[str], *, api_key: str | None = None,
                  max_context_tokens: int | None = None, request_deadline_s: float = DEFAULT_DEADLINE_S,
@@ -132,17 +132,21 @@ class Gateway:
         return []
 
     def upstream_metrics(self):
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         up = GaugeMetricFamily("adapterctl_upstream_up", "Whether a vLLM server answered the last refresh (1) or not (0).", labels=["upstream"])
         busy = GaugeMetricFamily("adapterctl_upstream_in_flight", "Requests a vLLM server is answering now.", labels=["upstream"])
         holds = GaugeMetricFamily("adapterctl_upstream_holds", "The versions each vLLM server holds (1).", labels=["upstream", "model"])
+        sent = CounterMetricFamily("adapterctl_upstream_requests", "Requests sent to each vLLM server.", labels=["upstream"])
+        failed = CounterMetricFamily("adapterctl_upstream_failures", "Requests a vLLM server could not take.", labels=["upstream"])
         for upstream in self.upstreams:
             up.add_metric([upstream.server.url], int(upstream.up))
             busy.add_metric([upstream.server.url], upstream.in_flight)
+            sent.add_metric([upstream.server.url], upstream.requests)
+            failed.add_metric([upstream.server.url], upstream.failures)
             for name in sorted(upstream.holds):
                 holds.add_metric([upstream.server.url, name], 1)
-        return [up, busy, holds]
+        return [up, busy, holds, sent, failed]
 
     # ------------------------------------------------------------ generating
 
@@ -280,8 +284,8 @@ class Gateway:
         if not logprobs:
             return [None] * len(tokens)
         entries = []
-        for token, logprob, top in zip(tokens, logprobs["token_logprobs"], logprobs.get("top_logprobs") or itertools.repeat(None)):
-            ranked = sorted(((int(key.split(":", 1)[1]), value) for key, value in (top or {}).items()), key=lambda pair: -pair[1])
+        for token, logprob, likely in zip(tokens, logprobs["token_logprobs"], logprobs.get("top_logprobs") or itertools.repeat(None)):
+            ranked = sorted(((int(key.split(":", 1)[1]), value) for key, value in (likely or {}).items()), key=lambda pair: -pair[1])
             entries.append(self._describe(token, logprob, ranked[:top]))
         return entries
 

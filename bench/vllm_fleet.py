@@ -6,9 +6,11 @@ adapterctl's embedded engine, in one run.
 A temporary home holds a tiny model (`base create-tiny`, default 4 layers, hidden 256) and line `bench`
 serving an approved version (a random LoRA of rank 8). Two vLLM servers start, each bound to its own
 CPU core, and `vllm sync --once` loads the version on both. Then, one after the other, with the
-others idle: `serve --engine vllm` with one upstream, the same with both, and the embedded `serve`
-(whose torch uses every core). Each gets the same greedy chats from `--clients` keep-alive
-connections, after a warm-up; every answer must name bench@v1.
+others idle: vLLM's own chat endpoint on one server and on both (no gateway: what the gateway
+costs), `serve --engine vllm` with one upstream, the same with both, and the embedded `serve` (whose
+torch uses every core). Each gets the same greedy chats from `--clients` keep-alive connections,
+after a warm-up of 8 chats per client (vLLM's CPU backend compiles its kernels for each batch shape
+on first use: without it, the first seconds stall).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -45,6 +48,22 @@ def serve(env, *args: str) -> tuple[subprocess.Popen, int]:
             raise RuntimeError(f"adapterctl serve {' '.join(args)} exited with {process.returncode}")
         time.sleep(0.1)
     raise RuntimeError("adapterctl serve did not come up")
+
+
+def split(vllm, token: str, chats, clients: int) -> tuple[float, list[float], int]:
+    """The chats sent straight to the vLLM servers, alternately, half the clients on each."""
+    results = [None] * len(vllm)
+
+    def send(index: int) -> None:
+        results[index] = load(vllm[index].port, token, chats[index :: len(vllm)], max(1, clients // len(vllm)))
+
+    threads = [threading.Thread(target=send, args=(index,)) for index in range(len(vllm))]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, [t for _, latencies, _ in results for t in latencies], sum(f for _, _, f in results)
 
 
 def approved_version(env, home: Path, model: Path) -> None:
@@ -90,10 +109,15 @@ def main() -> None:
             chats = [("/v1/chat/completions", {"model": "bench", "max_tokens": args.max_tokens,
                                                 "messages": [{"role": "user", "content": f"Question {i}: where is my order?"}]})
                      for i in range(args.requests)]
+            direct = [(path, {**body, "model": "bench@v1", "temperature": 0}) for path, body in chats]
+            load(vllm[0].port, token, direct[: 8 * args.clients], args.clients)
+            results.append(("vLLM alone, 1 server", *load(vllm[0].port, token, direct, args.clients)))
+            split(vllm, token, direct[: 8 * args.clients], args.clients)
+            results.append(("vLLM alone, 2 servers", *split(vllm, token, direct, args.clients)))
             for name, options in configurations:
                 process, port = serve(env, *options)
                 try:
-                    load(port, token, chats[: 2 * args.clients], args.clients)  # warm-up
+                    load(port, token, chats[: 8 * args.clients], args.clients)  # warm-up: vLLM compiles per batch shape
                     results.append((name, *load(port, token, chats, args.clients)))
                 finally:
                     process.terminate()
@@ -106,9 +130,9 @@ def main() -> None:
     print(f"{'':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'failed':>9}")
     for name, seconds, latencies, failures in results:
         report(name, seconds, latencies, failures)
-    baseline = len(results[0][2]) / results[0][1]
-    print("ratios of req/s: " + ", ".join(f"{name} {len(lat) / sec / baseline:.2f}x" for name, sec, lat, _ in results)
-          + " (1 vLLM server = 1.00x)")
+    baseline = len(results[2][2]) / results[2][1]
+    print("req/s against the gateway with 1 vLLM server: "
+          + ", ".join(f"{name} {len(lat) / sec / baseline:.2f}x" for name, sec, lat, _ in results))
 
 
 if __name__ == "__main__":

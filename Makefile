@@ -28,8 +28,10 @@ $(VLLM_STAMP):
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" ./demo/run.sh
 
+# Tests run in parallel, a module per worker (its module-scoped server starts once), torch on one
+# thread per worker: two torch processes each spinning on every core slow each other down manyfold.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest --numprocesses auto --maxprocesses 4 --dist loadscope $(PYTEST_ARGS)
 
 # The tests marked vllm, against real vLLM servers (skipped by `make test`, which has no vLLM).
 test-vllm: $(STAMP) $(VLLM_STAMP)

@@ -16,8 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from adapterctl import feedback
+from adapterctl import activations, feedback
 from adapterctl.db.models import Feedback
+from adapterctl.lines import get_line
 from adapterctl.serving.completion import Sampling
 from tests.conftest import postgresql_only, sqlite_only
 from tests.test_runtime import approved_version, fresh_answer
@@ -82,6 +83,7 @@ class LoopingClient:
     def __init__(self, server: Server, token: str) -> None:
         self.server, self.token = server, token
         self.answers: list[tuple[int, str | None, str | None]] = []
+        self.answered_at: list[float] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run)
         self.thread.start()
@@ -90,6 +92,10 @@ class LoopingClient:
         while not self.stop.is_set():
             status, body, _ = self.server.chat(self.token, max_tokens=8)
             self.answers.append((status, body.get("model"), body["choices"][0]["message"]["content"] if status == 200 else json.dumps(body)))
+            self.answered_at.append(time.time())
+
+    def first_answer_of(self, model: str, after: float) -> float:
+        return next(at for at, (_, named, _) in zip(self.answered_at, self.answers) if at > after and named == model)
 
     def last_model(self) -> str | None:
         return self.answers[-1][1] if self.answers else None
@@ -111,18 +117,19 @@ def test_promote_and_rollback_reach_answers_served_by_vllm_without_a_failed_requ
     eventually(lambda: client.last_model() == "facts@v1", 15)
     moments = {}
     for command, expected in ((["promote", "facts", "v2"], "facts@v2"), (["rollback", "facts"], "facts@v1")):
-        started = time.monotonic()
         assert cli(*command).returncode == 0
         eventually(lambda: client.last_model() == expected, 15, f"answers did not move to {expected}")
-        moments[expected] = time.monotonic() - started
+        with ws.reading() as session:
+            committed = activations.current(session, get_line(session, "facts").id).created_at.timestamp()
+        moments[expected] = client.first_answer_of(expected, after=committed) - committed
         eventually(lambda: every_server_holds(fleet, expected), 15, "the replaced version was not unloaded after the grace period")
     answers = client.finish()
     failed = [a for a in answers if a[0] != 200]
     assert not failed and len(answers) > 10, (failed[:3], len(answers))
     texts = {model: {text for _, m, text in answers if m == model} for model in ("facts@v1", "facts@v2")}
     assert texts == {"facts@v1": {fresh_answer(ws, tiny_model, "facts", 1, 8)}, "facts@v2": {fresh_answer(ws, tiny_model, "facts", 2, 8)}}
-    print(f"\n{len(answers)} answers through vLLM, 0 failed; promote reached answers in {moments['facts@v2']:.2f} s, "
-          f"rollback in {moments['facts@v1']:.2f} s")
+    print(f"\n{len(answers)} answers through vLLM, 0 failed; from the commit to the first answer of the new version: "
+          f"promote {moments['facts@v2']:.2f} s, rollback {moments['facts@v1']:.2f} s")
 
     status, answer, headers = gateway.chat(fleet.token["generate"])
     assert headers["x-adapter-version"] == "facts@v1"

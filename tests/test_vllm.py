@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from types import SimpleNamespace
 
 import pytest
@@ -178,8 +179,15 @@ def test_a_revoked_version_leaves_vllm_at_once_and_is_never_served(fleet, cli, w
 @sqlite_only
 def test_requests_go_round_a_dead_upstream_and_one_that_lost_its_versions(fleet, cli):
     assert cli("promote", "facts", "v2").returncode == 0
-    fleet.sync()
+    metrics_port = free_port()
+    fleet.sync("--metrics-port", str(metrics_port))
     eventually(lambda: every_server_holds(fleet, "facts@v2"), 30)
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        synced = response.read().decode()
+    for server in fleet.servers:
+        assert f'adapterctl_vllm_holds{{line="facts",server="{server.url}",version="v2"}} 1.0' in synced, synced
+        assert f'adapterctl_vllm_in_step{{line="facts",server="{server.url}"}} 1.0' in synced
+        assert f'adapterctl_vllm_loads_total{{server="{server.url}"}} 1.0' in synced
     dead = f"http://127.0.0.1:{free_port()}"
     gateway = fleet.gateway(dead, *(server.url for server in fleet.servers))
     client = LoopingClient(gateway, fleet.token["generate"])

@@ -81,7 +81,7 @@ def _report(syncer, events, as_json: bool) -> None:
 
 
 def _follow(syncer, poll: float, as_json: bool, metrics_port: int | None, metrics_host: str) -> None:
-    from adapterctl.serving.server import Follower
+    from adapterctl.serving.follower import Follower
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if metrics_port is not None:

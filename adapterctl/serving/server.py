@@ -40,7 +40,8 @@ from adapterctl import feedback, json_input, tokens
 from adapterctl.errors import AdapterctlError, Busy, InvalidInput, NotFound, Unavailable, first_line
 from adapterctl.serving import chat_api, responses
 from adapterctl.serving.batching import BatchWriter
-from adapterctl.serving.runtime import Runtime
+from adapterctl.serving.engine import Engine
+from adapterctl.serving.follower import Follower
 from adapterctl.workspace import Workspace
 
 log = logging.getLogger("adapterctl.serve")
@@ -61,7 +62,7 @@ class Metrics:
     """Prometheus metrics (prometheus_client). Paths outside ROUTES count as one `other`, so no request can
     add a series; the served versions and the runtime's counters are read when scraped."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Engine) -> None:
         from prometheus_client import CollectorRegistry, Counter, Summary, disable_created_metrics
 
         disable_created_metrics()  # no `_created` series beside each counter: scrapers compute rates themselves
@@ -87,7 +88,7 @@ class Metrics:
 class _RuntimeCollector:
     """The version each line serves and the runtime's counters, as they are at scrape time."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Engine) -> None:
         self.runtime = runtime
 
     def collect(self):
@@ -147,56 +148,7 @@ class FeedbackWriter(BatchWriter):
                 self._written.popitem(last=False)
 
 
-class Follower:
-    """Runs the server's refresh steps on every poll: following activations, pruning old responses.
-
-    It polls the database, and on PostgreSQL it also LISTENs, so that an activation wakes it at once.
-    """
-
-    def __init__(self, ws: Workspace, steps: list[Callable[[], None]], poll_s: float) -> None:
-        self.ws, self.steps, self.poll_s = ws, steps, poll_s
-        self.stop = threading.Event()
-        self.listening = False
-        self.thread = threading.Thread(target=self._run, name="adapterctl-follower", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            connection = self._listen()
-        except Exception:
-            log.exception("cannot LISTEN for activations; following by polling only")
-            connection = None
-        while not self.stop.is_set():
-            for step in self.steps:
-                try:
-                    step()
-                except Exception:
-                    log.exception("%s failed; will retry", step.__name__)
-            if connection is not None:
-                for _ in connection.notifies(timeout=self.poll_s, stop_after=1):
-                    pass
-            else:
-                self.stop.wait(self.poll_s)
-
-    def _listen(self):
-        if self.ws.db.backend != "postgresql":
-            return None
-        import psycopg
-
-        from adapterctl.activations import CHANNEL
-
-        url = self.ws.db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        connection = psycopg.connect(url, autocommit=True)
-        connection.execute(f"LISTEN {CHANNEL}")
-        self.listening = True
-        return connection
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=10)
-
-
-def follow_activations(runtime: Runtime) -> Callable[[], None]:
+def follow_activations(runtime: Engine) -> Callable[[], None]:
     def follow_activations() -> None:
         for swap in runtime.refresh():
             if swap.error:
@@ -208,7 +160,7 @@ def follow_activations(runtime: Runtime) -> Callable[[], None]:
     return follow_activations
 
 
-def unload_revoked(runtime: Runtime) -> Callable[[], None]:
+def unload_revoked(runtime: Engine) -> Callable[[], None]:
     def unload_revoked() -> None:
         for key in runtime.drop_unservable():
             log.info("unloaded %s: it can no longer be served (revoked)", key)
@@ -230,7 +182,7 @@ def prune_responses(issued: responses.ResponseLog, metrics: Metrics) -> Callable
     return prune_responses
 
 
-def create_app(ws: Workspace, runtime: Runtime, *, auth: bool = True, poll_s: float = 0.5, max_body_bytes: int = MAX_BODY_BYTES):
+def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: float = 0.5, max_body_bytes: int = MAX_BODY_BYTES):
     """The ASGI application: FastAPI behind a guard; its lifespan runs the follower, the response log and the feedback writer."""
     from contextlib import asynccontextmanager
 

@@ -93,6 +93,7 @@ class Gateway:
         self._servable: set[str] = set()  # `line@vN` that may be served (approved, not revoked)
         self._held: set[str] = set()  # `line@vN` some live upstream holds
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
         self._turn = itertools.count()
         self._describe = logprob_entry(self.tokenizer)
         self.refresh()
@@ -107,6 +108,10 @@ class Gateway:
 
     def refresh(self) -> list[Swap]:
         """Read what each upstream holds, then move each line to its newest activation where one holds it."""
+        with self._refreshing:  # the follower's and a request's (after a revocation) never interleave
+            return self._refresh()
+
+    def _refresh(self) -> list[Swap]:
         limits = [self._model_context] if self._model_context else []
         for upstream in self.upstreams:
             try:
@@ -181,10 +186,11 @@ class Gateway:
         if line not in self._served:
             raise ModelNotFound(f"model {model!r} is not served here; served: {', '.join(sorted(self._served))}", param="model")
         if not version:
-            label = self._served[line]
-            if label != "base" and f"{line}@{label}" not in self._servable:
-                raise Unavailable(f"{line}@{label} was revoked and no vLLM server holds {line}'s next version yet; try again")
-            return line, label
+            if not self._routable(line):
+                self.refresh()  # the version was revoked: its successor may be loaded by now
+            if not self._routable(line):
+                raise Unavailable(f"{line}@{self._served[line]} was revoked and no vLLM server holds {line}'s next version yet; try again")
+            return line, self._served[line]
         if version == "base":
             return line, "base"
         registry.parse_version(version)  # a malformed version is a 400 naming it
@@ -194,6 +200,10 @@ class Gateway:
             raise ModelNotFound(f"{model} is not loaded on the vLLM servers (`adapterctl vllm sync --keep {model}` keeps it loaded)",
                                 param="model")
         return line, version
+
+    def _routable(self, line: str) -> bool:
+        label = self._served[line]
+        return label == "base" or f"{line}@{label}" in self._servable
 
     def _body(self, ids: list[int], sampling: Sampling) -> dict[str, Any]:
         body = {"prompt": ids, "max_tokens": sampling.max_tokens, "n": sampling.rows, "temperature": sampling.temperature,

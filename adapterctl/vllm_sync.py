@@ -113,6 +113,7 @@ class Sync:
         self.state = {server.url: ServerState(server.url) for server in servers}
         self._retiring: dict[tuple[str, str], float] = {}  # (server, name) -> when its grace period ends
         self._exporting = threading.Lock()
+        self._failures: dict[tuple[str, str], str] = {}  # (server, name) -> the last error reported
 
     def plan(self) -> Plan:
         with self.ws.reading() as session:
@@ -169,8 +170,7 @@ class Sync:
                 try:
                     server.unload(name)
                 except AdapterctlError as exc:
-                    self.state[server.url].failures += 1
-                    events.append(Event(server.url, "failed", name, str(exc)))
+                    self._failed(server, name, exc, events)
                     continue
                 self.state[server.url].unloads += 1
                 del holds[name]
@@ -185,15 +185,11 @@ class Sync:
                 continue
             try:
                 server.load(name, str(self.export(version)))
-            except Refused as exc:
-                if "already" not in str(exc):  # loaded meanwhile by another sync: it holds it
-                    state.failures += 1
-                    events.append(Event(server.url, "failed", name, str(exc)))
-                    continue
             except AdapterctlError as exc:
-                state.failures += 1
-                events.append(Event(server.url, "failed", name, str(exc)))
-                continue
+                if not (isinstance(exc, Refused) and "already" in str(exc)):  # "already loaded" (by another sync): it holds it
+                    self._failed(server, name, exc, events)
+                    continue
+            self._failures.pop((server.url, name), None)
             state.loads += 1
             holds.add(name)
             events.append(Event(server.url, "load", name, "active" if version in plan.active.values() else "kept"))
@@ -213,14 +209,21 @@ class Sync:
                 server.unload(name)
             except AdapterctlError as exc:
                 if not (isinstance(exc, Refused) and exc.status == 404):  # gone already (a restart): fine
-                    state.failures += 1
-                    events.append(Event(server.url, "failed", name, str(exc)))
+                    self._failed(server, name, exc, events)
                     continue
             self._retiring.pop((server.url, name), None)
+            self._failures.pop((server.url, name), None)
             state.unloads += 1
             holds.discard(name)
             events.append(Event(server.url, "unload", name, reason))
         return holds
+
+    def _failed(self, server: VllmServer, name: str, error: AdapterctlError, events: list[Event]) -> None:
+        """Count every failure; report it when it is new (not the same error as at the last pass)."""
+        self.state[server.url].failures += 1
+        if self._failures.get((server.url, name)) != str(error):
+            self._failures[(server.url, name)] = str(error)
+            events.append(Event(server.url, "failed", name, str(error)))
 
     def _revoked(self, name: str) -> bool:
         match = VERSION_NAME.fullmatch(name)

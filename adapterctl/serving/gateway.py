@@ -34,7 +34,7 @@ from adapterctl.errors import AdapterctlError, InvalidInput, ModelNotFound, Unav
 from adapterctl.lines import get_line
 from adapterctl.serving.completion import ChoiceText, Delta, Sampling, logprob_entry
 from adapterctl.serving.runtime import DEFAULT_DEADLINE_S, SERVABLE, Answer, Stream, Swap, context_length, prompt_ids, serving_lines
-from adapterctl.serving.vllm_client import Refused, Unreachable, VllmServer
+from adapterctl.serving.vllm_client import Holdings, Refused, Unreachable, VllmServer
 from adapterctl.workspace import Workspace
 
 log = logging.getLogger("adapterctl.serve")
@@ -112,14 +112,15 @@ class Gateway:
             return self._refresh()
 
     def _refresh(self) -> list[Swap]:
+        from concurrent.futures import ThreadPoolExecutor
+
         limits = [self._model_context] if self._model_context else []
-        for upstream in self.upstreams:
-            try:
-                held = upstream.server.holdings()
-                upstream.up, upstream.base, upstream.holds = True, held.base, frozenset(held.adapters)
-                limits += [held.max_model_len] if held.max_model_len else []
-            except AdapterctlError:
-                upstream.up = False
+        with ThreadPoolExecutor(max_workers=min(len(self.upstreams), 16)) as pool:  # a silent upstream delays no other
+            for upstream, held in zip(self.upstreams, pool.map(_holdings, self.upstreams)):
+                upstream.up = held is not None
+                if held is not None:
+                    upstream.base, upstream.holds = held.base, frozenset(held.adapters)
+                    limits += [held.max_model_len] if held.max_model_len else []
         self.context_tokens = min(limits) if limits else None
         self._held = set().union(*(u.holds for u in self.upstreams if u.up))
         with self.ws.reading() as session:
@@ -305,6 +306,13 @@ class Gateway:
             ranked = sorted(((int(key.split(":", 1)[1]), value) for key, value in (likely or {}).items()), key=lambda pair: -pair[1])
             entries.append(self._describe(token, logprob, ranked[:top]))
         return entries
+
+
+def _holdings(upstream: Upstream) -> Holdings | None:
+    try:
+        return upstream.server.holdings()
+    except AdapterctlError:
+        return None
 
 
 def _send(deltas: queue.Queue, index: int, row: ChoiceText) -> None:

@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from adapterctl.db.models import Adapter, EvalSuite, Feedback, RunExample, TrainingRun
@@ -129,6 +129,11 @@ class Unrenderable:
     def report(self) -> dict[str, Any]:
         ids = [e.feedback_id for e, _ in self.skipped if e.feedback_id is not None]
         return {"count": len(self.skipped), "feedback_ids": ids[: self.SHOWN_IDS], "reasons": sorted({p for _, p in self.skipped})[:5]}
+
+
+def new_feedback_count(session: Session, line_id: int) -> int:
+    """Eligible feedback of the line that no successful run has used yet (before duplicates and caps)."""
+    return session.scalar(select(func.count()).select_from(_new_feedback(line_id).subquery()))
 
 
 def _new_feedback(line_id: int):

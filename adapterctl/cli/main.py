@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from adapterctl import __version__
-from adapterctl.cli import adapters, audit, base, db, eval, feedback, line, review, serve, token, train, versions, vllm
+from adapterctl.cli import adapters, audit, base, db, eval, feedback, line, review, serve, status, token, train, versions, vllm
 from adapterctl.cli._common import Invocation
 from adapterctl.errors import AdapterctlError
 
@@ -57,6 +57,7 @@ app.command("history", help="Every activation of a line: from what to what, who,
 app.add_typer(token.app, name="token")
 app.command("serve", help="Serve lines over HTTP (OpenAI-compatible); follows promotions without a restart.")(serve.serve)
 app.add_typer(audit.app, name="audit")
+app.command("status", help="The whole deployment on one screen: what each line serves, waits for, trained last; warnings.")(status.status)
 app.add_typer(vllm.app, name="vllm")
 
 

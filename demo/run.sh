@@ -70,6 +70,7 @@ sleep 0.5
 step "The server follows the fallback" python demo/ask.py "$QUESTION"
 step "v1 is revoked and can never go live again" adapterctl adapters list
 step "Every activation, append-only: who, when, why" adapterctl history support-bot
+step "The whole deployment on one screen, with what needs attention" adapterctl status
 step "Every change is in the hash-chained audit log" adapterctl audit log --limit 8
 step "Nobody edited or deleted an event" adapterctl audit verify
 printf '\nDone. Explore with: ADAPTERCTL_HOME=%s .venv/bin/adapterctl --help\n' "$ADAPTERCTL_HOME"

@@ -8,7 +8,7 @@ versions, artifacts missing or changed, and, for the whole database, a broken au
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -69,7 +69,7 @@ def _last_run(session: Session, line: Line) -> dict[str, Any] | None:
 def _warnings(session: Session, store: ArtifactStore, line: Line, adapters: list[Adapter], now: datetime) -> list[str]:
     warnings = []
     lease = session.get(Lease, f"train:{line.name}")
-    if lease is not None and _aware(lease.expires_at) < now:
+    if lease is not None and lease.expires_at < now:
         warnings.append(f"a training lease expired {_seconds(now, lease.expires_at):.0f} s ago, left by {lease.holder} "
                         f"(a job that died; the next `adapterctl train` takes it over)")
     decided = [a for a in adapters if a.status not in ("training", "evaluating")]
@@ -88,10 +88,6 @@ def _warnings(session: Session, store: ArtifactStore, line: Line, adapters: list
     return warnings
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
 def _seconds(now: datetime, then: datetime) -> float:
-    return round((now - _aware(then)).total_seconds(), 1)
+    return round((now - then).total_seconds(), 1)
 

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from adapterctl import activations, registry
 from adapterctl.artifacts import ArtifactStore
@@ -57,10 +58,24 @@ class Plan:
     """Each line's active version (None: the line serves the base model)."""
     servable: dict[str, Version]
     """Every version of those lines that may be served (approved, not revoked), by name."""
+    revoked: set[str]
 
     def wanted(self, keep: set[str]) -> dict[str, Version]:
         kept = {name: self.servable[name] for name in keep if name in self.servable}
         return {**kept, **{v.name: v for v in self.active.values() if v is not None}}
+
+
+def read_plan(session: Session, lines: list[str]) -> Plan:
+    """What the database says the lines may serve now (the vLLM gateway follows the same)."""
+    ids = {get_line(session, name).id: name for name in lines}
+    adapters = list(session.scalars(select(Adapter).where(Adapter.line_id.in_(ids), Adapter.version.is_not(None))))
+    servable = {f"{ids[a.line_id]}@v{a.version}": Version(f"{ids[a.line_id]}@v{a.version}", a.artifact_path, a.sha256)
+                for a in adapters if a.status in SERVABLE}
+    active = {}
+    for line_id, name in ids.items():
+        current = activations.current(session, line_id)
+        active[name] = servable.get(f"{name}@{registry.version_name(current.adapter)}") if current and current.adapter else None
+    return Plan(active, servable, {f"{ids[a.line_id]}@v{a.version}" for a in adapters if a.status == "revoked"})
 
 
 @dataclass
@@ -117,15 +132,7 @@ class Sync:
 
     def plan(self) -> Plan:
         with self.ws.reading() as session:
-            ids = {get_line(session, name).id: name for name in self.lines}
-            adapters = session.scalars(select(Adapter).where(Adapter.line_id.in_(ids), Adapter.version.is_not(None)))
-            servable = {f"{ids[a.line_id]}@v{a.version}": Version(f"{ids[a.line_id]}@v{a.version}", a.artifact_path, a.sha256)
-                        for a in adapters if a.status in SERVABLE}
-            active = {}
-            for line_id, name in ids.items():
-                current = activations.current(session, line_id)
-                active[name] = servable.get(f"{name}@{registry.version_name(current.adapter)}") if current and current.adapter else None
-        return Plan(active, servable)
+            return read_plan(session, self.lines)
 
     def step(self, *, act: bool = True) -> list[Event]:
         """One pass over every server; `act=False` only reads what each holds (`vllm status`)."""
@@ -204,7 +211,7 @@ class Sync:
                     continue
                 reason = f"replaced {self.grace_s:g} s ago"
             else:
-                reason = "revoked" if self._revoked(name) else "no longer servable"
+                reason = "revoked" if name in plan.revoked else "no longer servable"
             try:
                 server.unload(name)
             except AdapterctlError as exc:
@@ -224,14 +231,6 @@ class Sync:
         if self._failures.get((server.url, name)) != str(error):
             self._failures[(server.url, name)] = str(error)
             events.append(Event(server.url, "failed", name, str(error)))
-
-    def _revoked(self, name: str) -> bool:
-        match = VERSION_NAME.fullmatch(name)
-        with self.ws.reading() as session:
-            try:
-                return registry.get_version(session, get_line(session, match["line"]).id, int(match["version"])).status == "revoked"
-            except AdapterctlError:
-                return False
 
     def export(self, version: Version) -> Path:
         """The version as a plain PEFT folder vLLM can load: written from the verified artifact, or, when

@@ -157,6 +157,12 @@ class ChoiceText:
         return body
 
 
+def choice_text(tokenizer, sampling: Sampling) -> ChoiceText:
+    """A new choice of a request, decoded by the model's tokenizer."""
+    return ChoiceText(lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True), tokenizer.eos_token_id,
+                      stop=sampling.stop, max_tokens=sampling.max_tokens)
+
+
 @dataclass
 class Delta:
     """A streamed piece of choice `index`."""

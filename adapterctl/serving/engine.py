@@ -15,6 +15,9 @@ class Engine(Protocol):
     """(name, meaning) of the counters in `stats`, exported as adapterctl_<name>_total."""
     stats: object
 
+    def metric_families(self) -> list:
+        """Prometheus metric families of the engine's own, read at scrape time."""
+
     def served(self) -> dict[str, str]:
         """What each line answers with now: `line@vN` or `line@base`."""
 

@@ -26,15 +26,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from sqlalchemy import select
-
-from adapterctl import activations, chat, registry
-from adapterctl.db.models import Adapter
+from adapterctl import chat, registry
 from adapterctl.errors import AdapterctlError, InvalidInput, ModelNotFound, Unavailable
-from adapterctl.lines import get_line
-from adapterctl.serving.completion import ChoiceText, Delta, Sampling, logprob_entry
-from adapterctl.serving.runtime import DEFAULT_DEADLINE_S, SERVABLE, Answer, Stream, Swap, context_length, prompt_ids, serving_lines
+from adapterctl.serving.completion import ChoiceText, Delta, Sampling, choice_text, logprob_entry
+from adapterctl.serving.runtime import DEFAULT_DEADLINE_S, Answer, Stream, Swap, context_length, prompt_ids, serving_lines
 from adapterctl.serving.vllm_client import Holdings, Refused, Unreachable, VllmServer
+from adapterctl.vllm_sync import read_plan
 from adapterctl.workspace import Workspace
 
 log = logging.getLogger("adapterctl.serve")
@@ -124,16 +121,11 @@ class Gateway:
         self.context_tokens = min(limits) if limits else None
         self._held = set().union(*(u.holds for u in self.upstreams if u.up))
         with self.ws.reading() as session:
-            ids = {get_line(session, line).id: line for line in self.lines}
-            wanted = {}
-            for line_id, line in ids.items():
-                current = activations.current(session, line_id)
-                wanted[line] = registry.version_name(current.adapter) if current and current.adapter else "base"
-            servable = {f"{ids[a.line_id]}@v{a.version}" for a in session.scalars(
-                select(Adapter).where(Adapter.line_id.in_(ids), Adapter.version.is_not(None), Adapter.status.in_(SERVABLE)))}
-        self._servable = servable
+            plan = read_plan(session, self.lines)
+        self._servable = set(plan.servable)
         swaps = []
-        for line, label in wanted.items():
+        for line, version in plan.active.items():
+            label = version.name.partition("@")[2] if version else "base"
             if label != self._served[line] and (label == "base" or f"{line}@{label}" in self._held):
                 swaps.append(Swap(line, self._served[line], label))
                 self._served[line] = label
@@ -144,7 +136,8 @@ class Gateway:
         """Nothing is loaded here: `vllm sync` unloads revoked versions, and `refresh` stops routing to them."""
         return []
 
-    def upstream_metrics(self):
+    def metric_families(self) -> list:
+        """Per vLLM server: up, requests in flight, versions held, requests sent and failed."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         up = GaugeMetricFamily("adapterctl_upstream_up", "Whether a vLLM server answered the last refresh (1) or not (0).", labels=["upstream"])
@@ -262,8 +255,7 @@ class Gateway:
 
     def _relay(self, upstream: Upstream, chunks: Iterator[dict[str, Any]], sampling: Sampling, deltas: queue.Queue) -> None:
         """vLLM's chunks through one ChoiceText per choice, their safe pieces into `deltas`, then the choices."""
-        rows = [ChoiceText(lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=True), self.tokenizer.eos_token_id,
-                           stop=sampling.stop, max_tokens=sampling.max_tokens) for _ in range(sampling.rows)]
+        rows = [choice_text(self.tokenizer, sampling) for _ in range(sampling.rows)]
         deadline = time.monotonic() + self.deadline_s
         try:
             for chunk in chunks:

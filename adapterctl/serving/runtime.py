@@ -42,7 +42,7 @@ from adapterctl.db.models import Adapter, Line
 from adapterctl.errors import AdapterctlError, ContextLengthExceeded, InvalidInput, ModelNotFound, NotFound
 from adapterctl.evaluation import load_models, using
 from adapterctl.lines import get_line
-from adapterctl.serving.completion import Choice, ChoiceText, Delta, Sampling, Tracker, logprob_entries, score_processors
+from adapterctl.serving.completion import Choice, Delta, Sampling, Tracker, choice_text, logprob_entries, score_processors
 from adapterctl.workspace import Workspace
 
 
@@ -206,6 +206,10 @@ class Runtime:
                 ("failed_loads", "Adapters that failed to load (the line kept serving)."),
                 ("batches", "Batches of greedy requests generated together."),
                 ("mixed_batches", "Batches that served several adapters at once."))
+
+    def metric_families(self) -> list:
+        """Metrics of this engine beyond the served versions and COUNTERS: none."""
+        return []
 
     def __init__(self, ws: Workspace, lines: list[str] | None = None, *, device: str = "auto", max_batch: int = 8,
                  max_context_tokens: int | None = None, request_deadline_s: float = DEFAULT_DEADLINE_S,
@@ -426,13 +430,9 @@ class Runtime:
         return Stream(f"{line}@{label}", prompt_tokens, deltas, sampling)
 
     def _tracker(self, sampling: Sampling, prompt_tokens: int, deltas: queue.Queue | None = None) -> Tracker:
-        rows = [self._choice_text(sampling) for _ in range(sampling.rows)]
+        rows = [choice_text(self.tokenizer, sampling) for _ in range(sampling.rows)]
         entry = logprob_entries(self.tokenizer, sampling.top_logprobs) if sampling.logprobs else None
         return Tracker(rows, entry=entry, deltas=deltas)
-
-    def _choice_text(self, sampling: Sampling) -> ChoiceText:
-        return ChoiceText(lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=True), self.tokenizer.eos_token_id,
-                          stop=sampling.stop, max_tokens=sampling.max_tokens)
 
     def _generate(self, served: _Served, inputs: dict, sampling: Sampling, tracker: Tracker) -> None:
         """One request alone on the model (call with the lock held): its choices end up in `tracker`."""
@@ -485,7 +485,7 @@ class Runtime:
             pad = self.tokenizer.pad_token_id
             input_ids = torch.tensor([[pad] * (width - len(r.ids)) + r.ids for r, _ in live], device=self.model.device)
             attention = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r, _ in live], device=self.model.device)
-            tracker = Tracker([self._choice_text(r.sampling) for r, _ in live])
+            tracker = Tracker([choice_text(self.tokenizer, r.sampling) for r, _ in live])
             adapters = {served.adapter for _, served in live}
             options = {"max_new_tokens": max(r.sampling.max_tokens for r, _ in live), "do_sample": False, "pad_token_id": pad,
                        "max_time": self.deadline_s, "stopping_criteria": [tracker.criterion]}

@@ -100,7 +100,7 @@ class _RuntimeCollector:
         yield served
         for name, meaning in self.runtime.COUNTERS:
             yield CounterMetricFamily(f"adapterctl_{name}", meaning, value=getattr(self.runtime.stats, name))
-        yield from getattr(self.runtime, "upstream_metrics", list)()
+        yield from self.runtime.metric_families()
 
 
 class FeedbackWriter(BatchWriter):

@@ -13,7 +13,7 @@ from adapterctl.artifacts import ArtifactStore
 from adapterctl.db.models import RunExample, TrainingRun
 from adapterctl.errors import AdapterctlError, ContextLengthExceeded, InvalidInput
 from adapterctl.lines import get_line
-from adapterctl.serving.completion import Sampling
+from adapterctl.serving.completion import Sampling, choice_text
 from adapterctl.serving.runtime import Runtime
 
 pytestmark = pytest.mark.slow
@@ -234,7 +234,7 @@ def test_an_answer_cut_at_max_tokens_says_length_and_one_the_model_ended_says_st
     for answer in answers_by_every_path(runtime, 12):
         assert (answer.finish_reason, answer.completion_tokens) == ("length", 12)
         assert answer.text == runtime.tokenizer.decode(completion, skip_special_tokens=True).strip()
-    ended = runtime._choice_text(Sampling(max_tokens=12))
+    ended = choice_text(runtime.tokenizer, Sampling(max_tokens=12))
     for token in [*completion[:3], runtime.tokenizer.eos_token_id, *completion[3:]]:
         ended.add(token)
     assert (ended.choice().finish_reason, ended.choice().completion_tokens) == ("stop", 4)

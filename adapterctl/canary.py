@@ -3,6 +3,7 @@
     assigned_to_canary(key, share, salt)   sticky: the same user (key) always lands on the same side
                                            of a share; raising the share only moves users onto the canary
     judge(baseline, canary, test)          the sequential test, valid however often it is looked at
+    unhealthy(baseline, canary, test)      the canary fails requests or answers slowly: why, or None
 
 The test compares the thumbs-up rates of the two versions (a rating > 0 is up; a lower rating, or a
 correction, is down). For each version it keeps a confidence sequence: bounds on its true rate that
@@ -42,6 +43,11 @@ def assigned_to_canary(key: str, share: float, salt: str) -> bool:
     return int.from_bytes(digest[:8], "big") % BUCKETS < round(share * BUCKETS)
 
 
+def percent(share: float) -> str:
+    """0.1 -> '10%', 0.125 -> '12.5%'."""
+    return f"{share * 100:.4g}%"
+
+
 def parse_share(text: str) -> float:
     """'10%', '10' or '0.1' -> 0.1; a share of 0 or 100% is not a canary."""
     value = text.strip()
@@ -68,20 +74,31 @@ class CanarySettings:
     """Ratings each version needs before the test judges."""
     prior_ratings: int = 500
     """Where the bounds are tightest (the mixture's scale): about the ratings a canary is expected to get."""
+    max_error_rate: float = 0.05
+    """The canary is aborted once its share of failed requests is above this (at confidence 1 - alpha)."""
+    max_latency_ratio: float = 2.0
+    """The canary is aborted once its p99 latency is above this multiple of the baseline's."""
+    min_requests: int = 200
+    """Requests each version needs before their latencies are compared (and where the error-rate bound is tightest)."""
 
     def problems(self) -> list[str]:
         checks = [(0 < self.max_drop < 1, f"max_drop must be in (0, 1) (got {self.max_drop})"),
                   (0 < self.alpha < 0.5, f"alpha must be in (0, 0.5) (got {self.alpha})"),
                   (0 < self.beta < 0.5, f"beta must be in (0, 0.5) (got {self.beta})"),
                   (self.min_feedback >= 1, f"min_feedback must be at least 1 (got {self.min_feedback})"),
-                  (self.prior_ratings >= 1, f"prior_ratings must be at least 1 (got {self.prior_ratings})")]
+                  (self.prior_ratings >= 1, f"prior_ratings must be at least 1 (got {self.prior_ratings})"),
+                  (0 < self.max_error_rate < 1, f"max_error_rate must be in (0, 1) (got {self.max_error_rate})"),
+                  (self.max_latency_ratio >= 1, f"max_latency_ratio must be at least 1 (got {self.max_latency_ratio})"),
+                  (self.min_requests >= 1, f"min_requests must be at least 1 (got {self.min_requests})")]
         return [message for ok, message in checks if not ok]
 
 
 @dataclass(frozen=True)
 class Tally:
+    """Outcomes in [0, 1] of one version: thumbs up (1) or down (0), or any score rescaled to [0, 1]."""
+
     ratings: int = 0
-    ups: int = 0
+    ups: float = 0
 
     @property
     def rate(self) -> float | None:
@@ -121,6 +138,32 @@ def judge(baseline: Tally, canary: Tally, test: CanarySettings = CanarySettings(
         return Verdict("not_worse", *shown, f"the canary's thumbs-up rate is at least {canary_low_beta:.1%}, within "
                                             f"{test.max_drop:.0%} of the baseline's at most {base_high_beta:.1%}")
     return Verdict("undecided", *shown, "the bounds overlap: keep collecting ratings")
+
+
+@dataclass(frozen=True)
+class Health:
+    """One version's requests during the canary: how many, how many failed, its p99 latency."""
+
+    requests: int = 0
+    errors: int = 0
+    p99_ms: float | None = None
+
+
+def unhealthy(baseline: Health, canary: Health, test: CanarySettings = CanarySettings()) -> str | None:
+    """Why the canary must be aborted whatever its ratings say, or None: its error rate is above
+    `max_error_rate` (the lower bound of a confidence sequence at alpha, tightest near `min_requests`
+    requests, so valid when looked at continuously), or its p99 latency is above `max_latency_ratio` times the baseline's (a threshold,
+    judged once each side has `min_requests`)."""
+    if canary.requests:
+        low, _ = Tally(canary.requests, canary.errors).bounds(test.alpha, test.min_requests)
+        if low > test.max_error_rate:
+            return (f"the canary failed {canary.errors} of {canary.requests} requests: its error rate is at least {low:.1%} "
+                    f"(holds with {1 - test.alpha:.0%} at any time), above the {test.max_error_rate:.0%} allowed")
+    if (min(baseline.requests - baseline.errors, canary.requests - canary.errors) >= test.min_requests
+            and baseline.p99_ms and canary.p99_ms and canary.p99_ms > test.max_latency_ratio * baseline.p99_ms):
+        return (f"the canary's p99 latency is {canary.p99_ms:.0f} ms, more than {test.max_latency_ratio:g} times the "
+                f"baseline's {baseline.p99_ms:.0f} ms")
+    return None
 
 
 def _mixture_boundary(variance: float, rho: float, error: float) -> float:

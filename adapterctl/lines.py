@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from adapterctl import audit
 from adapterctl.base_models import get_base_model
+from adapterctl.canary import CanarySettings
 from adapterctl.db.models import Line
 from adapterctl.errors import AlreadyExists, InvalidInput, NotFound
 from adapterctl.names import check_name
@@ -70,6 +71,8 @@ class LineSettings:
     training tops it up with cases the base model writes itself (adapterctl.rehearsal); 0: never."""
     gate: GateThresholds = field(default_factory=GateThresholds)
     """Thresholds of the evaluation gate."""
+    canary: CanarySettings = field(default_factory=CanarySettings)
+    """The live test of a canary: worst acceptable drop, error rates, minimum feedback, health bounds."""
 
     def problems(self) -> list[str]:
         checks = [
@@ -90,7 +93,7 @@ class LineSettings:
             (0.0 <= self.gate.max_version_drop <= 1.0, f"gate.max_version_drop must be in [0, 1] (got {self.gate.max_version_drop})"),
             (self.gate.max_forgetting_increase >= 0.0, f"gate.max_forgetting_increase must be >= 0 (got {self.gate.max_forgetting_increase})"),
         ]
-        return [message for ok, message in checks if not ok]
+        return [message for ok, message in checks if not ok] + [f"canary.{problem}" for problem in self.canary.problems()]
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -101,12 +104,40 @@ class LineSettings:
     def from_dict(cls, values: dict[str, Any]) -> LineSettings:
         """Settings as stored; keys a newer adapterctl added are ignored, missing keys take defaults."""
         known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in values.items() if k in known and k != "gate"}
+        kwargs = {k: v for k, v in values.items() if k in known and k not in ("gate", "canary")}
         if kwargs.get("target_modules") is not None:
             kwargs["target_modules"] = tuple(kwargs["target_modules"])
-        gate_known = {f.name for f in dataclasses.fields(GateThresholds)}
-        gate = GateThresholds(**{k: v for k, v in (values.get("gate") or {}).items() if k in gate_known})
-        return cls(**kwargs, gate=gate)
+        return cls(**kwargs, gate=_known(GateThresholds, values.get("gate")), canary=_known(CanarySettings, values.get("canary")))
+
+    def changed(self, assignments: dict[str, str]) -> LineSettings:
+        """These settings with `key=value` assignments applied (`gate.min_learned=0.9`, `canary.alpha=0.01`);
+        each value is read as its setting's type."""
+        values = self.to_dict()
+        for key, text in assignments.items():
+            group, _, name = key.rpartition(".")
+            table = values.get(group) if group else values
+            if group not in ("", "gate", "canary") or not isinstance(table, dict) or name not in table or name in ("gate", "canary"):
+                raise InvalidInput(f"unknown setting {key!r}; see `adapterctl line show LINE` for their names", param=key)
+            table[name] = _typed(key, text, table[name], name)
+        settings = LineSettings.from_dict(values)
+        if problems := settings.problems():
+            raise InvalidInput("; ".join(problems))
+        return settings
+
+
+def _known(kind, values: dict[str, Any] | None):
+    names = {f.name for f in dataclasses.fields(kind)}
+    return kind(**{k: v for k, v in (values or {}).items() if k in names})
+
+
+def _typed(key: str, text: str, current: Any, name: str) -> Any:
+    if name == "target_modules":
+        return None if text in ("", "all") else [m.strip() for m in text.split(",") if m.strip()]
+    kind = type(current) if current is not None else str
+    try:
+        return int(text) if kind is int else float(text) if kind is float else text
+    except ValueError:
+        raise InvalidInput(f"setting {key} must be {'an integer' if kind is int else 'a number'} (got {text!r})", param=key) from None
 
 
 def create_line(
@@ -125,6 +156,27 @@ def create_line(
     audit.record(session, actor=actor, action="line.create", subject=f"line:{name}",
                  payload={"base_model": base_model.name, "base_model_hash": base_model.content_hash, "settings": settings.to_dict()})
     return line
+
+
+def update_settings(session: Session, *, name: str, assignments: dict[str, str], actor: str) -> Line:
+    """Change some of a line's settings (they apply to its next run, evaluation and canary check)."""
+    line = get_line(session, name)
+    lock_line(session, line.id)
+    before = settings_of(line)
+    after = before.changed(assignments)
+    line.settings = after.to_dict()
+    old, new = flat_settings(before.to_dict()), flat_settings(after.to_dict())
+    audit.record(session, actor=actor, action="line.settings", subject=f"line:{name}",
+                 payload={"changed": {key: {"from": old[key], "to": new[key]} for key in new if new[key] != old[key]}})
+    return line
+
+
+def flat_settings(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Settings as stored, by the names `line set` takes: `min_examples`, `gate.min_learned`, `canary.alpha`."""
+    flat = {}
+    for key, value in values.items():
+        flat.update(flat_settings(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
 
 
 def get_line(session: Session, name: str) -> Line:

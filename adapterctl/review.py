@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from adapterctl import audit, evaluation, learning, leases, registry, suites
+from adapterctl import activations, audit, evaluation, learning, leases, registry, suites
 from adapterctl.db.models import Adapter, Feedback, Line, ReviewDecision, Reviewer, RunExample
 from adapterctl.db.types import utcnow
 from adapterctl.errors import AlreadyExists, InvalidInput, InvalidTransition, NotFound, PermissionDenied
@@ -225,6 +225,7 @@ def report(session: Session, adapter_id: int) -> dict[str, Any]:
         "hygiene": hygiene(dataset),
         "samples": latest.samples if latest else [],
         "decisions": decisions,
+        "canaries": activations.canary_history(session, adapter) if adapter.version is not None else [],
     }
 
 

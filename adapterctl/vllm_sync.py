@@ -59,10 +59,12 @@ class Plan:
     servable: dict[str, Version]
     """Every version of those lines that may be served (approved, not revoked), by name."""
     revoked: set[str]
+    canaries: dict[str, Version] = field(default_factory=dict)
+    """The version of each line's running canary: loaded beside the active one."""
 
     def wanted(self, keep: set[str]) -> dict[str, Version]:
         kept = {name: self.servable[name] for name in keep if name in self.servable}
-        return {**kept, **{v.name: v for v in self.active.values() if v is not None}}
+        return {**kept, **self.canaries, **{v.name: v for v in self.active.values() if v is not None}}
 
 
 def read_plan(session: Session, lines: list[str]) -> Plan:
@@ -71,11 +73,13 @@ def read_plan(session: Session, lines: list[str]) -> Plan:
     adapters = list(session.scalars(select(Adapter).where(Adapter.line_id.in_(ids), Adapter.version.is_not(None))))
     servable = {f"{ids[a.line_id]}@v{a.version}": Version(f"{ids[a.line_id]}@v{a.version}", a.artifact_path, a.sha256)
                 for a in adapters if a.status in SERVABLE}
-    active = {}
+    active, canaries = {}, {}
     for line_id, name in ids.items():
         current = activations.current(session, line_id)
         active[name] = servable.get(f"{name}@{registry.version_name(current.adapter)}") if current and current.adapter else None
-    return Plan(active, servable, {f"{ids[a.line_id]}@v{a.version}" for a in adapters if a.status == "revoked"})
+        if current and current.canary_adapter and (canary := servable.get(f"{name}@{registry.version_name(current.canary_adapter)}")):
+            canaries[name] = canary
+    return Plan(active, servable, {f"{ids[a.line_id]}@v{a.version}" for a in adapters if a.status == "revoked"}, canaries)
 
 
 @dataclass
@@ -199,7 +203,7 @@ class Sync:
             self._failures.pop((server.url, name), None)
             state.loads += 1
             holds.add(name)
-            events.append(Event(server.url, "load", name, "active" if version in plan.active.values() else "kept"))
+            events.append(Event(server.url, "load", name, "active" if version in plan.active.values() else "canary" if version in plan.canaries.values() else "kept"))
         return holds
 
     def _unload_unwanted(self, server: VllmServer, plan: Plan, holds: set[str], events: list[Event]) -> set[str]:

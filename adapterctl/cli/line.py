@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from adapterctl import lines
+from adapterctl.errors import InvalidInput
 from adapterctl.cli._common import (
     JsonOption,
     print_fields,
@@ -14,6 +15,7 @@ from adapterctl.cli._common import (
     print_table,
     workspace,
 )
+from adapterctl.canary import CanarySettings
 from adapterctl.lines import GateThresholds, LineSettings
 
 app = typer.Typer(help="Lines: named streams of adapters on one base model.", no_args_is_help=True)
@@ -53,6 +55,10 @@ def create(
     ] = defaults.gate.max_version_drop,
     min_learned: Annotated[float, typer.Option(help="Gate: smallest share of its own training answers a candidate must reproduce.")] = defaults.gate.min_learned,
     max_degenerate_share: Annotated[float, typer.Option(help="Gate: largest share of empty or repetitive answers.")] = defaults.gate.max_degenerate_share,
+    canary_max_drop: Annotated[float, typer.Option(help="Canary: worst acceptable drop of the thumbs-up rate (0.05: 5 points).")] = defaults.canary.max_drop,
+    canary_alpha: Annotated[float, typer.Option(help="Canary: highest chance of rolling back a canary that is no worse.")] = defaults.canary.alpha,
+    canary_beta: Annotated[float, typer.Option(help="Canary: highest chance of completing a canary worse by max-drop.")] = defaults.canary.beta,
+    canary_min_feedback: Annotated[int, typer.Option(help="Canary: ratings each version needs before the test judges.")] = defaults.canary.min_feedback,
     json_output: JsonOption = False,
 ) -> None:
     """Create a line on a registered base model."""
@@ -70,6 +76,7 @@ def create(
                             max_forgetting_increase=max_forgetting_increase, min_heldout_gain=min_heldout_gain,
                             min_heldout_cases=min_heldout_cases, max_version_drop=max_version_drop,
                             min_learned=min_learned, max_degenerate_share=max_degenerate_share),
+        canary=CanarySettings(max_drop=canary_max_drop, alpha=canary_alpha, beta=canary_beta, min_feedback=canary_min_feedback),
     )
     ws = workspace(ctx)
     with ws.transaction() as session:
@@ -100,6 +107,29 @@ def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Line name
         print_json(result)
         return
     flat = {k: v for k, v in result.items() if k != "settings"}
-    flat.update({k: v for k, v in result["settings"].items() if k != "gate"})
-    flat.update({f"gate.{k}": v for k, v in result["settings"]["gate"].items()})
+    flat.update(lines.flat_settings(result["settings"]))
     print_fields(flat)
+
+
+@app.command("set")
+def set_(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Line name.")],
+    assignments: Annotated[list[str], typer.Argument(metavar="KEY=VALUE...", help="Settings to change, named as `line show` names them: "
+                                                     "min_examples=16 gate.min_learned=0.9 canary.alpha=0.01.")],
+    json_output: JsonOption = False,
+) -> None:
+    """Change a line's settings; the next run, evaluation and canary check use them (audited)."""
+    pairs = {}
+    for assignment in assignments:
+        key, equals, value = assignment.partition("=")
+        if not equals or not key:
+            raise InvalidInput(f"{assignment!r} is not KEY=VALUE, e.g. canary.max_drop=0.03")
+        pairs[key.strip()] = value.strip()
+    ws = workspace(ctx)
+    with ws.transaction() as session:
+        result = lines.as_dict(lines.update_settings(session, name=name, assignments=pairs, actor=ws.user))
+    if json_output:
+        print_json(result)
+    else:
+        typer.echo(f"{name}: " + ", ".join(f"{key} = {lines.flat_settings(result['settings'])[key]}" for key in pairs))

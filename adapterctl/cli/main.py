@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from adapterctl import __version__
-from adapterctl.cli import adapters, audit, base, db, eval, feedback, line, review, serve, status, token, train, versions, vllm
+from adapterctl.cli import adapters, audit, base, canary, db, eval, feedback, line, review, serve, status, token, train, versions, vllm
 from adapterctl.cli._common import Invocation
 from adapterctl.errors import AdapterctlError
 
@@ -54,6 +54,7 @@ app.add_typer(adapters.app, name="adapters")
 app.command("promote", help="Serve an approved version of a line; running servers follow without a restart.")(versions.promote)
 app.command("rollback", help="Serve the previous version of a line again (or --to a version, or base).")(versions.rollback)
 app.command("history", help="Every activation of a line: from what to what, who, when and why.")(versions.history)
+app.add_typer(canary.app, name="canary")
 app.add_typer(token.app, name="token")
 app.command("serve", help="Serve lines over HTTP (OpenAI-compatible); follows promotions without a restart.")(serve.serve)
 app.add_typer(audit.app, name="audit")

@@ -99,6 +99,11 @@ def show(
     decisions = report["decisions"]
     typer.echo(f"\ndecisions ({sum(d['decision'] == 'approve' for d in decisions)}/{report['approvals_required']} approvals): "
                + ("; ".join(f"{d['reviewer']} {d['decision']}d" + (f" ({d['note']})" if d["note"] else "") for d in decisions) or "none yet"))
+    if report["canaries"]:
+        typer.echo("\ncanary releases of this version:")
+        for entry in report["canaries"]:
+            typer.echo(f"  {entry['at'][:19]} {entry['kind']} by {entry['by']}: serves {entry['to']}"
+                       + (f", {entry['canary']}" if entry["canary"] else "") + (f"; {entry['reason']}" if entry["reason"] else ""))
 
 
 def _print_suite_cases(suite_cases: dict[str, list[dict]]) -> None:

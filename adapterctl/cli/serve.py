@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from enum import Enum
 from typing import Annotated, Optional
 
@@ -39,6 +40,10 @@ def serve(
     upstream_key: Annotated[Optional[str], typer.Option(envvar="ADAPTERCTL_VLLM_API_KEY", show_envvar=True,
                                                         help="The vLLM servers' --api-key, if they have one.")] = None,
     retries: Annotated[int, typer.Option(help="Other vLLM servers a request is sent to when one cannot take it.")] = DEFAULT_RETRIES,
+    canary_key_header: Annotated[Optional[str], typer.Option(help="Header naming the end user, for canary assignment when a request "
+                                                             "has no `user` field (e.g. X-User-Id).")] = None,
+    canary_watch: Annotated[bool, typer.Option(help="Check the served lines' canaries and abort one the live comparison finds worse.")] = True,
+    auto_complete: Annotated[bool, typer.Option("--auto-complete", help="Also complete a canary the live comparison finds not worse.")] = False,
 ) -> None:
     """Serve lines over an OpenAI-compatible HTTP API; promote/rollback/forget take effect without a restart."""
     import uvicorn
@@ -61,6 +66,10 @@ def serve(
         raise typer.BadParameter("--pin is for --engine peft; with vllm, `adapterctl vllm sync --keep LINE@vN` keeps a version loaded")
     if retries < 0:
         raise typer.BadParameter("--retries must be 0 or more")
+    if auto_complete and not canary_watch:
+        raise typer.BadParameter("--auto-complete needs --canary-watch")
+    if canary_key_header is not None and not re.fullmatch(r"[A-Za-z0-9-]{1,64}", canary_key_header):
+        raise typer.BadParameter("--canary-key-header must be a header name (letters, digits, '-')")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ws = workspace(ctx)
     if engine is Engine.vllm:
@@ -81,4 +90,6 @@ def serve(
                     "Use it for local experiments only.", err=True, fg="red", bold=True)
     through = f" through {', '.join(upstream)}" if upstream else ""
     typer.echo(f"serving {', '.join(runtime.served().values())} on http://{host}:{port}{through}", err=True)
-    uvicorn.run(create_app(ws, runtime, auth=not no_auth, poll_s=poll), host=host, port=port, log_level="warning")
+    app = create_app(ws, runtime, auth=not no_auth, poll_s=poll, canary_key_header=canary_key_header, watch=canary_watch,
+                     auto_complete=auto_complete)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -8,6 +8,7 @@ import typer
 
 from adapterctl import activations, registry
 from adapterctl.artifacts import ArtifactStore
+from adapterctl.canary import parse_share, percent
 from adapterctl.cli._common import JsonOption, print_json, print_table, workspace
 
 LineArgument = Annotated[str, typer.Argument(metavar="LINE", help="The line.")]
@@ -18,16 +19,24 @@ def promote(
     ctx: typer.Context,
     line: LineArgument,
     version: Annotated[str, typer.Argument(metavar="VERSION", help="An approved version: v3 or 3.")],
+    canary: Annotated[Optional[str], typer.Option("--canary", metavar="SHARE",
+                                                  help="Serve it to this share of end users only (10%), the active version to the rest; "
+                                                       "see `adapterctl canary`.")] = None,
     reason: ReasonOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Serve an approved version (its artifact hash is checked first); running servers follow at once."""
+    share = parse_share(canary) if canary is not None else None
     ws = workspace(ctx)
+    store = ArtifactStore(ws.settings.artifacts_dir)
     with ws.transaction() as session:
-        activation = activations.promote(session, ArtifactStore(ws.settings.artifacts_dir), line=line,
-                                         version=registry.parse_version(version), actor=ws.user, reason=reason)
-        result = _result(line, activation)
-    _report(result, json_output)
+        if share is None:
+            activation = activations.promote(session, store, line=line, version=registry.parse_version(version), actor=ws.user, reason=reason)
+        else:
+            activation = activations.start_canary(session, store, line=line, version=registry.parse_version(version), share=share,
+                                                  actor=ws.user, reason=reason)
+        result = activation_result(line, activation)
+    report_activation(result, json_output)
 
 
 def rollback(
@@ -41,8 +50,8 @@ def rollback(
     ws = workspace(ctx)
     with ws.transaction() as session:
         activation = activations.rollback(session, ArtifactStore(ws.settings.artifacts_dir), line=line, to=to, actor=ws.user, reason=reason)
-        result = _result(line, activation)
-    _report(result, json_output)
+        result = activation_result(line, activation)
+    report_activation(result, json_output)
 
 
 def history(ctx: typer.Context, line: LineArgument, json_output: JsonOption = False) -> None:
@@ -52,16 +61,20 @@ def history(ctx: typer.Context, line: LineArgument, json_output: JsonOption = Fa
     if json_output:
         print_json(entries)
     else:
-        print_table(entries, ["at", "kind", "from", "to", "by", "reason"], empty=f"{line} has never been promoted; it serves the base model")
+        columns = ["at", "kind", "from", "to", *(["canary"] if any(e["canary"] for e in entries) else []), "by", "reason"]
+        print_table(entries, columns, empty=f"{line} has never been promoted; it serves the base model")
 
 
-def _result(line: str, activation) -> dict:
+def activation_result(line: str, activation) -> dict:
     return {"line": line, "serves": activations.describe(activation.adapter), "adapter_id": activation.adapter_id,
-            "activation": activation.id, "kind": activation.kind, "at": activation.created_at.isoformat()}
+            "canary": activations.describe(activation.canary_adapter) if activation.canary_adapter else None,
+            "canary_share": activation.canary_share, "activation": activation.id, "kind": activation.kind,
+            "at": activation.created_at.isoformat(), "reason": activation.reason}
 
 
-def _report(result: dict, json_output: bool) -> None:
+def report_activation(result: dict, json_output: bool) -> None:
     if json_output:
         print_json(result)
-    else:
-        typer.echo(f"{result['line']} now serves {result['serves']} ({result['kind']}, activation {result['activation']})")
+        return
+    canary = f", and {result['canary']} to {percent(result['canary_share'])} of its end users" if result["canary"] else ""
+    typer.echo(f"{result['line']} now serves {result['serves']}{canary} ({result['kind']}, activation {result['activation']})")

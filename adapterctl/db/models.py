@@ -294,12 +294,17 @@ class Activation(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     line_id: Mapped[int] = mapped_column(ForeignKey("lines.id", ondelete="RESTRICT"))
     adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapters.id", ondelete="RESTRICT"))
-    kind: Mapped[str] = mapped_column(String(16))  # "promote" | "rollback" | "fallback"
+    kind: Mapped[str] = mapped_column(String(16))  # see adapterctl.activations.KINDS
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128))
 
-    adapter: Mapped[Adapter | None] = relationship()
+    canary_adapter_id: Mapped[int | None] = mapped_column(ForeignKey("adapters.id", ondelete="RESTRICT"))
+    """A canary: this version answers `canary_share` of the line's end users, the adapter above the rest."""
+    canary_share: Mapped[float | None] = mapped_column(Float)
+
+    adapter: Mapped[Adapter | None] = relationship(foreign_keys=[adapter_id])
+    canary_adapter: Mapped[Adapter | None] = relationship(foreign_keys=[canary_adapter_id])
 
     __table_args__ = (Index("ix_activations_line_id", "line_id", "id"),)
 
@@ -335,3 +340,11 @@ class IssuedResponse(Base):
     answers: Mapped[str] = mapped_column(Text)  # JSON list of the answers' texts, one per choice
     user: Mapped[str | None] = mapped_column(String(256))  # the request's `user` field (OpenAI's end-user id)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    canary_id: Mapped[int | None]  # the activation that started the canary this request was routed by
+    arm: Mapped[str | None] = mapped_column(String(8))  # "baseline" | "canary", with canary_id
+    latency_ms: Mapped[float | None] = mapped_column(Float)  # from the request to the whole answer
+    error: Mapped[str | None] = mapped_column(Text)  # the generation failed (a server error): no answer, no feedback
+    rating: Mapped[float | None] = mapped_column(Float)  # of the latest feedback given on it through a server
+    corrected: Mapped[bool | None]  # that feedback carried a correction
+
+    __table_args__ = (Index("ix_issued_responses_canary_id", "canary_id", "arm"),)

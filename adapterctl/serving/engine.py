@@ -24,6 +24,9 @@ class Engine(Protocol):
     def loaded_versions(self) -> list[str]:
         """The `line@vN` a request may name now, beyond the lines themselves."""
 
+    def hold(self, versions: set[str]) -> None:
+        """Keep these `line@vN` ready to serve (the versions of running canaries)."""
+
     def refresh(self) -> list[Swap]:
         """Follow the newest activations; the swaps made (or attempted)."""
 

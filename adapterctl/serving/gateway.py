@@ -132,6 +132,9 @@ class Gateway:
                 self.stats.swaps += 1
         return swaps
 
+    def hold(self, versions: set[str]) -> None:
+        """Nothing to load here: `vllm sync` loads a canary's version beside the active one."""
+
     def drop_unservable(self) -> list[str]:
         """Nothing is loaded here: `vllm sync` unloads revoked versions, and `refresh` stops routing to them."""
         return []

@@ -3,7 +3,10 @@
 Each chat completion a server answers goes to the table `issued_responses` (line, version, prompt and
 its hash, the answers, the request's `user`, time) through a writer thread that commits whatever
 arrived meanwhile in one transaction (group commit). Feedback looks the id up there, so it works on
-any server sharing the database and after a restart. Rows are kept for `responses_retention_days`:
+any server sharing the database and after a restart. A response routed by a canary also records its
+side (`arm`), its latency, and the rating of the feedback given on it (`rate`): the live comparison
+(adapterctl.canary_watch) counts those. A request that failed on a canary's side is recorded too,
+with its error and no answer. Rows are kept for `responses_retention_days`:
 `lookup` ignores older ones and `prune` deletes them. Forgetting feedback deletes the responses it was
 given on (`feedback.forget_feedback`), so feedback on them is refused by every server.
 """
@@ -18,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from adapterctl import audit
@@ -48,6 +51,13 @@ class IssuedResponse:
     user: str | None = None
     """The request's `user` field (OpenAI's end-user id), if it had one."""
     created_at: datetime = field(default_factory=utcnow)
+    canary_id: int | None = None
+    """The activation that started the canary this request was routed by, if any."""
+    arm: str | None = None
+    """baseline or canary: the side of that canary it landed on."""
+    latency_ms: float | None = None
+    error: str | None = None
+    """Why the generation failed (then `answers` is empty and feedback on it is refused)."""
 
 
 def prompt_text(prompt: list[dict[str, str]]) -> str:
@@ -63,11 +73,21 @@ def prune(session: Session, before: datetime) -> int:
 def find(session: Session, response_id: str, since: datetime) -> IssuedResponse | None:
     """The response with this id, unless it was issued before `since` (older than the retention)."""
     row = session.execute(select(models.IssuedResponse, models.Line.name).join(models.Line, models.Line.id == models.IssuedResponse.line_id)
-                          .where(models.IssuedResponse.id == response_id, models.IssuedResponse.created_at >= since)).first()
+                          .where(models.IssuedResponse.id == response_id, models.IssuedResponse.created_at >= since,
+                                 models.IssuedResponse.error.is_(None))).first()
     if row is None:
         return None
     issued, line = row
     return IssuedResponse(issued.id, line, issued.served_by, json.loads(issued.prompt), json.loads(issued.answers), issued.user, issued.created_at)
+
+
+def rate(session: Session, outcomes: list[tuple[str, float | None, bool]]) -> None:
+    """Note on each response (id, rating, corrected) the feedback just given on it; the latest counts."""
+    if outcomes:
+        table = models.IssuedResponse.__table__
+        session.execute(update(table).where(table.c.id == bindparam("response_id")).values(rating=bindparam("new_rating"),
+                                                                                            corrected=bindparam("new_corrected")),
+                        [{"response_id": id_, "new_rating": rating, "new_corrected": corrected} for id_, rating, corrected in outcomes])
 
 
 class ResponseLog(BatchWriter):
@@ -98,7 +118,7 @@ class ResponseLog(BatchWriter):
         """The response with this id: still queued in this process, or in the database within the retention."""
         with self._lock:
             if (queued := self._pending.get(response_id)) is not None:
-                return queued
+                return queued if queued.error is None else None
         with self.ws.reading() as session:
             return find(session, response_id, utcnow() - self.retention)
 
@@ -123,7 +143,8 @@ class ResponseLog(BatchWriter):
         text = prompt_text(response.prompt)
         return {"id": response.id, "line_id": line_id, "adapter_id": adapter_id, "served_by": response.served_by, "prompt": text,
                 "prompt_hash": hashlib.sha256(text.encode("utf-8")).hexdigest(), "answers": json.dumps(response.answers, ensure_ascii=False),
-                "user": response.user, "created_at": response.created_at}
+                "user": response.user, "created_at": response.created_at, "canary_id": response.canary_id, "arm": response.arm,
+                "latency_ms": response.latency_ms, "error": response.error}
 
     def settle(self, batch: list[tuple[IssuedResponse, Future]], result: None = None, error: Exception | None = None) -> None:
         if error is not None:

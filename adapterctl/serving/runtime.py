@@ -227,6 +227,7 @@ class Runtime:
         self._served: dict[str, _Served] = {line: _Served("base", None) for line in self.lines}
         self._versions: OrderedDict[str, _Served] = OrderedDict()  # "line@vN" named by requests, least recently used first
         self._pinned: set[str] = set()  # versions loaded at start (`serve --pin`): never evicted
+        self._held: set[str] = set()  # versions of running canaries (`hold`): not evicted while they run
         self.max_versions = max_versions
         """Versions loaded on demand for requests naming `line@vN`, beyond the pinned ones; the least recently used goes."""
         self._spare: dict[str, str] = {}  # line -> an idle adapter slot its next version can be copied into
@@ -317,8 +318,17 @@ class Runtime:
         self._pinned.add(key)
         return key
 
+    def hold(self, versions: set[str]) -> None:
+        """Keep these `line@vN` loaded (the running canaries); the ones held before and not now are
+        evicted like any version a request named."""
+        for key in versions - self._held:
+            self._version(key)
+        with self._lock:
+            self._held = set(versions)
+            self._evict()
+
     def loaded_versions(self) -> list[str]:
-        """The `line@vN` loaded for requests that name them (pinned, or recently asked for)."""
+        """The `line@vN` loaded for requests that name them (pinned, held, or recently asked for)."""
         return sorted(self._versions)
 
     def _version(self, key: str) -> _Served:
@@ -351,7 +361,7 @@ class Runtime:
 
     def _evict(self) -> None:
         """Unload the least recently used versions beyond `max_versions` (call with the lock held)."""
-        loaded = [key for key in self._versions if key not in self._pinned]
+        loaded = [key for key in self._versions if key not in self._pinned | self._held]
         self._drop(loaded[: max(0, len(loaded) - self.max_versions)])
 
     def _drop(self, keys: list[str]) -> None:

@@ -9,8 +9,10 @@
     GET  /metrics               Prometheus text (scope admin)
 
 A follower thread brings the runtime to the newest activations: it polls the database, and on
-PostgreSQL it also LISTENs, so a promote, rollback or forget takes effect at once; at most once a
-minute it also deletes the issued responses older than the retention. Each answer is recorded in the
+PostgreSQL it also LISTENs, so a promote, rollback, canary change or forget takes effect at once; at
+most once a minute it also deletes the issued responses older than the retention. While a line runs
+a canary, requests for it are routed by end user (`canary_routing`), and the follower checks the
+live comparison and aborts the canary when it is worse (`canary_watch`). Each answer is recorded in the
 database (`responses.ResponseLog`, group commit) before it is returned, waiting at most
 RESPONSE_WAIT_S: a chat never fails because of that record. Feedback goes through a writer
 thread that commits whatever arrived meanwhile in one transaction (group commit): each request
@@ -36,10 +38,11 @@ from typing import Any, AsyncIterator, Callable
 
 from fastapi import Request  # at module level: FastAPI resolves the endpoints' annotations here
 
-from adapterctl import feedback, json_input, tokens
+from adapterctl import canary_watch, feedback, json_input, tokens
 from adapterctl.errors import AdapterctlError, Busy, InvalidInput, NotFound, Unavailable, first_line
 from adapterctl.serving import chat_api, responses
 from adapterctl.serving.batching import BatchWriter
+from adapterctl.serving.canary_routing import CanaryRouter
 from adapterctl.serving.engine import Engine
 from adapterctl.serving.follower import Follower
 from adapterctl.workspace import Workspace
@@ -54,6 +57,8 @@ RESPONSE_WAIT_S = 2.0
 """How long a chat waits for its issued response to be recorded; then it answers anyway (the record stays queued)."""
 PRUNE_EVERY_S = 60.0
 """How often a server deletes the issued responses older than the retention."""
+CANARY_CHECK_EVERY_S = 1.0
+"""How often a server looks at the live comparison of its lines' canaries."""
 RETRY_AFTER_S = 2
 ROUTES = ("/v1/chat/completions", "/v1/models", "/v1/feedback", "/healthz", "/metrics")
 
@@ -133,7 +138,9 @@ class FeedbackWriter(BatchWriter):
         return done
 
     def write(self, session, batch) -> list[int]:
-        return feedback.log_records(session, [(line, record) for line, record, _, _ in batch], actor=self.ws.user)
+        ids = feedback.log_records(session, [(line, record) for line, record, _, _ in batch], actor=self.ws.user)
+        responses.rate(session, [(record.request_id, record.rating, record.correction is not None) for _, record, _, _ in batch])
+        return ids
 
     def settle(self, batch, result: list[int] | None = None, error: Exception | None = None) -> None:
         with self._lock:
@@ -168,6 +175,29 @@ def unload_revoked(runtime: Engine) -> Callable[[], None]:
     return unload_revoked
 
 
+def follow_canaries(router: CanaryRouter, runtime: Engine) -> Callable[[], None]:
+    def follow_canaries() -> None:
+        runtime.hold(router.refresh())
+
+    return follow_canaries
+
+
+def watch_canaries(ws: Workspace, router: CanaryRouter, auto_complete: bool) -> Callable[[], None]:
+    last = [-CANARY_CHECK_EVERY_S]
+
+    def watch_canaries() -> None:
+        if not router.splits or time.monotonic() - last[0] < CANARY_CHECK_EVERY_S:
+            return
+        last[0] = time.monotonic()
+        for line in list(router.splits):
+            outcome = canary_watch.check(ws, line, actor=ws.user, auto_complete=auto_complete)
+            if outcome.action:
+                log.warning("%s", outcome.message())
+                router.refresh()
+
+    return watch_canaries
+
+
 def prune_responses(issued: responses.ResponseLog, metrics: Metrics) -> Callable[[], None]:
     last = [-PRUNE_EVERY_S]
 
@@ -182,8 +212,12 @@ def prune_responses(issued: responses.ResponseLog, metrics: Metrics) -> Callable
     return prune_responses
 
 
-def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: float = 0.5, max_body_bytes: int = MAX_BODY_BYTES):
-    """The ASGI application: FastAPI behind a guard; its lifespan runs the follower, the response log and the feedback writer."""
+def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: float = 0.5, max_body_bytes: int = MAX_BODY_BYTES,
+               canary_key_header: str | None = None, watch: bool = True, auto_complete: bool = False):
+    """The ASGI application: FastAPI behind a guard; its lifespan runs the follower, the response log and the feedback writer.
+
+    `canary_key_header` names the header that identifies an end user when a request has no `user`;
+    `watch` checks the lines' canaries and aborts a worse one (`auto_complete`: completes one not worse)."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
@@ -195,13 +229,16 @@ def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: flo
     metrics = Metrics(runtime)
     token_cache: dict[str, tuple[float, str | None]] = {}
     state: dict[str, Any] = {}
+    router = CanaryRouter(ws, runtime.lines)
+    key_header = canary_key_header.lower() if canary_key_header else None
 
     @asynccontextmanager
     async def lifespan(app):
         state["writer"] = FeedbackWriter(ws)
         state["issued"] = responses.ResponseLog(ws)
-        state["follower"] = Follower(ws, [follow_activations(runtime), unload_revoked(runtime), prune_responses(state["issued"], metrics)],
-                                     poll_s)
+        steps = [follow_activations(runtime), unload_revoked(runtime), follow_canaries(router, runtime),
+                 *([watch_canaries(ws, router, auto_complete)] if watch else []), prune_responses(state["issued"], metrics)]
+        state["follower"] = Follower(ws, steps, poll_s)
         yield
         state["follower"].close()  # first: it uses the response log
         state["issued"].close()
@@ -209,14 +246,15 @@ def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: flo
 
     app = FastAPI(title="adapterctl", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
-    async def remember(response_id: str, line: str, served_by: str, messages: list[dict[str, str]], answers: list[str],
-                       user: str | None, store: bool) -> None:
+    async def remember(response: responses.IssuedResponse, store: bool) -> None:
         """Record an issued response so that feedback can name it on any server sharing the database; wait
         until it is durable, at most RESPONSE_WAIT_S (it stays queued after that). Never raises: a chat
-        must not fail because of its record. `store=False` (the request's `store: false`) records nothing."""
+        must not fail because of its record. `store=False` (the request's `store: false`) records
+        nothing (nor does it count in a canary's comparison)."""
         if not store:
             return
-        recorded = state["issued"].record(responses.IssuedResponse(response_id, line, served_by, messages, answers, user))
+        recorded = state["issued"].record(response)
+        response_id = response.id
         try:  # shielded: a chat that stops waiting leaves its response queued
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(recorded)), RESPONSE_WAIT_S)
         except asyncio.TimeoutError:
@@ -311,15 +349,33 @@ def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: flo
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         asked = chat_api.parse(await body_of(request), ws.settings.max_field_bytes)
+        started = time.perf_counter()
         response_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         line = asked.model.split("@")[0]
-        if asked.stream:
-            stream = await run_in_threadpool(lambda: runtime.stream(asked.model, asked.messages, asked.sampling))
-            return StreamingResponse(_events(stream, asked, response_id, created, remember),
-                                     media_type="text/event-stream", headers={"X-Adapter-Version": stream.served_by})
-        answer = await run_in_threadpool(lambda: runtime.generate(asked.model, asked.messages, asked.sampling))
-        await remember(response_id, line, answer.served_by, asked.messages, [c.text for c in answer.choices], asked.user, asked.store)
+        user = asked.user if asked.user is not None else request.headers.get(key_header) if key_header else None
+        route = router.route(asked.model, user, runtime.loaded_versions())
+
+        def issued(served_by: str, answers: list[str], error: str | None = None) -> responses.IssuedResponse:
+            return responses.IssuedResponse(response_id, line, served_by, asked.messages, answers, asked.user, canary_id=route.canary_id,
+                                            arm=route.arm, latency_ms=(time.perf_counter() - started) * 1000, error=error)
+
+        async def failed(exc: Exception) -> None:
+            """A server error on a canary's side counts against that side."""
+            if route.arm is not None and _server_error(exc):
+                await remember(issued(route.model if "@" in route.model else runtime.served()[line], [], first_line(exc)), asked.store)
+
+        try:
+            if asked.stream:
+                stream = await run_in_threadpool(lambda: runtime.stream(route.model, asked.messages, asked.sampling))
+                return StreamingResponse(_events(stream, asked, lambda answers, error=None: issued(stream.served_by, answers, error),
+                                                 created, remember), media_type="text/event-stream",
+                                         headers={"X-Adapter-Version": stream.served_by})
+            answer = await run_in_threadpool(lambda: runtime.generate(route.model, asked.messages, asked.sampling))
+        except Exception as exc:
+            await failed(exc)
+            raise
+        await remember(issued(answer.served_by, [c.text for c in answer.choices]), asked.store)
         return JSONResponse(chat_api.completion(response_id, created, answer.served_by, answer.prompt_tokens, answer.choices),
                             headers={"X-Adapter-Version": answer.served_by})
 
@@ -371,12 +427,19 @@ def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: flo
     return guard
 
 
-async def _events(stream, asked: chat_api.ChatRequest, response_id: str, created: int, remember) -> AsyncIterator[str]:
+def _server_error(exc: Exception) -> bool:
+    """The generation itself failed (500), as opposed to a refused request or an unavailable upstream."""
+    return not isinstance(exc, AdapterctlError) or not (exc.exit_code == 2 or isinstance(exc, (NotFound, Unavailable, Busy)))
+
+
+async def _events(stream, asked: chat_api.ChatRequest, issued: Callable[..., responses.IssuedResponse], created: int,
+                  remember) -> AsyncIterator[str]:
     """The server-sent events of a streamed answer: a role chunk per choice, the pieces as they come, a
     finish_reason per choice, the usage when asked for, then [DONE]; or an error event where it failed."""
     from starlette.concurrency import iterate_in_threadpool
 
     include_usage, logprobs = asked.include_usage, asked.sampling.logprobs
+    response_id = issued([]).id
 
     def event(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
         body = chat_api.chunk(response_id, created, stream.served_by, choices, with_usage=include_usage, usage_value=usage)
@@ -390,9 +453,10 @@ async def _events(stream, asked: chat_api.ChatRequest, response_id: str, created
         log.exception("streamed generation for %s failed", stream.served_by)
         yield "data: " + json.dumps({"error": {"message": f"generation failed: {first_line(exc)}", "type": "server_error",
                                                "param": None, "code": None}}) + "\n\n"
+        if issued([]).arm is not None:
+            await remember(issued([], first_line(exc)), asked.store)
         return
-    await remember(response_id, asked.model.split("@")[0], stream.served_by, asked.messages, [c.text for c in stream.choices],
-                   asked.user, asked.store)
+    await remember(issued([c.text for c in stream.choices]), asked.store)
     if include_usage:
         yield event([], chat_api.usage(stream.prompt_tokens, stream.choices))
     yield "data: [DONE]\n\n"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from adapterctl import audit, registry
@@ -136,12 +136,12 @@ def complete_canary(session: Session, store: ArtifactStore, *, line: str, actor:
 
 def canary_start(session: Session, line_id: int) -> Activation | None:
     """The activation that started the line's running canary; None when none runs."""
-    for activation in session.scalars(select(Activation).where(Activation.line_id == line_id).order_by(Activation.id.desc())):
-        if activation.canary_adapter_id is None:
-            return None
-        if activation.kind == "canary":
-            return activation
-    return None
+    now = current(session, line_id)
+    if now is None or now.canary_adapter_id is None:
+        return None
+    ended = select(func.max(Activation.id)).where(Activation.line_id == line_id, Activation.canary_adapter_id.is_(None)).scalar_subquery()
+    return session.scalar(select(Activation).where(Activation.line_id == line_id, Activation.kind == "canary",
+                                                   Activation.id > func.coalesce(ended, 0)).order_by(Activation.id.desc()).limit(1))
 
 
 def _running_canary(session: Session, line: str) -> tuple[Line, Activation]:

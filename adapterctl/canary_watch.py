@@ -15,6 +15,7 @@ after every poll; `adapterctl canary watch` does the same for a fleet, or from c
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -125,8 +126,8 @@ def compare(session: Session, line: str) -> Comparison | None:
     arms = {arm: Arm(versions[arm]) for arm in ARMS}
     counted = _counts(session, start.id)
     for arm in ARMS:
-        latencies = _latencies(session, start.id, arm)
-        arms[arm] = Arm(versions[arm], **counted.get(arm, {}), p50_ms=_quantile(latencies, 0.50), p99_ms=_quantile(latencies, 0.99))
+        arms[arm] = Arm(versions[arm], **counted.get(arm, {}), p50_ms=_quantile(session, start.id, arm, 0.50),
+                        p99_ms=_quantile(session, start.id, arm, 0.99))
     return Comparison(line, start.id, start.created_at, now.canary_share, arms["baseline"], arms["canary"], test,
                       judge(arms["baseline"].tally, arms["canary"].tally, test), unhealthy(arms["baseline"].health, arms["canary"].health, test))
 
@@ -147,17 +148,15 @@ def _counts(session: Session, canary_id: int) -> dict[str, dict[str, Any]]:
             for arm, n, errors, rated_n, ups, ratings, total, corrections in rows}
 
 
-def _latencies(session: Session, canary_id: int, arm: str) -> list[float]:
+def _quantile(session: Session, canary_id: int, arm: str, q: float) -> float | None:
+    """The nearest-rank quantile of the side's latencies (answered requests), found by the database."""
     r = IssuedResponse
-    return sorted(session.scalars(select(r.latency_ms).where(r.canary_id == canary_id, r.arm == arm, r.error.is_(None),
-                                                             r.latency_ms.is_not(None))))
-
-
-def _quantile(values: list[float], q: float) -> float | None:
-    """The nearest-rank quantile of sorted values."""
-    if not values:
+    answered = (r.canary_id == canary_id, r.arm == arm, r.error.is_(None), r.latency_ms.is_not(None))
+    n = session.scalar(select(func.count()).where(*answered))
+    if not n:
         return None
-    return values[min(len(values) - 1, max(0, int(q * len(values) + 0.999999) - 1))]
+    rank = min(n, max(1, math.ceil(q * n)))
+    return session.scalar(select(r.latency_ms).where(*answered).order_by(r.latency_ms).offset(rank - 1).limit(1))
 
 
 @dataclass(frozen=True)

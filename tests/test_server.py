@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -31,8 +32,9 @@ class Server:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
+        self.log = tempfile.TemporaryFile("w+")  # not a pipe: a server logging much would block once a pipe is full
         self.process = subprocess.Popen([sys.executable, "-m", "adapterctl", "serve", "--port", str(self.port), "--poll", "0.2", *args],
-                                        env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                        env=cli.env, stdout=self.log, stderr=self.log, text=True)
         deadline = time.monotonic() + 90
         while True:
             try:
@@ -40,7 +42,7 @@ class Server:
                     break
             except OSError:
                 pass
-            assert self.process.poll() is None, self.process.stderr.read()
+            assert self.process.poll() is None, self.output()
             assert time.monotonic() < deadline, "the server did not come up"
             time.sleep(0.2)
 
@@ -71,9 +73,14 @@ class Server:
     def chat(self, token, model="facts", **extra):
         return self.call("POST", "/v1/chat/completions", {"model": model, "messages": CHAT, "max_tokens": 12, **extra}, token)
 
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
+        self.log.close()
 
 
 @pytest.fixture

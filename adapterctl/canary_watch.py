@@ -175,10 +175,12 @@ class Outcome:
         return f"{c.line}: canary {c.canary.version} at {percent(c.share)}: {c.verdict.decision}: {c.why}"
 
 
-def check(ws: Workspace, line: str, *, actor: str, auto_complete: bool = False) -> Outcome:
+def check(ws: Workspace, line: str, *, auto_complete: bool = False) -> Outcome:
     """Look at the line's canary once; abort it if it is worse or unhealthy, complete it if it is not worse
     and `auto_complete`. Several watchers may run: the canary is re-read under the line's lock, so only
-    one of them acts on it."""
+    one of them acts on it. What it does is done as "USER (canary watch)": the history and the audit
+    log tell an automatic action from a person's."""
+    actor = f"{ws.user} (canary watch)"
     with ws.reading() as session:
         comparison = compare(session, line)
     if comparison is None or comparison.decision == "wait" or (comparison.decision == "complete" and not auto_complete):

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from adapterctl import activations, audit, dataset, registry
+from adapterctl import activations, audit, canary_watch, dataset, registry
 from adapterctl.artifacts import ArtifactStore
 from adapterctl.db.models import Adapter, Lease, Line, TrainingRun
 from adapterctl.db.types import utcnow
@@ -39,6 +39,7 @@ def line_status(session: Session, store: ArtifactStore, line: Line, now: datetim
         "line": line.name,
         "base_model": {"name": line.base_model.name, "hash": line.base_model.content_hash[:12]},
         "serving": _serving(session, line),
+        "canary": comparison.as_dict() if (comparison := canary_watch.compare(session, line.name)) else None,
         "waiting_for_review": [{"candidate": a.id, "waiting_s": _seconds(now, a.status_changed_at)}
                                for a in adapters if a.status == "pending_review"],
         "last_run": _last_run(session, line),

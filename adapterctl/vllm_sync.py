@@ -150,9 +150,12 @@ class Sync:
         return events
 
     def in_step(self, plan: Plan) -> dict[str, dict[str, bool]]:
-        """Per server and line: whether it holds the line's active version (the base model: always)."""
-        return {url: {line: state.up is True and (version is None or version.name in state.holds) for line, version in plan.active.items()}
-                for url, state in self.state.items()}
+        """Per server and line: whether it holds the line's active version (the base model: always) and its canary's."""
+        def holds(state: ServerState, line: str, version: Version | None) -> bool:
+            canary = plan.canaries.get(line)
+            return state.up is True and (version is None or version.name in state.holds) and (canary is None or canary.name in state.holds)
+
+        return {url: {line: holds(state, line, version) for line, version in plan.active.items()} for url, state in self.state.items()}
 
     def _sync(self, server: VllmServer, plan: Plan, act: bool) -> list[Event]:
         state, events = self.state[server.url], []

@@ -18,6 +18,12 @@ canary, or as undecided at `--max-ratings`. Scenarios (thumbs-up rates baseline 
     A/A                  0.70 -> 0.70   a rollback is wrong: the line's alpha bounds how often
     better               0.70 -> 0.75   the watcher should complete
 
+Then `--server-runs` canaries of the worse scenario go through a real `adapterctl serve` on the same
+home: rater threads send chat completions over HTTP (each as a new end user, so the server's sticky
+routing decides the side), rate each answer through `/v1/feedback` by the side that answered, and
+stop when the server's own watcher has rolled the canary back. The ratings counted are those in the
+evidence of that rollback (its audit event): what the server judged on.
+
 The baseline, measured on the same streams in the same run (pure Python, no database): a naive
 one-sided two-proportion z-test at alpha 0.05, asked after every batch at which the watcher looked
 (once each side has the line's `min_feedback` ratings), rolling back at its first "worse": how many
@@ -30,24 +36,29 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import insert  # noqa: E402
+from sqlalchemy import insert, select  # noqa: E402
 
 from adapterctl import activations, base_models, canary_watch, lines, registry  # noqa: E402
 from adapterctl.artifacts import ArtifactStore  # noqa: E402
 from adapterctl.canary import CanarySettings  # noqa: E402
 from adapterctl.config import Settings  # noqa: E402
-from adapterctl.db.models import IssuedResponse, TrainingRun  # noqa: E402
+from adapterctl.db.models import AuditEvent, IssuedResponse, TrainingRun  # noqa: E402
 from adapterctl.tiny_model import create_tiny_model  # noqa: E402
 from adapterctl.workspace import Workspace, upgrade_database  # noqa: E402
 
@@ -226,12 +237,96 @@ def simulate(ws: Workspace, line: Line, scenario: Scenario, run: int, args, timi
         rated += len(batch)
         z_rollback = z_rollback or z_test_says_worse(counts, line.test.min_feedback)
         started = time.perf_counter()
-        outcome = canary_watch.check(ws, LINE, actor=ACTOR, auto_complete=True)
+        outcome = canary_watch.check(ws, LINE, auto_complete=True)
         timing["check"] += time.perf_counter() - started
         timing["checks"] += 1
         if outcome.action in ("aborted", "completed"):
             return Run(outcome.action, rated, counts["canary"][0], z_rollback)
     return Run("undecided", rated, counts["canary"][0], z_rollback)
+
+
+# ---------------------------------------------------------------- through a real server
+
+
+class Server:
+    """`adapterctl serve` on the bench's home, on a free loopback port, without tokens."""
+
+    def __init__(self, ws: Workspace, log: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        env = {**os.environ, "ADAPTERCTL_HOME": str(ws.settings.home), "ADAPTERCTL_DB_URL": ws.settings.db_url, "ADAPTERCTL_USER": ACTOR}
+        self.log = log.open("w")
+        self.process = subprocess.Popen([sys.executable, "-m", "adapterctl", "serve", "--port", self.url.rsplit(":", 1)[1], "--no-auth",
+                                         "--poll", "0.2"], env=env, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/healthz", timeout=1)
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the server did not come up; see {log}")
+                time.sleep(0.2)
+
+    def post(self, path: str, body: dict) -> dict:
+        request = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.load(response)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.log.close()
+
+
+def rate_through(server: Server, scenario: Scenario, seed: str, stop: threading.Event) -> None:
+    """One rater thread: new end users ask and rate by the side that answered, until `stop`."""
+    rng = random.Random(seed)
+    rates = {f"{LINE}@v1": scenario.baseline, f"{LINE}@v2": scenario.canary}
+    while not stop.is_set():
+        answer = server.post("/v1/chat/completions", {"model": LINE, "max_tokens": 1, "user": f"user-{rng.getrandbits(64)}",
+                                                      "messages": [{"role": "user", "content": "Where is my order?"}]})
+        server.post("/v1/feedback", {"response_id": answer["id"], "rating": 1 if rng.random() < rates[answer["model"]] else -1})
+
+
+def through_server(ws: Workspace, server: Server, scenario: Scenario, run: int, args) -> Run:
+    """One canary, rated over HTTP until the server's watcher acts (or --server-timeout)."""
+    canary_id = start_canary(ws, args.share)
+    stop = threading.Event()
+    raters = [threading.Thread(target=rate_through, args=(server, scenario, f"{args.seed}-server-{run}-{i}", stop), daemon=True)
+              for i in range(args.raters)]
+    for rater in raters:
+        rater.start()
+    deadline = time.monotonic() + args.server_timeout
+    while canary_running(ws, canary_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stop.set()
+    for rater in raters:
+        rater.join()
+    evidence = acted_on(ws, canary_id)
+    if evidence is None:
+        return Run("undecided", 0, 0, False)
+    action, baseline, canary = evidence
+    return Run(action, baseline["rated"] + canary["rated"], canary["rated"], False)
+
+
+def canary_running(ws: Workspace, canary_id: int) -> bool:
+    with ws.reading() as session:
+        start = activations.canary_start(session, lines.get_line(session, LINE).id)
+        return start is not None and start.id == canary_id
+
+
+def acted_on(ws: Workspace, canary_id: int) -> tuple[str, dict, dict] | None:
+    """What the server's watcher did with the canary, and the counts of each side it judged on."""
+    with ws.reading() as session:
+        for event in session.scalars(select(AuditEvent).where(AuditEvent.action.in_(("line.canary_abort", "line.promote")))
+                                     .order_by(AuditEvent.seq.desc()).limit(5)):
+            evidence = json.loads(event.payload).get("evidence")
+            if evidence and evidence["canary_id"] == canary_id:
+                action = "aborted" if event.action == "line.canary_abort" else "completed"
+                return action, evidence["baseline"], evidence["canary"]
+    return None
 
 
 # ---------------------------------------------------------------- report
@@ -267,6 +362,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50, help="rated responses written per transaction; the watcher looks after each")
     parser.add_argument("--max-ratings", type=int, default=40_000, help="a run still undecided at this many ratings stops")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--server-runs", type=int, default=5, help="canaries of the worse scenario rated through a real server")
+    parser.add_argument("--raters", type=int, default=4, help="rater threads sending requests and feedback to the server")
+    parser.add_argument("--server-timeout", type=float, default=600, help="seconds a canary through the server may run undecided")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     args = parser.parse_args()
     from transformers.utils import logging as hf_logging
@@ -286,6 +384,15 @@ def main() -> None:
             result = Result(scenario, [simulate(ws, line, scenario, run, args, timing) for run in range(args.runs)])
             results.append(result)
             print(f"{scenario.name}: {args.runs} runs in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        if args.server_runs:
+            started = time.perf_counter()
+            server = Server(ws, Path(tmp) / "serve.log")
+            worse = Scenario("server", f"{SCENARIOS[0].name}, through `adapterctl serve`", SCENARIOS[0].baseline, SCENARIOS[0].canary)
+            try:
+                results.append(Result(worse, [through_server(ws, server, worse, run, args) for run in range(args.server_runs)]))
+            finally:
+                server.stop()
+            print(f"{worse.name}: {args.server_runs} runs in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         ws.close()
     seconds = time.perf_counter() - wall
     summaries = [summary(result) for result in results]

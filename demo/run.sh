@@ -63,7 +63,18 @@ step "Continuous regression: re-evaluate the active version on today's suites (c
 step "Roll back: back to what served before, at once" adapterctl rollback support-bot --reason "demo"
 sleep 0.5
 step "The server follows" python demo/ask.py "$QUESTION"
-step "Promote v1 again" adapterctl promote support-bot v1
+printf '\n\033[1m== A canary: v1 to half of the end users, judged live by their feedback\033[0m\n'
+export DEMO_FEEDBACK_TOKEN="$(adapterctl token create --scope feedback --name demo-rater)"
+step "The line's canary test: judge after 20 ratings a side (demo-sized; the default is 50)" \
+    adapterctl line set support-bot canary.min_feedback=20 canary.prior_ratings=50
+step "Serve v1 to 50% of end users (sticky per user), the base model to the rest" \
+    adapterctl promote support-bot v1 --canary 50% --reason "try v1 on half the users"
+sleep 0.5
+step "A synthetic rater: users on v1 rate it down, the rest rate the base model up" \
+    python demo/rate.py support-bot@base support-bot@v1
+step "The server's watcher rolled the canary back; the evidence is in the history" adapterctl history support-bot
+step "...and in the report v1's reviewers read" bash -c "adapterctl review show 1 | tail -n 4"
+step "Promote v1 to everyone anyway (a person decides)" adapterctl promote support-bot v1 --reason "override after review"
 step "A user asks to be forgotten: content erased, tombstone kept, versions trained on it revoked, the line falls back" \
     adapterctl feedback forget --source user-2210 --reason "privacy request #17"
 sleep 0.5

@@ -116,7 +116,7 @@ def test_line_settings_of_the_test_are_set_checked_and_audited(ws, line, cli):
     assert cli.json("line", "show", line)["settings"]["canary"]["max_drop"] == 0.03  # nothing half-written
 
 
-def test_the_live_comparison_counts_each_side_of_this_canary_only(ws, line):
+def test_the_live_comparison_counts_each_side_of_this_canary_only_and_status_shows_it(ws, line, cli):
     version(ws, line)
     version(ws, line, fill=0.6)
     promote(ws, line, 1)
@@ -137,6 +137,9 @@ def test_the_live_comparison_counts_each_side_of_this_canary_only(ws, line):
     low, high = summary["canary"]["thumbs_up_bounds"]
     assert low < 0.5 < high
     assert (c.verdict.decision, c.decision) == ("undecided", "wait") and "fewer than 50 ratings" in c.why
+    shown = cli("status")
+    assert shown.returncode == 0 and f"canary: {line}@v2 to 50%" in shown.stdout and "2 vs 4 rated, thumbs up 50% vs 75%" in shown.stdout
+    assert cli.json("status")["lines"][0]["canary"]["canary"]["rated"] == 2
 
 
 def test_the_watcher_rolls_back_a_worse_canary_with_the_evidence_for_its_reviewers(ws, line, cli):
@@ -148,7 +151,7 @@ def test_the_watcher_rolls_back_a_worse_canary_with_the_evidence_for_its_reviewe
     for _ in range(40):  # a look after every 50 ratings: the baseline at 70% up, the canary at 40%
         rate(ws, line, canary_id, "baseline", [1 if rng.random() < 0.7 else -1 for _ in range(25)])
         rate(ws, line, canary_id, "canary", [1 if rng.random() < 0.4 else -1 for _ in range(25)])
-        outcome = canary_watch.check(ws, line, actor="canary-watch")
+        outcome = canary_watch.check(ws, line)
         if outcome.action:
             break
     assert outcome.action == "aborted", outcome.message()
@@ -158,13 +161,13 @@ def test_the_watcher_rolls_back_a_worse_canary_with_the_evidence_for_its_reviewe
         event = session.scalars(select(AuditEvent).where(AuditEvent.action == "line.canary_abort")).one()
         adapter_id = session.scalar(select(Adapter.id).where(Adapter.version == 2))
         report = review.report(session, adapter_id)
-    assert last["kind"] == "canary_abort" and last["by"] == "canary-watch"
+    assert last["kind"] == "canary_abort" and last["by"] == "tester (canary watch)"
     assert last["reason"].startswith("automatic rollback: the canary's thumbs-up rate is at most")
     assert '"verdict":"worse"' in event.payload and '"rated":' in event.payload  # the counts behind it
-    assert [(e["kind"], e["by"]) for e in report["canaries"]] == [("canary", "ops"), ("canary_abort", "canary-watch")]
+    assert [(e["kind"], e["by"]) for e in report["canaries"]] == [("canary", "ops"), ("canary_abort", "tester (canary watch)")]
     shown = cli("review", "show", str(adapter_id))
     assert "automatic rollback" in shown.stdout and "canary_abort" in shown.stdout
-    assert canary_watch.check(ws, line, actor="canary-watch").comparison is None  # nothing left to watch
+    assert canary_watch.check(ws, line).comparison is None  # nothing left to watch
 
 
 def test_an_equal_canary_is_not_rolled_back_and_completes_when_asked(ws, line):
@@ -179,7 +182,7 @@ def test_an_equal_canary_is_not_rolled_back_and_completes_when_asked(ws, line):
     for looks in range(1, 200):
         rate(ws, line, canary_id, "baseline", [1 if rng.random() < 0.7 else -1 for _ in range(50)])
         rate(ws, line, canary_id, "canary", [1 if rng.random() < 0.7 else -1 for _ in range(50)])
-        outcome = canary_watch.check(ws, line, actor="canary-watch", auto_complete=True)
+        outcome = canary_watch.check(ws, line, auto_complete=True)
         assert outcome.action != "aborted", outcome.message()
         if outcome.action:
             break
@@ -194,5 +197,5 @@ def test_a_canary_failing_requests_is_rolled_back_whatever_its_ratings(ws, line)
     canary_id = start(ws, line, 2, 0.5)
     rate(ws, line, canary_id, "baseline", [1] * 40)
     rate(ws, line, canary_id, "canary", [1] * 10, errors=40)
-    outcome = canary_watch.check(ws, line, actor="canary-watch")
+    outcome = canary_watch.check(ws, line)
     assert outcome.action == "aborted" and "failed 40 of 50 requests" in outcome.comparison.why

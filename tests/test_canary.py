@@ -110,3 +110,15 @@ def test_the_bounds_shown_contain_the_rate_and_narrow_with_more_ratings():
 def test_settings_out_of_range_are_named():
     problems = CanarySettings(max_drop=0, alpha=0.5, beta=0, min_feedback=0).problems()
     assert [p.split()[0] for p in problems] == ["max_drop", "alpha", "beta", "min_feedback"]
+
+
+def test_health_aborts_on_failures_and_slowness_only_once_they_are_shown():
+    from adapterctl.canary import Health, unhealthy
+
+    test = CanarySettings()
+    assert unhealthy(Health(500, 0, 80.0), Health(500, 5, 90.0), test) is None  # 1% failed: within the 5% allowed
+    assert "failed 25 of 25" in unhealthy(Health(25, 0, 80.0), Health(25, 25, None), test)
+    assert unhealthy(Health(25, 0, 80.0), Health(5, 5, None), test) is None  # 5 of 5 could still be chance
+    assert unhealthy(Health(100, 0, 80.0), Health(100, 0, 400.0), test) is None  # fewer than min_requests: not compared yet
+    assert "p99 latency is 400 ms, more than 2 times the baseline's 80 ms" in unhealthy(Health(300, 0, 80.0), Health(200, 0, 400.0), test)
+    assert unhealthy(Health(300, 0, 80.0), Health(200, 0, 150.0), test) is None

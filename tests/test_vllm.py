@@ -150,6 +150,29 @@ def test_promote_and_rollback_reach_answers_served_by_vllm_without_a_failed_requ
 @pytest.mark.slow
 @pytest.mark.vllm
 @postgresql_only
+def test_a_canary_is_loaded_beside_the_active_version_and_its_users_are_routed_to_it(fleet, cli):
+    assert cli("promote", "facts", "v1").returncode == 0
+    fleet.sync("--grace", "1s")
+    eventually(lambda: every_server_holds(fleet, "facts@v1"), 30, "vllm sync did not load facts@v1")
+    gateway = fleet.gateway()
+    assert cli("promote", "facts", "v2", "--canary", "50%").returncode == 0
+    eventually(lambda: every_server_holds(fleet, "facts@v1", "facts@v2"), 30, "vllm sync did not load the canary beside v1")
+    report = cli.json("vllm", "status", "--url", fleet.servers[0].url, "--url", fleet.servers[1].url)
+    assert report["canaries"] == {"facts": "facts@v2"} and all(s["in_step"] == {"facts": True} for s in report["servers"])
+
+    def sides() -> dict[str, str]:
+        return {user: gateway.chat(fleet.token["generate"], user=user)[1]["model"] for user in (f"user-{i}" for i in range(16))}
+
+    eventually(lambda: set(sides().values()) == {"facts@v1", "facts@v2"}, 15, "the gateway did not route users to the canary")
+    assert sides() == sides()  # sticky
+    assert cli("canary", "abort", "facts").returncode == 0
+    eventually(lambda: set(sides().values()) == {"facts@v1"}, 15, "the abort did not reach the gateway")
+    eventually(lambda: every_server_holds(fleet, "facts@v1"), 15, "the aborted canary stayed loaded after the grace period")
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@postgresql_only
 def test_a_revoked_version_leaves_vllm_at_once_and_is_never_served(fleet, cli, ws, tiny_model, settings):
     with ws.transaction() as session:
         [feedback_id] = feedback.log_records(session, [("facts", feedback.parse_record(

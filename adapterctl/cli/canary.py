@@ -105,7 +105,7 @@ def watch(
         for name in watched:
             lines.get_line(session, name)  # an unknown line is an error now, not at every look
     if once:
-        outcomes = {name: canary_watch.check(ws, name, actor=ws.user, auto_complete=auto_complete) for name in watched}
+        outcomes = {name: canary_watch.check(ws, name, auto_complete=auto_complete) for name in watched}
         if json_output:
             print_json([{"line": name, "action": o.action, "activation": o.activation,
                          "canary": o.comparison.as_dict() if o.comparison else None} for name, o in outcomes.items()])
@@ -119,7 +119,7 @@ def watch(
         while True:
             for name in watched:
                 try:
-                    outcome = canary_watch.check(ws, name, actor=ws.user, auto_complete=auto_complete)
+                    outcome = canary_watch.check(ws, name, auto_complete=auto_complete)
                 except Exception:
                     log.exception("checking %s's canary failed; will retry", name)
                     continue

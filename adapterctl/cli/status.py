@@ -7,6 +7,7 @@ from typing import Any
 import typer
 
 from adapterctl.artifacts import ArtifactStore
+from adapterctl.canary import percent
 from adapterctl.cli._common import JsonOption, print_json, workspace
 
 
@@ -33,6 +34,12 @@ def _show(line: dict[str, Any]) -> None:
     since = f" since {_when(serving['since'])} ({serving['how']} by {serving['by']})" if serving["since"] else ""
     typer.secho(f"{line['line']}: serves {serving['version']}{since}; base model {line['base_model']['name']} "
                 f"({line['base_model']['hash']})", bold=True)
+    if canary := line["canary"]:
+        up = canary["canary"]["thumbs_up_rate"], canary["baseline"]["thumbs_up_rate"]
+        rates = "thumbs up " + " vs ".join("-" if rate is None else f"{rate:.0%}" for rate in up)
+        typer.echo(f"  canary: {canary['canary']['version']} to {percent(canary['share'])} since {_when(canary['started_at'])}; "
+                   f"{canary['canary']['rated']} vs {canary['baseline']['rated']} rated, {rates}; {canary['verdict']} "
+                   f"(`adapterctl canary status {line['line']}`)")
     waiting = ", ".join(f"candidate {w['candidate']} for {_duration(w['waiting_s'])}" for w in line["waiting_for_review"])
     typer.echo(f"  waiting for review: {waiting or 'none'}")
     if run is None:

@@ -57,7 +57,7 @@ def sync(
 
 @app.command()
 def status(ctx: typer.Context, url: Urls, line: Lines = None, api_key: ApiKey = None, as_json: JsonOption = False) -> None:
-    """What each vLLM server holds, and whether it holds each line's active version; changes nothing."""
+    """What each vLLM server holds, and whether it holds each line's active version (and canary); changes nothing."""
     syncer = _sync(ctx, url, line, api_key)
     syncer.step(act=False)
     _report(syncer, [], as_json)
@@ -71,6 +71,7 @@ def _report(syncer, events, as_json: bool) -> None:
                for s in syncer.state.values()]
     if as_json:
         print_json({"lines": {line: version.name if version else f"{line}@base" for line, version in plan.active.items()},
+                    "canaries": {line: version.name for line, version in plan.canaries.items()},
                     "servers": servers, "events": [vars(e) for e in events]})
         return
     for event in events:

@@ -34,6 +34,7 @@ import time
 import uuid
 from collections import OrderedDict
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
 from fastapi import Request  # at module level: FastAPI resolves the endpoints' annotations here
@@ -42,7 +43,7 @@ from adapterctl import canary_watch, feedback, json_input, tokens
 from adapterctl.errors import AdapterctlError, Busy, InvalidInput, NotFound, Unavailable, first_line
 from adapterctl.serving import chat_api, responses
 from adapterctl.serving.batching import BatchWriter
-from adapterctl.serving.canary_routing import CanaryRouter
+from adapterctl.serving.canary_routing import CanaryRouter, Route
 from adapterctl.serving.engine import Engine
 from adapterctl.serving.follower import Follower
 from adapterctl.workspace import Workspace
@@ -190,7 +191,7 @@ def watch_canaries(ws: Workspace, router: CanaryRouter, auto_complete: bool) -> 
             return
         last[0] = time.monotonic()
         for line in list(router.splits):
-            outcome = canary_watch.check(ws, line, actor=ws.user, auto_complete=auto_complete)
+            outcome = canary_watch.check(ws, line, auto_complete=auto_complete)
             if outcome.action:
                 log.warning("%s", outcome.message())
                 router.refresh()
@@ -246,12 +247,12 @@ def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: flo
 
     app = FastAPI(title="adapterctl", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
-    async def remember(response: responses.IssuedResponse, store: bool) -> None:
+    async def remember(response: responses.IssuedResponse | None, store: bool) -> None:
         """Record an issued response so that feedback can name it on any server sharing the database; wait
         until it is durable, at most RESPONSE_WAIT_S (it stays queued after that). Never raises: a chat
         must not fail because of its record. `store=False` (the request's `store: false`) records
         nothing (nor does it count in a canary's comparison)."""
-        if not store:
+        if response is None or not store:
             return
         recorded = state["issued"].record(response)
         response_id = response.id
@@ -354,28 +355,18 @@ def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: flo
         created = int(time.time())
         line = asked.model.split("@")[0]
         user = asked.user if asked.user is not None else request.headers.get(key_header) if key_header else None
-        route = router.route(asked.model, user, runtime.loaded_versions())
-
-        def issued(served_by: str, answers: list[str], error: str | None = None) -> responses.IssuedResponse:
-            return responses.IssuedResponse(response_id, line, served_by, asked.messages, answers, asked.user, canary_id=route.canary_id,
-                                            arm=route.arm, latency_ms=(time.perf_counter() - started) * 1000, error=error)
-
-        async def failed(exc: Exception) -> None:
-            """A server error on a canary's side counts against that side."""
-            if route.arm is not None and _server_error(exc):
-                await remember(issued(route.model if "@" in route.model else runtime.served()[line], [], first_line(exc)), asked.store)
-
+        issue = _Issue(response_id, line, asked, router.route(asked.model, user, runtime.loaded_versions()), started)
         try:
             if asked.stream:
-                stream = await run_in_threadpool(lambda: runtime.stream(route.model, asked.messages, asked.sampling))
-                return StreamingResponse(_events(stream, asked, lambda answers, error=None: issued(stream.served_by, answers, error),
-                                                 created, remember), media_type="text/event-stream",
+                stream = await run_in_threadpool(lambda: runtime.stream(issue.route.model, asked.messages, asked.sampling))
+                return StreamingResponse(_events(stream, asked, issue, created, remember), media_type="text/event-stream",
                                          headers={"X-Adapter-Version": stream.served_by})
-            answer = await run_in_threadpool(lambda: runtime.generate(route.model, asked.messages, asked.sampling))
+            answer = await run_in_threadpool(lambda: runtime.generate(issue.route.model, asked.messages, asked.sampling))
         except Exception as exc:
-            await failed(exc)
+            served_by = issue.route.model if "@" in issue.route.model else runtime.served()[line]
+            await remember(issue.failed(served_by, exc), asked.store)
             raise
-        await remember(issued(answer.served_by, [c.text for c in answer.choices]), asked.store)
+        await remember(issue.answered(answer.served_by, [c.text for c in answer.choices]), asked.store)
         return JSONResponse(chat_api.completion(response_id, created, answer.served_by, answer.prompt_tokens, answer.choices),
                             headers={"X-Adapter-Version": answer.served_by})
 
@@ -427,19 +418,35 @@ def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: flo
     return guard
 
 
-def _server_error(exc: Exception) -> bool:
-    """The generation itself failed (500), as opposed to a refused request or an unavailable upstream."""
-    return not isinstance(exc, AdapterctlError) or not (exc.exit_code == 2 or isinstance(exc, (NotFound, Unavailable, Busy)))
+@dataclass(frozen=True)
+class _Issue:
+    """One chat request, as the response log records it: its answer, or a server error on a canary's side."""
+
+    id: str
+    line: str
+    asked: chat_api.ChatRequest
+    route: Route
+    started: float
+
+    def answered(self, served_by: str, answers: list[str], error: str | None = None) -> responses.IssuedResponse:
+        return responses.IssuedResponse(self.id, self.line, served_by, self.asked.messages, answers, self.asked.user,
+                                        canary_id=self.route.canary_id, arm=self.route.arm,
+                                        latency_ms=(time.perf_counter() - self.started) * 1000, error=error)
+
+    def failed(self, served_by: str, exc: Exception) -> responses.IssuedResponse | None:
+        """The record of a failure that counts against a canary's side: the generation itself failed (a
+        500), on a request the canary routed. A refused request or an unavailable upstream is not the
+        version's fault."""
+        refused = isinstance(exc, AdapterctlError) and (exc.exit_code == 2 or isinstance(exc, (NotFound, Unavailable, Busy)))
+        return None if self.route.arm is None or refused else self.answered(served_by, [], first_line(exc))
 
 
-async def _events(stream, asked: chat_api.ChatRequest, issued: Callable[..., responses.IssuedResponse], created: int,
-                  remember) -> AsyncIterator[str]:
+async def _events(stream, asked: chat_api.ChatRequest, issue: _Issue, created: int, remember) -> AsyncIterator[str]:
     """The server-sent events of a streamed answer: a role chunk per choice, the pieces as they come, a
     finish_reason per choice, the usage when asked for, then [DONE]; or an error event where it failed."""
     from starlette.concurrency import iterate_in_threadpool
 
-    include_usage, logprobs = asked.include_usage, asked.sampling.logprobs
-    response_id = issued([]).id
+    include_usage, logprobs, response_id = asked.include_usage, asked.sampling.logprobs, issue.id
 
     def event(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
         body = chat_api.chunk(response_id, created, stream.served_by, choices, with_usage=include_usage, usage_value=usage)
@@ -453,10 +460,9 @@ async def _events(stream, asked: chat_api.ChatRequest, issued: Callable[..., res
         log.exception("streamed generation for %s failed", stream.served_by)
         yield "data: " + json.dumps({"error": {"message": f"generation failed: {first_line(exc)}", "type": "server_error",
                                                "param": None, "code": None}}) + "\n\n"
-        if issued([]).arm is not None:
-            await remember(issued([], first_line(exc)), asked.store)
+        await remember(issue.failed(stream.served_by, exc), asked.store)
         return
-    await remember(issued([c.text for c in stream.choices]), asked.store)
+    await remember(issue.answered(stream.served_by, [c.text for c in stream.choices]), asked.store)
     if include_usage:
         yield event([], chat_api.usage(stream.prompt_tokens, stream.choices))
     yield "data: [DONE]\n\n"

@@ -126,8 +126,8 @@ def compare(session: Session, line: str) -> Comparison | None:
     arms = {arm: Arm(versions[arm]) for arm in ARMS}
     counted = _counts(session, start.id)
     for arm in ARMS:
-        arms[arm] = Arm(versions[arm], **counted.get(arm, {}), p50_ms=_quantile(session, start.id, arm, 0.50),
-                        p99_ms=_quantile(session, start.id, arm, 0.99))
+        p50, p99 = _quantiles(session, start.id, arm, (0.50, 0.99))
+        arms[arm] = Arm(versions[arm], **counted.get(arm, {}), p50_ms=p50, p99_ms=p99)
     return Comparison(line, start.id, start.created_at, now.canary_share, arms["baseline"], arms["canary"], test,
                       judge(arms["baseline"].tally, arms["canary"].tally, test), unhealthy(arms["baseline"].health, arms["canary"].health, test))
 
@@ -148,15 +148,15 @@ def _counts(session: Session, canary_id: int) -> dict[str, dict[str, Any]]:
             for arm, n, errors, rated_n, ups, ratings, total, corrections in rows}
 
 
-def _quantile(session: Session, canary_id: int, arm: str, q: float) -> float | None:
-    """The nearest-rank quantile of the side's latencies (answered requests), found by the database."""
+def _quantiles(session: Session, canary_id: int, arm: str, qs: tuple[float, ...]) -> list[float | None]:
+    """Nearest-rank quantiles of the side's latencies (answered requests), found by the database."""
     r = IssuedResponse
     answered = (r.canary_id == canary_id, r.arm == arm, r.error.is_(None), r.latency_ms.is_not(None))
     n = session.scalar(select(func.count()).where(*answered))
     if not n:
-        return None
-    rank = min(n, max(1, math.ceil(q * n)))
-    return session.scalar(select(r.latency_ms).where(*answered).order_by(r.latency_ms).offset(rank - 1).limit(1))
+        return [None for _ in qs]
+    return [session.scalar(select(r.latency_ms).where(*answered).order_by(r.latency_ms).offset(min(n, max(1, math.ceil(q * n))) - 1).limit(1))
+            for q in qs]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """`adapterctl status`: the whole deployment on one screen, line by line, with what needs attention.
 
-Per line: its base model; the version it serves (since when, set by whom, how); candidates waiting for
-review and how long; the last training run; the eligible feedback no run has used yet. Warnings: a
+Per line: its base model; the version it serves (since when, set by whom, how); a running canary with
+its live comparison (adapterctl.canary_watch); candidates waiting for review and how long; the last training run; the eligible feedback no run has used yet. Warnings: a
 lease left behind by a job that died, candidates failing the gate several times in a row, revoked
 versions, artifacts missing or changed, and, for the whole database, a broken audit chain.
 """

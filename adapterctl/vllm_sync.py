@@ -64,7 +64,8 @@ class Plan:
 
     def wanted(self, keep: set[str]) -> dict[str, Version]:
         kept = {name: self.servable[name] for name in keep if name in self.servable}
-        return {**kept, **self.canaries, **{v.name: v for v in self.active.values() if v is not None}}
+        canaries = {v.name: v for v in self.canaries.values()}
+        return {**kept, **canaries, **{v.name: v for v in self.active.values() if v is not None}}
 
 
 def read_plan(session: Session, lines: list[str]) -> Plan:

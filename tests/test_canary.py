@@ -122,3 +122,18 @@ def test_health_aborts_on_failures_and_slowness_only_once_they_are_shown():
     assert unhealthy(Health(100, 0, 80.0), Health(100, 0, 400.0), test) is None  # fewer than min_requests: not compared yet
     assert "p99 latency is 400 ms, more than 2 times the baseline's 80 ms" in unhealthy(Health(300, 0, 80.0), Health(200, 0, 400.0), test)
     assert unhealthy(Health(300, 0, 80.0), Health(200, 0, 150.0), test) is None
+
+
+def test_routing_sends_named_users_to_their_side_and_anonymous_requests_at_random():
+    from adapterctl.serving.canary_routing import CanaryRouter, Route, Split
+
+    router = CanaryRouter(None, ["facts"])
+    router.splits = {"facts": Split(canary_id=7, version="facts@v2", share=0.5)}
+    held = ["facts@v2"]
+    named = {router.route("facts", "alice", held) for _ in range(20)}
+    assert len(named) == 1  # the same user, the same side
+    anonymous = {router.route("facts", None, held).arm for _ in range(200)}
+    assert anonymous == {"baseline", "canary"}
+    assert router.route("facts", None, []) == Route("facts")  # the canary is not loaded yet: nobody is counted
+    assert router.route("facts@v1", "alice", held) == Route("facts@v1")  # a named version is never routed
+    assert router.route("other", "alice", held) == Route("other")

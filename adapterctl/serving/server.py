@@ -140,7 +140,8 @@ class FeedbackWriter(BatchWriter):
 
     def write(self, session, batch) -> list[int]:
         ids = feedback.log_records(session, [(line, record) for line, record, _, _ in batch], actor=self.ws.user)
-        responses.rate(session, [(record.request_id, record.rating, record.correction is not None) for _, record, _, _ in batch])
+        responses.rate(session, [(record.request_id, record.rating, record.correction is not None) for _, record, _, _ in batch
+                                 if record.rating is not None or record.correction is not None])  # a preference pair rates nothing
         return ids
 
     def settle(self, batch, result: list[int] | None = None, error: Exception | None = None) -> None:

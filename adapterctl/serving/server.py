@@ -364,8 +364,8 @@ def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: flo
                                          headers={"X-Adapter-Version": stream.served_by})
             answer = await run_in_threadpool(lambda: runtime.generate(issue.route.model, asked.messages, asked.sampling))
         except Exception as exc:
-            served_by = issue.route.model if "@" in issue.route.model else runtime.served()[line]
-            await remember(issue.failed(served_by, exc), asked.store)
+            if issue.route.arm is not None:  # a routed request: its line is served, and a failure counts against its side
+                await remember(issue.failed(issue.route.model if "@" in issue.route.model else runtime.served()[line], exc), asked.store)
             raise
         await remember(issue.answered(answer.served_by, [c.text for c in answer.choices]), asked.store)
         return JSONResponse(chat_api.completion(response_id, created, answer.served_by, answer.prompt_tokens, answer.choices),

@@ -10,7 +10,7 @@ Both sides are counted from the issued responses the canary routed (`issued_resp
 a request that named a version itself, or landed before the canary started, is not in it. A
 response counts as rated once feedback was given on it through a server: up when its rating is
 above 0 and it carried no correction, down otherwise. `adapterctl serve` checks its lines' canaries
-after every poll; `adapterctl canary watch` does the same for a fleet, or from cron with `--once`.
+every second; `adapterctl canary watch` does the same for a fleet, or from cron with `--once`.
 """
 
 from __future__ import annotations
@@ -123,8 +123,7 @@ def compare(session: Session, line: str) -> Comparison | None:
         return None
     test = settings_of(line_row).canary
     versions = {"baseline": f"{line}@{activations.describe(now.adapter)}", "canary": f"{line}@{activations.describe(now.canary_adapter)}"}
-    arms = {arm: Arm(versions[arm]) for arm in ARMS}
-    counted = _counts(session, start.id)
+    arms, counted = {}, _counts(session, start.id)
     for arm in ARMS:
         p50, p99 = _quantiles(session, start.id, arm, (0.50, 0.99))
         arms[arm] = Arm(versions[arm], **counted.get(arm, {}), p50_ms=p50, p99_ms=p99)

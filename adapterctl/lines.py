@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,9 +136,12 @@ def _typed(key: str, text: str, current: Any, name: str) -> Any:
         return None if text in ("", "all") else [m.strip() for m in text.split(",") if m.strip()]
     kind = type(current) if current is not None else str
     try:
-        return int(text) if kind is int else float(text) if kind is float else text
+        value = int(text) if kind is int else float(text) if kind is float else text
     except ValueError:
-        raise InvalidInput(f"setting {key} must be {'an integer' if kind is int else 'a number'} (got {text!r})", param=key) from None
+        value = None
+    if value is None or (kind is float and not math.isfinite(value)):
+        raise InvalidInput(f"setting {key} must be {'an integer' if kind is int else 'a finite number'} (got {text!r})", param=key)
+    return value
 
 
 def create_line(

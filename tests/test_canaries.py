@@ -110,7 +110,8 @@ def test_line_settings_of_the_test_are_set_checked_and_audited(ws, line, cli):
     assert (settings.max_drop, settings.min_feedback) == (0.03, 20)
     assert '"canary.max_drop":{"from":0.05,"to":0.03}' in event.payload
     for bad, named in (("canary.alpha=0.7", "canary.alpha must be in"), ("canary.nope=1", "unknown setting 'canary.nope'"),
-                       ("canary.min_feedback=ten", "canary.min_feedback must be an integer"), ("alpha", "is not KEY=VALUE")):
+                       ("canary.min_feedback=ten", "canary.min_feedback must be an integer"), ("alpha", "is not KEY=VALUE"),
+                       ("canary.max_latency_ratio=inf", "must be a finite number")):
         result = cli("line", "set", line, bad)
         assert result.returncode == 2 and named in result.stderr, result.stderr
     assert cli.json("line", "show", line)["settings"]["canary"]["max_drop"] == 0.03  # nothing half-written

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from adapterctl import lines
-from adapterctl.errors import InvalidInput
+from adapterctl.canary import CanarySettings
 from adapterctl.cli._common import (
     JsonOption,
     print_fields,
@@ -15,7 +15,7 @@ from adapterctl.cli._common import (
     print_table,
     workspace,
 )
-from adapterctl.canary import CanarySettings
+from adapterctl.errors import InvalidInput
 from adapterctl.lines import GateThresholds, LineSettings
 
 app = typer.Typer(help="Lines: named streams of adapters on one base model.", no_args_is_help=True)

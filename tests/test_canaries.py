@@ -200,3 +200,22 @@ def test_a_canary_failing_requests_is_rolled_back_whatever_its_ratings(ws, line)
     rate(ws, line, canary_id, "canary", [1] * 10, errors=40)
     outcome = canary_watch.check(ws, line)
     assert outcome.action == "aborted" and "failed 40 of 50 requests" in outcome.comparison.why
+
+
+def test_the_cli_shows_the_comparison_and_a_watch_from_cron_rolls_a_worse_canary_back(ws, line, cli):
+    version(ws, line)
+    version(ws, line, fill=0.6)
+    promote(ws, line, 1)
+    assert cli("canary", "status", line).stdout.startswith(f"{line} runs no canary")
+    canary_id = start(ws, line, 2, 0.5)
+    rate(ws, line, canary_id, "baseline", [1] * 150 + [-1] * 50)
+    rate(ws, line, canary_id, "canary", [1] * 50 + [-1] * 150)
+    shown = cli("canary", "status", line)
+    assert shown.returncode == 0 and "canary support-bot@v2 to 50% of end users" in shown.stdout
+    assert "verdict: worse: the canary's thumbs-up rate is at most" in shown.stdout and "75.0%" in shown.stdout
+    watched = cli.json("canary", "watch", "--once", "--line", line)
+    assert [(w["line"], w["action"]) for w in watched] == [(line, "aborted")]
+    assert watched[0]["canary"]["canary"]["ups"] == 50 and served(ws, line) == ("v1", None, None)
+    assert cli.json("canary", "watch", "--once", "--line", line)[0]["canary"] is None
+    refused = cli("canary", "watch", "--line", "nope", "--once")
+    assert refused.returncode == 2 and "line 'nope' does not exist" in refused.stderr

@@ -65,6 +65,9 @@ def render(report: dict[str, Any]) -> str:
         for e in report["training_examples"]])]
     parts += ["<h2>Side by side</h2>", _samples_table(report["samples"]) + _diff_legend(report["samples"])]
     parts += ["<h2>Decisions</h2>", _table(["reviewer", "decision", "note", "at"], [[d["reviewer"], d["decision"], d["note"], d["at"]] for d in report["decisions"]])]
+    if report.get("canaries"):
+        parts += ["<h2>Canary releases of this version</h2>", _table(["at", "kind", "by", "serves", "canary", "reason"], [
+            [e["at"], e["kind"], e["by"], e["to"], e["canary"], e["reason"]] for e in report["canaries"]])]
     title = f"adapterctl review: candidate {adapter['id']} of {adapter['line']}"
     return f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{escape(title)}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
 

@@ -166,8 +166,10 @@ def test_the_watcher_rolls_back_a_worse_canary_with_the_evidence_for_its_reviewe
     assert last["reason"].startswith("automatic rollback: the canary's thumbs-up rate is at most")
     assert '"verdict":"worse"' in event.payload and '"rated":' in event.payload  # the counts behind it
     assert [(e["kind"], e["by"]) for e in report["canaries"]] == [("canary", "ops"), ("canary_abort", "tester (canary watch)")]
-    shown = cli("review", "show", str(adapter_id))
+    shown = cli("review", "show", str(adapter_id), "--html", str(ws.settings.home / "report.html"))
     assert "automatic rollback" in shown.stdout and "canary_abort" in shown.stdout
+    page = (ws.settings.home / "report.html").read_text()
+    assert "Canary releases of this version" in page and "automatic rollback" in page
     assert canary_watch.check(ws, line).comparison is None  # nothing left to watch
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from adapterctl import __version__
-from adapterctl.cli import adapters, audit, base, canary, db, eval, feedback, line, review, serve, status, token, train, versions, vllm
+from adapterctl.cli import adapters, audit, base, canary, db, doctor, eval, feedback, line, review, serve, status, token, train, versions, vllm
 from adapterctl.cli._common import Invocation
 from adapterctl.errors import AdapterctlError
 
@@ -60,6 +60,7 @@ app.command("serve", help="Serve lines over HTTP (OpenAI-compatible); follows pr
 app.add_typer(audit.app, name="audit")
 app.command("status", help="The whole deployment on one screen: what each line serves, waits for, trained last; warnings.")(status.status)
 app.add_typer(vllm.app, name="vllm")
+app.command("doctor", help="Check that the database and the artifact store agree; --repair removes what a crash left behind.")(doctor.doctor)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -114,10 +114,14 @@ def next_version(session: Session, line_id: int) -> int:
     return (session.scalar(select(func.max(Adapter.version)).where(Adapter.line_id == line_id)) or 0) + 1
 
 
+MAX_VERSION = 2**31 - 1
+"""Versions are 32-bit integers in the database."""
+
+
 def parse_version(text: str) -> int:
     """'v3' or '3' as 3."""
     digits = text[1:] if text[:1] in ("v", "V") else text
-    if not digits.isdigit() or int(digits) < 1:
+    if not (digits.isascii() and digits.isdigit()) or not 1 <= int(digits) <= MAX_VERSION:
         raise InvalidInput(f"version {text!r} is not like v3 or 3")
     return int(digits)
 

@@ -19,6 +19,10 @@ from adapterctl.errors import InvalidInput
 from adapterctl.workspace import Workspace
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document and nothing else.")]
+MAX_ID = 2**31 - 1
+"""The largest id of a candidate, version or token (32-bit in the database): a larger one is refused as usage."""
+MAX_BIG_ID = 2**63 - 1
+"""The largest feedback id (64-bit)."""
 
 
 @dataclass

@@ -10,7 +10,7 @@ import typer
 from adapterctl import registry
 from adapterctl.artifacts import ArtifactStore
 from adapterctl.errors import InvalidTransition
-from adapterctl.cli._common import JsonOption, print_fields, print_json, print_table, workspace
+from adapterctl.cli._common import MAX_ID, JsonOption, print_fields, print_json, print_table, workspace
 
 app = typer.Typer(help="Adapters: candidates and the versions they become.", no_args_is_help=True)
 
@@ -34,7 +34,7 @@ def list_(
 
 
 @app.command()
-def show(ctx: typer.Context, adapter_id: Annotated[int, typer.Argument(metavar="ID", help="Adapter (candidate) id.")], json_output: JsonOption = False) -> None:
+def show(ctx: typer.Context, adapter_id: Annotated[int, typer.Argument(metavar="ID", help="Adapter (candidate) id.", min=1, max=MAX_ID)], json_output: JsonOption = False) -> None:
     """Show an adapter: state, version, lineage, evaluations, reviews and activations."""
     with workspace(ctx).reading() as session:
         result = registry.details(session, adapter_id)
@@ -49,7 +49,7 @@ def show(ctx: typer.Context, adapter_id: Annotated[int, typer.Argument(metavar="
 @app.command()
 def export(
     ctx: typer.Context,
-    adapter_id: Annotated[int, typer.Argument(metavar="ID", help="Adapter (candidate or version) id.")],
+    adapter_id: Annotated[int, typer.Argument(metavar="ID", help="Adapter (candidate or version) id.", min=1, max=MAX_ID)],
     destination: Annotated[Path, typer.Argument(metavar="DIR", help="A new or empty folder.")],
 ) -> None:
     """Write the adapter as a plain PEFT folder (after checking its hash), for vLLM, LoRAX or PEFT."""

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from adapterctl import evaluation, registry, suites
-from adapterctl.cli._common import JsonOption, print_fields, print_json, print_table, work_progress, workspace
+from adapterctl.cli._common import MAX_ID, JsonOption, print_fields, print_json, print_table, work_progress, workspace
 
 app = typer.Typer(help="Evaluation: suites of regression cases and evaluations of versions and candidates.", no_args_is_help=True)
 suite_app = typer.Typer(help="Regression suites and the reference set of a line.", no_args_is_help=True)
@@ -61,7 +61,7 @@ def suite_show(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Suite name.")],
     line: LineOption,
-    version: Annotated[Optional[int], typer.Option(help="A version other than the newest.")] = None,
+    version: Annotated[Optional[int], typer.Option(help="A version other than the newest.", min=1, max=MAX_ID)] = None,
     json_output: JsonOption = False,
 ) -> None:
     """A suite's cases."""
@@ -86,7 +86,7 @@ def run(
     ctx: typer.Context,
     line: Annotated[Optional[str], typer.Option("--line", help="Re-evaluate this line's active version.")] = None,
     version: Annotated[Optional[str], typer.Option(help="This version (v3 or 3) instead of the active one.")] = None,
-    candidate: Annotated[Optional[int], typer.Option(help="Evaluate this candidate now; one that is evaluating then meets the gate.")] = None,
+    candidate: Annotated[Optional[int], typer.Option(help="Evaluate this candidate now; one that is evaluating then meets the gate.", min=1, max=MAX_ID)] = None,
     max_new_tokens: Annotated[int, typer.Option(help="New tokens per greedy answer.")] = evaluation.EvalSettings.max_new_tokens,
     json_output: JsonOption = False,
 ) -> None:

@@ -14,6 +14,7 @@ import typer
 
 from adapterctl import erasure, feedback, feedback_io
 from adapterctl.cli._common import (
+    MAX_BIG_ID,
     JsonOption,
     byte_progress,
     parse_since,
@@ -138,7 +139,7 @@ def _signal(record: dict) -> str:
 
 
 @app.command()
-def show(ctx: typer.Context, feedback_id: Annotated[int, typer.Argument(metavar="ID", help="Feedback id.")], json_output: JsonOption = False) -> None:
+def show(ctx: typer.Context, feedback_id: Annotated[int, typer.Argument(metavar="ID", help="Feedback id.", min=1, max=MAX_BIG_ID)], json_output: JsonOption = False) -> None:
     """Show one feedback record (or its tombstone)."""
     with workspace(ctx).reading() as session:
         record = feedback.as_dict(feedback.get_feedback(session, feedback_id))
@@ -194,7 +195,7 @@ def export(
 @app.command()
 def forget(
     ctx: typer.Context,
-    feedback_id: Annotated[Optional[List[int]], typer.Option("--id", help="Feedback id to forget; repeat for several.")] = None,
+    feedback_id: Annotated[Optional[List[int]], typer.Option("--id", help="Feedback id to forget; repeat for several.", min=1, max=MAX_BIG_ID)] = None,
     source: Annotated[Optional[str], typer.Option("--source", help="Forget everything from this source.")] = None,
     line: Annotated[Optional[str], typer.Option("--line", help="With --source: only on this line.")] = None,
     reason: Annotated[Optional[str], typer.Option("--reason", help="Why, for the record (e.g. a ticket id).")] = None,

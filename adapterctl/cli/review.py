@@ -8,13 +8,13 @@ from typing import Annotated, Optional
 import typer
 
 from adapterctl import review
-from adapterctl.cli._common import JsonOption, print_json, print_table, workspace
+from adapterctl.cli._common import MAX_ID, JsonOption, print_json, print_table, workspace
 from adapterctl.cli.eval import print_metric_table
 from adapterctl.report_html import WITHHELD, candidate_changes, compared_role, write_html
 
 app = typer.Typer(help="The review queue: read a candidate's report, then approve or reject it.", no_args_is_help=True)
 reviewers_app = typer.Typer(help="Reviewers: the people who may approve or reject candidates.", no_args_is_help=True)
-IdArgument = Annotated[int, typer.Argument(metavar="ID", help="Candidate (adapter) id.")]
+IdArgument = Annotated[int, typer.Argument(metavar="ID", help="Candidate (adapter) id.", min=1, max=MAX_ID)]
 SPARK = "▁▂▃▄▅▆▇█"
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from adapterctl import tokens
-from adapterctl.cli._common import JsonOption, print_json, print_table, workspace
+from adapterctl.cli._common import MAX_ID, JsonOption, print_json, print_table, workspace
 
 app = typer.Typer(help="API tokens of `adapterctl serve` (stored as sha256; shown once).", no_args_is_help=True)
 
@@ -42,7 +42,7 @@ def list_(ctx: typer.Context, json_output: JsonOption = False) -> None:
 
 
 @app.command()
-def revoke(ctx: typer.Context, token_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+def revoke(ctx: typer.Context, token_id: Annotated[int, typer.Argument(metavar="ID", min=1, max=MAX_ID)]) -> None:
     """Revoke a token; servers refuse it from their next request on."""
     ws = workspace(ctx)
     with ws.transaction() as session:

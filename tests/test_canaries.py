@@ -221,3 +221,22 @@ def test_the_cli_shows_the_comparison_and_a_watch_from_cron_rolls_a_worse_canary
     assert cli.json("canary", "watch", "--once", "--line", line)[0]["canary"] is None
     refused = cli("canary", "watch", "--line", "nope", "--once")
     assert refused.returncode == 2 and "line 'nope' does not exist" in refused.stderr
+
+
+def test_forgetting_feedback_removes_its_responses_from_a_canarys_comparison(ws, line):
+    """Forget means gone: the rated response leaves the live comparison with the feedback given on it."""
+    version(ws, line)
+    version(ws, line, fill=0.6)
+    promote(ws, line, 1)
+    canary_id = start(ws, line, 2, 0.5)
+    rate(ws, line, canary_id, "canary", [1, 1, -1])
+    with ws.reading() as session:
+        rated = list(session.scalars(select(IssuedResponse.id).where(IssuedResponse.arm == "canary").order_by(IssuedResponse.id)))
+    given = ws.log_feedback(line=line, prompt="q", response="a", rating=-1, source="user-5", request_id=rated[0])
+    with ws.transaction() as session:
+        report = feedback.forget_feedback(session, actor="privacy", source="user-5", reason="request #31")
+        comparison = canary_watch.compare(session, line)
+    assert report.responses_deleted == 1 and given
+    assert (comparison.canary.requests, comparison.canary.rated) == (2, 2)
+    with ws.reading() as session:
+        assert session.get(IssuedResponse, rated[0]) is None

@@ -135,10 +135,8 @@ def complete_canary(session: Session, store: ArtifactStore, *, line: str, actor:
 
 
 def canary_start(session: Session, line_id: int) -> Activation | None:
-    """The activation that started the line's running canary; None when none runs."""
-    now = current(session, line_id)
-    if now is None or now.canary_adapter_id is None:
-        return None
+    """The activation that started the line's running canary; None when none runs (the newest activation
+    without a canary is then newer than every canary start)."""
     ended = select(func.max(Activation.id)).where(Activation.line_id == line_id, Activation.canary_adapter_id.is_(None)).scalar_subquery()
     return session.scalar(select(Activation).where(Activation.line_id == line_id, Activation.kind == "canary",
                                                    Activation.id > func.coalesce(ended, 0)).order_by(Activation.id.desc()).limit(1))

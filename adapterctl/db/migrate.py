@@ -15,7 +15,7 @@ from adapterctl.db.engine import READ_ONLY, make_engine, normalize_url
 from adapterctl.errors import IntegrityError, SchemaError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-SCHEMA_REVISION = "0009"
+SCHEMA_REVISION = "0010"
 """The newest migration; a test fails when a new migration does not move this along."""
 
 

@@ -321,6 +321,22 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128))
     revoked_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]  # None: never expires
+
+
+class Quarantine(Base):
+    """A feedback source kept out of training (on one line, or on every line) until released."""
+
+    __tablename__ = "quarantines"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(256), index=True)
+    line_id: Mapped[int | None] = mapped_column(ForeignKey("lines.id", ondelete="RESTRICT"))  # None: every line
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+    released_at: Mapped[datetime | None]
+    released_by: Mapped[str | None] = mapped_column(String(128))
 
 
 class IssuedResponse(Base):

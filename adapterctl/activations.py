@@ -20,6 +20,7 @@ from adapterctl.artifacts import ArtifactStore
 from adapterctl.canary import percent
 from adapterctl.db.models import Activation, Adapter, Line
 from adapterctl.errors import InvalidInput, InvalidTransition
+from adapterctl.faults import crash_point
 from adapterctl.lines import get_line, lock_line
 
 BASE = "base"
@@ -75,7 +76,7 @@ def fall_back(session: Session, line_id: int, *, actor: str, reason: str) -> Act
     """If the line serves a revoked version, serve its newest clean approved version (or the base model)
     now; if its canary was revoked, the canary ends (everyone on the active version)."""
     lock_line(session, line_id)
-    line_row = session.get(Line, line_id)
+    line_row = session.get_one(Line, line_id)
     now = current(session, line_id)
     if now is None:
         return None
@@ -130,6 +131,7 @@ def complete_canary(session: Session, store: ArtifactStore, *, line: str, actor:
                     evidence: dict[str, Any] | None = None) -> Activation:
     """Everyone on the canary's version: an ordinary promote."""
     _, now = _running_canary(session, line)
+    assert now.canary_adapter is not None and now.canary_adapter.version is not None  # a running canary has a version
     return promote(session, store, line=line, version=now.canary_adapter.version, actor=actor,
                    reason=f"canary complete: {reason}" if reason else "canary complete", evidence=evidence)
 
@@ -182,7 +184,7 @@ def _record(session: Session, line: Line, adapter: Adapter | None, *, kind: str,
                             canary_adapter_id=canary.id if canary else None, canary_share=share)
     session.add(activation)
     session.flush()
-    payload = {"from": describe(now.adapter if now else None), "to": describe(adapter), "adapter": adapter.id if adapter else None,
+    payload: dict[str, Any] = {"from": describe(now.adapter if now else None), "to": describe(adapter), "adapter": adapter.id if adapter else None,
                "sha256": adapter.sha256 if adapter else None, "reason": reason, "activation": activation.id}
     if canary is not None:
         payload.update(canary=describe(canary), canary_adapter=canary.id, canary_sha256=canary.sha256, share=share)
@@ -192,6 +194,7 @@ def _record(session: Session, line: Line, adapter: Adapter | None, *, kind: str,
         payload["evidence"] = evidence
     audit.record(session, actor=actor, action=f"line.{kind}", subject=f"line:{line.name}", payload=payload)
     notify(session, line.name)
+    crash_point("activation.added")
     return activation
 
 
@@ -209,7 +212,8 @@ def _locked_line(session: Session, name: str) -> Line:
 
 
 def describe(adapter: Adapter | None) -> str:
-    return registry.version_name(adapter) if adapter is not None else BASE
+    """An activated adapter is always a version."""
+    return f"v{adapter.version}" if adapter is not None else BASE
 
 
 def canary_history(session: Session, adapter: Adapter) -> list[dict[str, Any]]:
@@ -229,7 +233,7 @@ def history(session: Session, line: str) -> list[dict[str, Any]]:
     entries, served = [], BASE
     for activation in session.scalars(select(Activation).where(Activation.line_id == line_row.id).order_by(Activation.id)):
         target = describe(activation.adapter)
-        canary = f"{describe(activation.canary_adapter)} to {percent(activation.canary_share)}" if activation.canary_adapter else None
+        canary = f"{describe(activation.canary_adapter)} to {percent(activation.canary_share or 0)}" if activation.canary_adapter else None
         entries.append({"id": activation.id, "at": activation.created_at.isoformat(), "kind": activation.kind, "from": served,
                         "to": target, "adapter_id": activation.adapter_id, "canary": canary,
                         "canary_adapter_id": activation.canary_adapter_id, "canary_share": activation.canary_share,

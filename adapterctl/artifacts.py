@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapterctl.errors import IntegrityError, InvalidInput
+from adapterctl.faults import crash_point
 from adapterctl.names import check_name
 
 MANIFEST = "manifest.json"
@@ -79,11 +80,13 @@ class ArtifactStore:
         # loss could leave a committed folder (which the database then references) with empty files.
         for folder in [*(p for p in staging.rglob("*") if p.is_dir()), staging]:
             _fsync_dir(folder)
+        crash_point("artifact.sealed")
         # A target can only exist if a process died between this rename and its database commit, so no
         # row references it. rename() cannot replace a non-empty folder, hence the removal first.
         _remove_tree(target)
         os.replace(staging, target)
         _fsync_dir(target.parent)  # make the rename itself durable
+        crash_point("artifact.renamed")
         return StoredArtifact(
             relative_path=f"{line}/{candidate_id}",
             sha256=hashlib.sha256(manifest).hexdigest(),

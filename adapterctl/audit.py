@@ -16,7 +16,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from adapterctl.db.models import AuditEvent
-from adapterctl.db.types import utcnow
+from adapterctl.db.types import table_of, utcnow
 
 GENESIS_HASH = "0" * 64
 _CHAIN_LOCK_KEY = 7_296_117_011  # PostgreSQL advisory lock serialising appends to the chain
@@ -31,7 +31,7 @@ def event_hash(*, seq: int, created_at: datetime, actor: str, action: str, subje
     return hashlib.sha256("\x1f".join(fields).encode("utf-8")).hexdigest()
 
 
-_EVENTS = AuditEvent.__table__
+_EVENTS = table_of(AuditEvent)
 _TAIL = select(_EVENTS.c.seq, _EVENTS.c.hash).order_by(_EVENTS.c.seq.desc()).limit(1)
 _LOCK_CHAIN = text(f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK_KEY})")
 
@@ -44,13 +44,11 @@ def record(session: Session, *, actor: str, action: str, subject: str, payload: 
         session.execute(_LOCK_CHAIN)
     tail = session.execute(_TAIL).first()
     seq, prev_hash = (tail.seq + 1, tail.hash) if tail else (1, GENESIS_HASH)
-    event = {
-        "seq": seq, "created_at": utcnow(), "actor": actor, "action": action, "subject": subject,
-        "payload": canonical_json(payload or {}), "prev_hash": prev_hash,
-    }
-    event["hash"] = event_hash(**event)
-    session.execute(insert(_EVENTS), event)
-    return event["hash"]
+    created_at, body = utcnow(), canonical_json(payload or {})
+    digest = event_hash(seq=seq, created_at=created_at, actor=actor, action=action, subject=subject, payload=body, prev_hash=prev_hash)
+    session.execute(insert(_EVENTS), {"seq": seq, "created_at": created_at, "actor": actor, "action": action, "subject": subject,
+                                      "payload": body, "prev_hash": prev_hash, "hash": digest})
+    return digest
 
 
 def _hash_of(event: AuditEvent) -> str:

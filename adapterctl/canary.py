@@ -108,8 +108,8 @@ class Tally:
         """Bounds on the true rate that hold at every number of ratings at once, except with probability `error`."""
         if not self.ratings:
             return 0.0, 1.0
-        half_width = _mixture_boundary(self.ratings / 4, prior_ratings / 4, error) / self.ratings
-        return max(0.0, self.rate - half_width), min(1.0, self.rate + half_width)
+        rate, half_width = self.ups / self.ratings, _mixture_boundary(self.ratings / 4, prior_ratings / 4, error) / self.ratings
+        return max(0.0, rate - half_width), min(1.0, rate + half_width)
 
 
 @dataclass(frozen=True)

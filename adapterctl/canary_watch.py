@@ -119,7 +119,7 @@ def compare(session: Session, line: str) -> Comparison | None:
     line_row = get_line(session, line)
     now = activations.current(session, line_row.id)
     start = activations.canary_start(session, line_row.id)
-    if now is None or start is None:
+    if now is None or start is None or now.canary_share is None:
         return None
     test = settings_of(line_row).canary
     versions = {"baseline": f"{line}@{activations.describe(now.adapter)}", "canary": f"{line}@{activations.describe(now.canary_adapter)}"}

@@ -6,10 +6,12 @@ Eligible feedback of a line, not used by an earlier run and not forgotten:
   - a chosen/rejected pair trains the chosen answer (the pair is kept for preference training).
 A negative or neutral rating alone teaches nothing and is never used.
 
-Then: exact and normalised duplicates are collapsed (the oldest record is kept), each source is capped
-at a share of the examples, a stable hash of the feedback id holds some out for evaluation, and
-examples that earlier approved versions were trained on are mixed back in (replay), with the anchor
-share of the line's reference set, so a new adapter keeps what the line and the base model knew.
+Feedback of quarantined sources is kept out (adapterctl.quarantine). Then: exact and normalised duplicates
+are collapsed (the oldest record is kept), the poisoning checks flag floods, spikes and trigger patterns and
+hold the flagged records out (adapterctl.poisoning), each source is capped at a share of the examples,
+a stable hash of the feedback id holds some out for evaluation, and examples that earlier approved
+versions were trained on are mixed back in (replay), with the anchor share of the line's reference set,
+so a new adapter keeps what the line and the base model knew.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from adapterctl.db.models import Adapter, EvalSuite, Feedback, RunExample, TrainingRun
+from adapterctl.db.models import Adapter, EvalSuite, Feedback, Line, RunExample, TrainingRun
+
+if TYPE_CHECKING:
+    from adapterctl.poisoning import PoisoningSettings
 
 APPROVED_STATES = ("approved", "active", "inactive")
 NO_SOURCE = "(none)"
@@ -44,6 +49,8 @@ class DataSettings:
     """Seed for choosing replay examples."""
     reference_anchor_share: float = 0.75
     """Share of the line's reference set mixed into training as anchors (see adapterctl.suites); 0: none."""
+    poisoning: PoisoningSettings | None = None
+    """The poisoning checks (adapterctl.poisoning); None: the line's settings."""
 
 
 @dataclass(frozen=True)
@@ -80,13 +87,21 @@ def build_dataset(session: Session, line_id: int, settings: DataSettings, proble
     `problem_of` says why an example cannot be trained on (the base model's chat template cannot render
     it), or None; such examples are left out and counted, so that one bad record never fails a run.
     """
+    from adapterctl import poisoning, quarantine  # they build on this module
+
     unrenderable = Unrenderable(problem_of)
+    quarantined = quarantine.active_sources(session, line_id)
+    kept_out: Counter[str] = Counter()
     eligible = [e for e in map(example_of, session.scalars(_new_feedback(line_id))) if e is not None]
-    unique, exact, normalised = _deduplicate(unrenderable.keep(eligible))
-    kept, capped = _cap_sources(unique, settings.max_source_share)
+    unique, exact, normalised = _deduplicate(unrenderable.keep(_not_quarantined(eligible, quarantined, kept_out)))
+    line_settings = session.scalar(select(Line.settings).where(Line.id == line_id)) or {}
+    checks = settings.poisoning or poisoning.settings_from(line_settings.get("poisoning"))
+    screened = poisoning.screen(unique, _source_history(session, line_id), checks)
+    kept, capped = _cap_sources(screened.kept(unique), settings.max_source_share)
     new = [_with_split(e, "heldout" if is_heldout(e.feedback_id, settings.holdout_fraction) else "train") for e in kept]
     train_count = sum(e.split == "train" for e in new)
-    replay = unrenderable.keep(_replay(session, line_id, {e.feedback_id for e in new}, train_count, settings))
+    replay = _replay(session, line_id, {e.feedback_id for e in new} | screened.held, train_count, settings)
+    replay = unrenderable.keep(_not_quarantined(replay, quarantined, kept_out))
     new, leaks = _no_heldout_leaks(new, replay)
     anchors, reference_version, synthesized = _reference_anchors(session, line_id, settings.reference_anchor_share)
     anchors, overridden = _not_overridden(anchors, new + replay)
@@ -97,6 +112,7 @@ def build_dataset(session: Session, line_id: int, settings: DataSettings, proble
         "duplicates_removed": {"exact": exact, "normalised": normalised},
         "heldout_moved_to_train": leaks,
         "capped_sources": capped,
+        "poisoning": poisoning.report(screened, kept_out),
         "sources": dict(sorted(Counter(e.source or NO_SOURCE for e in new).items())),
         "splits": dict(Counter(e.split for e in examples)),
         "kinds": dict(Counter(e.kind for e in examples)),
@@ -131,9 +147,34 @@ class Unrenderable:
         return {"count": len(self.skipped), "feedback_ids": ids[: self.SHOWN_IDS], "reasons": sorted({p for _, p in self.skipped})[:5]}
 
 
+def _not_quarantined(examples: list[Example], quarantined: set[str], kept_out: Counter[str]) -> list[Example]:
+    """The examples whose source is not quarantined; those left out are counted per source in `kept_out`."""
+    kept = []
+    for example in examples:
+        if example.source in quarantined:
+            kept_out[example.source] += 1
+        else:
+            kept.append(example)
+    return kept
+
+
+def _source_history(session: Session, line_id: int) -> dict[str, float]:
+    """New examples per earlier successful run of the line, per source: what a source usually sends."""
+    succeeded = (TrainingRun.line_id == line_id, TrainingRun.status == "succeeded")
+    runs = session.scalar(select(func.count()).select_from(TrainingRun).where(*succeeded))
+    if not runs:
+        return {}
+    counts = session.execute(
+        select(Feedback.source, func.count()).select_from(RunExample)
+        .join(TrainingRun, TrainingRun.id == RunExample.run_id).join(Feedback, Feedback.id == RunExample.feedback_id)
+        .where(*succeeded, RunExample.split.in_(("train", "heldout"))).group_by(Feedback.source)
+    )
+    return {(source or NO_SOURCE): count / runs for source, count in counts}
+
+
 def new_feedback_count(session: Session, line_id: int) -> int:
     """Eligible feedback of the line that no successful run has used yet (before duplicates and caps)."""
-    return session.scalar(select(func.count()).select_from(_new_feedback(line_id).subquery()))
+    return session.scalar(select(func.count()).select_from(_new_feedback(line_id).subquery())) or 0
 
 
 def _new_feedback(line_id: int):
@@ -151,11 +192,13 @@ def _new_feedback(line_id: int):
 
 
 def example_of(row: Feedback, split: str = "train") -> Example | None:
+    if row.prompt is None:  # forgotten: only the tombstone remains
+        return None
     if row.correction is not None:
         return Example(row.id, split, "correction", row.source, row.prompt, row.correction)
     if row.chosen is not None:
         return Example(row.id, split, "pair", row.source, row.prompt, row.chosen, rejected=row.rejected)
-    if row.rating is not None and row.rating > 0:
+    if row.rating is not None and row.rating > 0 and row.response is not None:
         return Example(row.id, split, "positive", row.source, row.prompt, row.response)
     return None
 
@@ -197,7 +240,8 @@ def _cap_sources(examples: list[Example], max_share: float) -> tuple[list[Exampl
     """At most max(1, share × total) examples per source, the oldest kept; returns what was dropped per source."""
     cap = max(1, int(max_share * len(examples)))
     counts: Counter[str] = Counter()
-    kept, dropped = [], Counter()
+    kept: list[Example] = []
+    dropped: Counter[str] = Counter()
     for example in examples:
         source = example.source or NO_SOURCE
         if counts[source] < cap:
@@ -208,13 +252,13 @@ def _cap_sources(examples: list[Example], max_share: float) -> tuple[list[Exampl
     return kept, dict(sorted(dropped.items()))
 
 
-def is_heldout(feedback_id: int, fraction: float) -> bool:
+def is_heldout(feedback_id: int | None, fraction: float) -> bool:
     """Stable across runs and machines: the same record is always held out, or always not."""
     digest = hashlib.sha256(f"adapterctl-heldout:{feedback_id}".encode()).digest()
     return int.from_bytes(digest[:4], "big") < fraction * 2**32
 
 
-def _replay(session: Session, line_id: int, exclude: set[int], train_count: int, settings: DataSettings) -> list[Example]:
+def _replay(session: Session, line_id: int, exclude: set[int | None], train_count: int, settings: DataSettings) -> list[Example]:
     """Examples earlier approved, unrevoked versions of the line were trained on, chosen by seed."""
     if settings.replay_fraction <= 0:
         return []
@@ -230,7 +274,7 @@ def _replay(session: Session, line_id: int, exclude: set[int], train_count: int,
     if settings.replay_fraction >= 1:
         return pool
     wanted = round(train_count * settings.replay_fraction / (1 - settings.replay_fraction))
-    return sorted(random.Random(settings.seed).sample(pool, min(wanted, len(pool))), key=lambda e: e.feedback_id)
+    return sorted(random.Random(settings.seed).sample(pool, min(wanted, len(pool))), key=lambda e: e.feedback_id or 0)
 
 
 def _reference_anchors(session: Session, line_id: int, share: float) -> tuple[list[Example], int | None, bool]:

@@ -6,7 +6,8 @@ crash provably left behind.
                may be served, a warning for the others)
     orphans    artifact folders no candidate names (a process died between the folder's rename and its
                database commit) and staging folders of training runs no longer running
-    leases     leases past their expiry (a job that died; the next run would take them over)
+    leases     leases past their expiry, or held by a process of this host that is gone (a job that died;
+               the next run would take them over)
     audit      the audit log's hash chain is unbroken
 
 `repair` removes orphan folders and expired leases, and only where no live training lease covers the
@@ -20,7 +21,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapterctl import audit, leases, registry
@@ -67,7 +68,7 @@ def repair(session: Session, store: ArtifactStore, findings: list[Finding], *, a
         if action == "remove":
             store.remove(store.root / target if target.split("/")[-1].startswith(".staging-") else target)
         else:
-            session.execute(delete(Lease).where(Lease.name == target, Lease.expires_at < utcnow()))
+            leases.release_abandoned(session, target)
         audit.record(session, actor=actor, action="doctor.repair", subject=f"doctor:{finding.check}",
                      payload={"repair": finding.repair, "finding": finding.detail})
         done.append(finding.repair)
@@ -75,7 +76,7 @@ def repair(session: Session, store: ArtifactStore, findings: list[Finding], *, a
 
 
 def _schema(session: Session, store: ArtifactStore) -> list[Finding]:
-    current = current_revision(session.get_bind())
+    current = current_revision(session.get_bind().engine)
     if current != SCHEMA_REVISION:
         return [Finding("schema", "error", f"the database is at {current}, this adapterctl needs {SCHEMA_REVISION}: run `adapterctl db upgrade`")]
     return []
@@ -116,10 +117,16 @@ def _orphans(session: Session, store: ArtifactStore) -> list[Finding]:
 
 
 def _leases(session: Session, store: ArtifactStore) -> list[Finding]:
-    now = utcnow()
-    return [Finding("leases", "warning", f"lease {lease.name} expired at {lease.expires_at.isoformat()}, left by {lease.holder}",
-                    repair=f"release {lease.name}")
-            for lease in session.scalars(select(Lease).where(Lease.expires_at < now).order_by(Lease.name))]
+    now, findings = utcnow(), []
+    for lease in session.scalars(select(Lease).order_by(Lease.name)):
+        if lease.expires_at < now:
+            detail = f"lease {lease.name} expired at {lease.expires_at.isoformat()}, left by {lease.holder}"
+        elif leases.live_holder(session, lease.name) is None:
+            detail = f"lease {lease.name} is held by {lease.holder}, a process of this host that is gone"
+        else:
+            continue
+        findings.append(Finding("leases", "warning", detail, repair=f"release {lease.name}"))
+    return findings
 
 
 def _audit(session: Session, store: ArtifactStore) -> list[Finding]:

@@ -5,8 +5,12 @@ Inside the forget transaction, `redact` removes the other copies the database ho
   (samples stored before samples named their record are matched by their prompt); answers that an
   adapter trained on the records generated are withheld too, since such a model can repeat them;
 - a source that has no active feedback left on a line is folded into "(forgotten)" in the dataset
-  reports of the line's runs, with its counts, so totals stay right;
-- unfinished runs that used the records are marked failed, so `train --resume` cannot bring them back.
+  reports of the line's runs, with its counts, so totals stay right (the poisoning report's too);
+- the cases of a synthesized reference set that the base model wrote with a record in context go from
+  every version of the set, which is rehashed (adapterctl.rehearsal tops it up at the next run);
+- unfinished runs that used the records, or such a case, are marked failed, so `train --resume`
+  cannot bring them back;
+- `forget_quarantines`: with `--source`, the source's quarantines, whose rows name it.
 
 After the commit, `scrub` removes the files that hold forgotten records (run folders, torchrun logs)
 and rebuilds an SQLite database file so that no old page keeps their text. It looks for every
@@ -21,15 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from adapterctl import audit
 from adapterctl.artifacts import ArtifactStore
 from adapterctl.db.engine import SQLITE_BUSY_TIMEOUT_S
-from adapterctl.db.models import Adapter, EvalResult, Evaluation, Feedback, Line, RunExample, TrainingRun
-from adapterctl.db.types import utcnow
+from adapterctl.db.models import Adapter, EvalResult, EvalSuite, Evaluation, Feedback, Line, Quarantine, RunExample, TrainingRun
+from adapterctl.db.types import rowcount, utcnow
 from adapterctl.errors import InvalidInput
+from adapterctl.lines import line_id_of
 from adapterctl.registry import TRAINED_SPLITS
 
 if TYPE_CHECKING:
@@ -54,7 +59,11 @@ class Redacted:
     runs_cleaned: int = 0
     """Dataset reports of runs whose forgotten source names were folded into "(forgotten)"."""
     runs_stopped: list[int] = field(default_factory=list)
-    """Unfinished runs that used the records, now failed."""
+    """Unfinished runs that used the records (or a reference case written with them), now failed."""
+    reference_cases_removed: int = 0
+    """Cases of synthesized reference sets the base model wrote with a forgotten record in context (every version counted)."""
+    quarantines_deleted: int = 0
+    """Quarantines of the forgotten source (`--source` only)."""
 
 
 @dataclass
@@ -76,8 +85,18 @@ def redact(session: Session, records: Sequence[Any], *, actor: str) -> Redacted:
     ids = [record.id for record in records]
     redacted, withheld = _redact_samples(session, records, _adapters_trained_on(session, ids))
     sources = {(record.line_id, record.source) for record in records if record.source is not None}
+    cases_removed, anchored = _remove_written_cases(session, records, actor)
     return Redacted(samples_redacted=redacted, samples_withheld=withheld, runs_cleaned=_fold_sources(session, sources),
-                    runs_stopped=_stop_unfinished_runs(session, ids, actor))
+                    runs_stopped=_stop_unfinished_runs(session, ids, anchored, actor), reference_cases_removed=cases_removed)
+
+
+def forget_quarantines(session: Session, source: str, line: str | None) -> int:
+    """Delete a forgotten source's quarantines (on `line` alone when given): their rows name it, their audit
+    events only their id. Feedback it sends afterwards is not kept out: quarantine it again."""
+    query = delete(Quarantine).where(Quarantine.source == source)
+    if line is not None:
+        query = query.where(Quarantine.line_id == line_id_of(session, line))
+    return rowcount(session.execute(query))
 
 
 # ---------------------------------------------------------------- evaluation samples
@@ -154,23 +173,94 @@ def _sources_with_active_feedback(session: Session, line_id: int, names: set[str
 
 
 def _folded(dataset: dict[str, Any], names: set[str]) -> dict[str, Any]:
-    """A run's dataset report with these sources' counts moved to "(forgotten)" in `sources` and `capped_sources`."""
+    """A run's dataset report with these sources' counts moved to "(forgotten)" in `sources` and `capped_sources`,
+    and their names replaced in its poisoning report."""
     folded = dict(dataset)
     for key in ("sources", "capped_sources"):
-        counts = dataset.get(key) or {}
-        hidden = sum(count for source, count in counts.items() if source in names)
-        if hidden:
-            kept = {source: count for source, count in counts.items() if source not in names}
-            kept[FORGOTTEN_SOURCE] = kept.get(FORGOTTEN_SOURCE, 0) + hidden
-            folded[key] = dict(sorted(kept.items()))
+        if dataset.get(key):
+            folded[key] = _folded_counts(dataset[key], names)
+    if dataset.get("poisoning"):
+        folded["poisoning"] = _folded_poisoning(dataset["poisoning"], names)
     return folded
+
+
+def _folded_counts(counts: dict[str, int], names: set[str]) -> dict[str, int]:
+    if names.isdisjoint(counts):
+        return counts
+    kept = {source: count for source, count in counts.items() if source not in names}
+    kept[FORGOTTEN_SOURCE] = kept.get(FORGOTTEN_SOURCE, 0) + sum(count for source, count in counts.items() if source in names)
+    return dict(sorted(kept.items()))
+
+
+def _folded_poisoning(report: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """The poisoning part of a dataset report with these sources named "(forgotten)": in each flag, and in what quarantines kept out."""
+    folded = dict(report)
+    if report.get("flags"):
+        folded["flags"] = [flag if names.isdisjoint(flag.get("sources") or ()) else
+                           {**flag, "sources": list(dict.fromkeys(FORGOTTEN_SOURCE if s in names else s for s in flag["sources"]))}
+                           for flag in report["flags"]]
+    if (report.get("quarantined") or {}).get("sources"):
+        folded["quarantined"] = {**report["quarantined"], "sources": _folded_counts(report["quarantined"]["sources"], names)}
+    return folded
+
+
+# ---------------------------------------------------------------- synthesized reference sets
+
+
+def _remove_written_cases(session: Session, records: Sequence[Any], actor: str) -> tuple[int, set[int]]:
+    """Remove the cases the base model wrote with a forgotten record in context from every version of each line's
+    synthesized reference set, and rehash each version changed (one `suite.redact` event per line). A case of unknown
+    seeds (synthesized before provenance named them) goes at any forget on its line, unless a person gave it too.
+
+    The caller holds the lines' locks (a run storing a new version takes them too). Returns how many cases went, and
+    the unfinished runs of the versions changed: their examples hold the anchors those versions held.
+    """
+    from adapterctl import suites  # suites imports feedback, which imports this module
+
+    forgotten, removed, anchored = {record.id for record in records}, 0, set()
+    for line_id in sorted({record.line_id for record in records}):
+        versions = list(session.scalars(select(EvalSuite).where(EvalSuite.line_id == line_id, EvalSuite.name == suites.REFERENCE)
+                                        .order_by(EvalSuite.version)))
+        given = {audit.canonical_json(case) for suite in versions if suite.provenance is None for case in suite.cases}
+        changed = [change for suite in versions
+                   if suite.provenance is not None and (change := _remove_from(session, suite, forgotten, given))]
+        if changed:
+            name = session.scalar(select(Line.name).where(Line.id == line_id))
+            audit.record(session, actor=actor, action="suite.redact", subject=f"line:{name}",
+                         payload={"suite": suites.REFERENCE, "versions": changed})
+            removed += sum(change["removed"] for change in changed)
+            anchored |= _unfinished_runs_of(session, line_id, {change["version"] for change in changed})
+    return removed, anchored
+
+
+def _remove_from(session: Session, suite: EvalSuite, forgotten: set[int], given: set[str]) -> dict[str, Any] | None:
+    """Remove the cases written with a forgotten record from one version; what changed, or None."""
+    from adapterctl import suites
+
+    lineage = suites.case_seeds(suite)
+    keep = [i for i, seeds in enumerate(lineage)
+            if audit.canonical_json(suite.cases[i]) in given or (seeds is not None and forgotten.isdisjoint(seeds))]
+    if len(keep) == len(suite.cases):
+        return None
+    cases = [suite.cases[i] for i in keep]
+    digest, gone = suites.content_hash(cases), len(suite.cases) - len(keep)
+    made = suite.provenance or {}
+    provenance = {**made, "seeds": [lineage[i] for i in keep], "forgotten_cases": made.get("forgotten_cases", 0) + gone}
+    session.execute(update(EvalSuite).where(EvalSuite.id == suite.id).values(cases=cases, content_hash=digest, provenance=provenance))
+    return {"version": suite.version, "removed": gone, "sha256": digest}
+
+
+def _unfinished_runs_of(session: Session, line_id: int, versions: set[int]) -> set[int]:
+    runs = session.execute(select(TrainingRun.id, TrainingRun.dataset)
+                           .where(TrainingRun.line_id == line_id, TrainingRun.status.in_(UNFINISHED)))
+    return {run_id for run_id, dataset in runs if ((dataset or {}).get("reference") or {}).get("version") in versions}
 
 
 # ---------------------------------------------------------------- unfinished runs
 
 
-def _stop_unfinished_runs(session: Session, ids: list[int], actor: str) -> list[int]:
-    run_ids: set[int] = set()
+def _stop_unfinished_runs(session: Session, ids: list[int], anchored: set[int], actor: str) -> list[int]:
+    run_ids = set(anchored)
     for chunk in _chunks(ids):
         run_ids.update(session.scalars(select(TrainingRun.id).join(RunExample, RunExample.run_id == TrainingRun.id)
                                        .where(RunExample.feedback_id.in_(chunk), TrainingRun.status.in_(UNFINISHED))))
@@ -219,10 +309,13 @@ def _scrub_runs(ws: Workspace, scrubbed: Scrubbed) -> None:
 
 
 def _holds_forgotten(session: Session, entry: Path) -> bool:
-    """A run folder `<line>/<run>` or log `<line>/<run>-torchrun.log` whose run used, or whose examples hold, a forgotten record."""
+    """A run folder `<line>/<run>` or log `<line>/<run>-torchrun.log` whose run used, or whose examples hold, a forgotten
+    record, or that forget stopped (its anchors held a reference case written with one)."""
     run = entry.name.removesuffix("-torchrun.log") if entry.is_file() else entry.name
     if not run.isdigit():
         return False
+    if session.scalar(select(TrainingRun.error).where(TrainingRun.id == int(run))) == RUN_STOPPED:
+        return True
     used = select(RunExample.feedback_id).join(Feedback, Feedback.id == RunExample.feedback_id).where(
         RunExample.run_id == int(run), Feedback.status == "forgotten").limit(1)
     if session.scalar(used) is not None:

@@ -213,7 +213,9 @@ def _measure(base_path: str, models: dict[str, tuple[int, str] | None], cases: C
     sampled = random.Random(settings.seed).sample(cases.heldout, min(settings.samples, len(cases.heldout)))
     sample_prompts = [case["prompt"] for case in sampled]
     advance = _Tally(len(models) * cases.units(settings.samples), progress)
-    results, generations, reference_answers = {}, {}, {}
+    results: dict[str, dict[str, Any]] = {}
+    generations: dict[str, list[str]] = {}
+    reference_answers: dict[str, list[str]] = {}
     for role, artifact in models.items():
         role_started = time.perf_counter()
         torch.manual_seed(settings.seed)
@@ -267,7 +269,7 @@ def load_models(base_path: str, adapters: dict[str, str], device: str = "auto"):
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     device, dtype = resolve_device(device)
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype)).to(device)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype)).to(device)  # type: ignore[arg-type]  # transformers types `.to` as a decorator
     for index, (name, path) in enumerate(adapters.items()):
         if index == 0:
             model = PeftModel.from_pretrained(model, path, adapter_name=name)
@@ -411,7 +413,7 @@ def check_gate(results: dict[str, dict[str, Any]], thresholds: GateThresholds, l
     metrics = {role: result["metrics"] for role, result in results.items()}
     candidate, base, active = metrics["candidate"], metrics["base"], metrics.get("active")
     compared_role = "active" if active else "base"
-    checks = [
+    checks: list[dict[str, Any] | None] = [
         learned_check(learned, thresholds),
         heldout_check(metrics, thresholds),
         keeps_check(candidate, base, thresholds),
@@ -420,10 +422,10 @@ def check_gate(results: dict[str, dict[str, Any]], thresholds: GateThresholds, l
           for name in candidate.get("versions", {}) if active),
         degenerate_check(candidate, thresholds),
     ]
-    checks = [check for check in checks if check is not None]
-    reasons = [check["reason"] for check in checks if check["verdict"] == "fail"]
-    undecided = [f"{check['check']}: {check['reason']}" for check in checks if check["verdict"] == UNDECIDED]
-    return {"passed": not reasons, "reasons": reasons, "undecided": undecided, "checks": checks,
+    made = [check for check in checks if check is not None]
+    reasons = [check["reason"] for check in made if check["verdict"] == "fail"]
+    undecided = [f"{check['check']}: {check['reason']}" for check in made if check["verdict"] == UNDECIDED]
+    return {"passed": not reasons, "reasons": reasons, "undecided": undecided, "checks": made,
             "compared_with": compared_role, "thresholds": asdict(thresholds)}
 
 
@@ -594,11 +596,11 @@ def latest_evaluation(session: Session, adapter_id: int, trigger: str = "candida
 def history(session: Session, line: str) -> list[dict[str, Any]]:
     """Every regression evaluation of the line, oldest first, with each suite's drop since the version's approval."""
     line_row = get_line(session, line)
-    rows = session.scalars(select(Evaluation).where(Evaluation.line_id == line_row.id, Evaluation.trigger == "regression")
-                           .order_by(Evaluation.id))
+    rows = session.scalars(select(Evaluation).where(Evaluation.line_id == line_row.id, Evaluation.trigger == "regression",
+                                                    Evaluation.adapter_id.is_not(None)).order_by(Evaluation.id))
     entries = []
     for evaluation in rows:
-        subject = registry.get_adapter(session, evaluation.adapter_id)
+        subject = session.get_one(Adapter, evaluation.adapter_id)
         now = next(r.metrics for r in evaluation.results if r.role == "version")
         at_approval = latest_evaluation(session, subject.id)
         then = next((r.metrics for r in at_approval.results if r.role == "candidate"), None) if at_approval else None
@@ -612,9 +614,9 @@ def history(session: Session, line: str) -> list[dict[str, Any]]:
 
 def _trend(score: dict[str, Any], at_approval: dict[str, Any] | None) -> dict[str, Any]:
     """A suite's score now, and its drop since approval (only when both used the same suite version)."""
-    same = at_approval is not None and at_approval["version"] == score["version"]
-    drop = round(at_approval["score"] - score["score"], 4) if same else None
-    return {**score, "at_approval": at_approval["score"] if same else None, "dropped": bool(drop and drop > 0)}
+    if at_approval is None or at_approval["version"] != score["version"]:
+        return {**score, "at_approval": None, "dropped": False}
+    return {**score, "at_approval": at_approval["score"], "dropped": round(at_approval["score"] - score["score"], 4) > 0}
 
 
 def as_dict(evaluation: Evaluation) -> dict[str, Any]:

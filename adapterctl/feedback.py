@@ -15,13 +15,14 @@ from functools import cache
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import Connection, case, delete, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from adapterctl import activations, audit, erasure, registry
 from adapterctl.db.models import BaseModel, Feedback, IssuedResponse, Line
-from adapterctl.db.types import utcnow
+from adapterctl.db.types import rowcount, table_of, utcnow
 from adapterctl.errors import InvalidInput, NotFound
-from adapterctl.lines import get_line, line_id_of
+from adapterctl.lines import get_line, line_id_of, lock_line
 
 ROLES = ("system", "user", "assistant", "tool")
 CONTENT_FIELDS = ("prompt", "response", "rating", "correction", "chosen", "rejected")
@@ -71,7 +72,7 @@ def content_hash(prompt: list[dict[str, str]], response: str, rating: float | No
 def parse_record(raw: Any, *, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES, issued: bool = False) -> FeedbackRecord:
     """Validate one record as found in a JSONL file or given to `log_feedback`; raise InvalidInput naming the field.
 
-    `issued`: the response is one the server itself gave, which may be empty (the model said nothing).
+    `issued`: the response is one the server itself gave, stored as the model said it (`_issued_response`).
     """
     if not isinstance(raw, dict):
         raise InvalidInput("record must be a JSON object")
@@ -80,7 +81,8 @@ def parse_record(raw: Any, *, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES, is
         raise InvalidInput(f"unknown field {unknown!r} (known: {', '.join(RECORD_FIELDS)})")
     get = raw.get
     prompt = parse_prompt(get("prompt"), max_field_bytes)
-    response = "" if issued and get("response") == "" else _text(get("response"), "response", max_field_bytes, required=True)
+    given = get("response")
+    response = _issued_response(given, max_field_bytes) if issued else _required_text(given, "response", max_field_bytes)
     rating = _rating(get("rating"))
     correction = _text(get("correction"), "correction", max_field_bytes)
     chosen = _text(get("chosen"), "chosen", max_field_bytes)
@@ -107,10 +109,24 @@ def parse_record(raw: Any, *, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES, is
     )
 
 
-def _text(value: Any, name: str, max_bytes: int, required: bool = False) -> str | None:
+def _issued_response(value: Any, max_bytes: int) -> str:
+    """An answer the server gave, as it can be stored: empty when the model said nothing, and a NUL (byte-level
+    tokenizers have a token for it; PostgreSQL text cannot hold it) as U+FFFD."""
+    if isinstance(value, str):
+        value = value.replace("\x00", "\ufffd")
+        if value == "":
+            return value
+    return _required_text(value, "response", max_bytes)
+
+
+def _required_text(value: Any, name: str, max_bytes: int) -> str:
     if value is None:
-        if required:
-            raise InvalidInput(f"{name} is required")
+        raise InvalidInput(f"{name} is required")
+    return _text(value, name, max_bytes) or ""
+
+
+def _text(value: Any, name: str, max_bytes: int) -> str | None:
+    if value is None:
         return None
     if not isinstance(value, str):
         raise InvalidInput(f"{name} must be a string, got {type(value).__name__}")
@@ -140,7 +156,7 @@ def _short_text(value: Any, name: str) -> str | None:
 def parse_prompt(value: Any, max_bytes: int, field: str = "prompt") -> list[dict[str, str]]:
     """Chat messages from a string (one user message) or a list of {role, content}; errors name `field`."""
     if isinstance(value, str) or value is None:
-        return [{"role": "user", "content": _text(value, field, max_bytes, required=True)}]
+        return [{"role": "user", "content": _required_text(value, field, max_bytes)}]
     if not isinstance(value, list) or not value:
         raise InvalidInput(f"{field} must be a non-empty string or a non-empty list of chat messages {{role, content}}")
     has_user = False
@@ -150,7 +166,7 @@ def parse_prompt(value: Any, max_bytes: int, field: str = "prompt") -> list[dict
         role = message["role"]
         if role not in ROLES:
             raise InvalidInput(f"{field}[{index}].role {role!r} is not one of {', '.join(ROLES)}")
-        _text(message["content"], f"{field}[{index}].content", max_bytes, required=True)
+        _required_text(message["content"], f"{field}[{index}].content", max_bytes)
         has_user = has_user or role == "user"
     if not has_user:
         raise InvalidInput(f"{field} has no message with role 'user'")
@@ -260,11 +276,8 @@ def line_roles(connection: Session | Connection, name: str) -> LineRoles:
 @cache
 def upsert_statement(dialect: str):
     """INSERT that, for a live duplicate (same line and content hash), adds to its `times_seen` instead."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    statement = insert(Feedback.__table__)
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(table_of(Feedback))
     return statement.on_conflict_do_update(
         index_elements=[Feedback.line_id, Feedback.content_hash],
         index_where=_ACTIVE_ONLY,
@@ -472,7 +485,8 @@ def forget_feedback(
 
     Every other copy in the database goes in the same transaction (see `adapterctl.erasure`); after
     the commit, call `erasure.scrub` for the copies in files. The issued responses the records were
-    given on are deleted too, so that no server accepts feedback on them again.
+    given on are deleted too, so that no server accepts feedback on them again, and with a source, its
+    quarantines (on `line` alone when given), even when none of its records is left to forget.
     """
     ids = sorted(set(ids))
     if bool(ids) == (source is not None):
@@ -498,8 +512,13 @@ def forget_feedback(
         already_forgotten=[row.id for row in rows if row.status != "active"],
         lines=sorted({row.name for row in rows if row.status == "active"}),
     )
-    if dry_run or not targets:
+    if dry_run:
         return report
+    quarantines = erasure.forget_quarantines(session, source, line) if source is not None else 0
+    if not targets and not quarantines:
+        return report
+    for line_id in sorted({row.line_id for row in live}):  # first, as every change to a line does (a run storing its reference set)
+        lock_line(session, line_id)
     erased = {name: None for name in ("prompt", "response", "rating", "correction", "chosen", "rejected", "source", "tags")}
     for start in range(0, len(targets), 1000):
         session.execute(
@@ -509,18 +528,19 @@ def forget_feedback(
         )
     request_ids = sorted({row.request_id for row in live if row.request_id is not None})
     for start in range(0, len(request_ids), 1000):
-        report.responses_deleted += session.execute(
-            delete(IssuedResponse).where(IssuedResponse.id.in_(request_ids[start : start + 1000]))).rowcount
+        report.responses_deleted += rowcount(session.execute(
+            delete(IssuedResponse).where(IssuedResponse.id.in_(request_ids[start : start + 1000]))))
     # No trace of the source, not even a hash: a guessed identifier could be confirmed against it.
     payload = {"count": len(targets), "ids": targets[:1000], "lines": report.lines, "reason": reason, "by": "source" if source else "id",
-               "responses_deleted": report.responses_deleted}
+               "responses_deleted": report.responses_deleted, "quarantines_deleted": quarantines}
     audit.record(session, actor=actor, action="feedback.forget",
                  subject=f"line:{report.lines[0]}" if len(report.lines) == 1 else "feedback", payload=payload)
     report.redacted = erasure.redact(session, live, actor=actor)
+    report.redacted.quarantines_deleted = quarantines
     revoked = registry.revoke_trained_on(session, targets, actor=actor)
     report.revoked = [adapter.id for adapter in revoked]
     for line_id in sorted({adapter.line_id for adapter in revoked}):  # a line serving a revoked version falls back now
-        name = session.get(Line, line_id).name
+        name = session.get_one(Line, line_id).name
         if fallback := activations.fall_back(session, line_id, actor=actor, reason="the served version was trained on forgotten feedback"):
             report.fallbacks.append({"line": name, "to": activations.describe(fallback.adapter)})
         else:  # servers holding the revoked version unload it at once

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, TextIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, cast
 
 from sqlalchemy import Column, Connection, Integer, MetaData, Table, exists, func, literal, select, true
 from sqlalchemy.orm import Session
@@ -32,6 +32,7 @@ from adapterctl.db.engine import READ_ONLY, Database
 from adapterctl.db.models import Feedback, Line
 from adapterctl.db.types import BigId, utcnow
 from adapterctl.errors import InvalidInput, NotFound
+from adapterctl.faults import crash_point
 from adapterctl.feedback import (
     CONTENT_FIELDS,
     DEFAULT_MAX_FIELD_BYTES,
@@ -42,6 +43,11 @@ from adapterctl.feedback import (
     parse_record,
     upsert_statement,
 )
+
+if TYPE_CHECKING:
+    from multiprocessing.pool import Pool
+
+    import psycopg
 
 MAX_REPORTED_ERRORS = 20
 BATCH_LINES = 2000
@@ -177,11 +183,13 @@ def _stage(connection: Connection, rows: list[tuple]) -> int:
     if rows:
         with connection.begin():
             if connection.dialect.name == "postgresql":
-                with connection.connection.cursor() as cursor, cursor.copy(_COPY_STAGED) as copy:
+                cursor = cast("psycopg.Cursor", connection.connection.cursor())  # the driver's own cursor, for COPY
+                with cursor, cursor.copy(_COPY_STAGED) as copy:
                     for row in rows:
                         copy.write_row(row)
             else:
                 connection.exec_driver_sql(_INSERT_STAGED, rows)
+        crash_point("feedback.import.staged")
     return len(rows)
 
 
@@ -201,10 +209,12 @@ def _publish(connection: Connection, *, actor: str, subject: str, payload: dict[
     """Store every staged record in one transaction with the import's audit event; return how many were new."""
     connection.execution_options(**{READ_ONLY: False})  # the publish takes SQLite's write lock up front
     with connection.begin(), Session(bind=connection) as session:
-        new = connection.scalar(_NEW_RECORDS)
+        new = connection.scalar(_NEW_RECORDS) or 0
         connection.execute(_publish_statement(connection.dialect.name, actor))
         audit.record(session, actor=actor, action="feedback.import", subject=subject,
                      payload={**payload, "imported": new, "duplicates": staged - new})
+        crash_point("feedback.import.rows_written")
+    crash_point("feedback.import.committed")
     if connection.dialect.name == "postgresql" and new >= ANALYZE_FROM_ROWS:
         with connection.begin():
             connection.exec_driver_sql(f"ANALYZE {Feedback.__tablename__}")
@@ -238,14 +248,14 @@ def _batches(handle: BinaryIO, progress: Callable[[int], None] | None, digest) -
         yield [(number, raw) for number, raw in batch if raw.strip()]
 
 
-def _parse_batch(job: tuple[list[tuple[int, bytes]], int]) -> list[tuple[int, Any, tuple | str]]:
+def _parse_batch(job: tuple[list[tuple[int, bytes]], int]) -> list[tuple[int, Any, tuple[Any, ...] | str]]:
     """Parse and validate raw lines: (number, line name, values or an error message) for each.
 
     Runs in worker processes, so it returns plain tuples: the prompt's roles, which the line decides
     on, then the values already encoded for storage.
     """
     batch, max_field_bytes = job
-    parsed = []
+    parsed: list[tuple[int, Any, tuple[Any, ...] | str]] = []
     for number, raw_line in batch:
         line_name = None
         try:
@@ -270,7 +280,7 @@ class _parser:
             large = path.is_file() and path.stat().st_size >= PARALLEL_FROM_BYTES
             workers = (os.cpu_count() or 1) if large else 0
         self._workers = workers
-        self._pool = None
+        self._pool: Pool | None = None
 
     def __enter__(self) -> Callable[[Iterable], Iterator]:
         if not self._workers:
@@ -278,8 +288,8 @@ class _parser:
         # fork where there is one: spawn would re-run the caller's main module. The workers only parse,
         # and start before the import opens its database connection.
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        self._pool = multiprocessing.get_context(method).Pool(self._workers)
-        return lambda jobs: self._pool.imap(_parse_batch, jobs)
+        pool = self._pool = multiprocessing.get_context(method).Pool(self._workers)
+        return lambda jobs: pool.imap(_parse_batch, jobs)
 
     def __exit__(self, *exc_info) -> None:
         if self._pool is not None:
@@ -338,7 +348,7 @@ def _open_binary(path: Path) -> BinaryIO:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
 
 
-def export_feedback(session: Session, out: TextIO, filters: FeedbackQuery) -> int:
+def export_feedback(session: Session, out: IO[str], filters: FeedbackQuery) -> int:
     """Write active records as JSONL in the import format; return how many were written."""
     if filters.status not in (None, "active"):
         raise InvalidInput("only active feedback can be exported; forgotten records have no content")

@@ -3,13 +3,16 @@
 `json.loads` accepts what adapterctl must refuse and crashes on some of what it cannot parse:
 - a key given twice in one object (`"rating": 7, "rating": 1`): the last one silently wins;
 - NaN, Infinity and numbers like 1e400 (which become infinity): none of them is a JSON number;
-- deep nesting raises RecursionError, an integer of over 4,300 digits a bare ValueError.
+- deep nesting raises RecursionError, an integer of over 4,300 digits a bare ValueError;
+- a \\u escape of half a surrogate pair (`"\\ud800"`) makes a string that no UTF-8 encoder, database or JSON
+  response can take: stored or echoed in an error, it fails later, far from the input.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -18,6 +21,7 @@ from adapterctl.errors import InvalidInput
 
 
 T = TypeVar("T")
+_SURROGATE = re.compile(r"\\u[dD][89abcdefABCDEF]|[\ud800-\udfff]")
 
 
 def read_lines(path: Path, parse: Callable[[Any], T]) -> list[T]:
@@ -39,7 +43,13 @@ def read_lines(path: Path, parse: Callable[[Any], T]) -> list[T]:
 def loads(text: str | bytes) -> Any:
     """The JSON value in `text`, or InvalidInput saying what is wrong with it."""
     try:
-        return _DECODER.decode(text.decode("utf-8") if isinstance(text, bytes) else text)
+        decoded = text.decode("utf-8") if isinstance(text, bytes) else text
+        value = _DECODER.decode(decoded)
+        if _SURROGATE.search(decoded):  # rare: then the exact check, on the value (a valid pair decodes to one character)
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        raise InvalidInput("not valid JSON: a \\u escape names half of a surrogate pair, which is not a character") from None
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
     except UnicodeDecodeError as exc:
@@ -53,8 +63,8 @@ def loads(text: str | bytes) -> Any:
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     value = dict(pairs)
     if len(value) != len(pairs):
-        seen: set[str] = set()
-        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        keys = [key for key, _ in pairs]
+        duplicate = next(key for index, key in enumerate(keys) if key in keys[:index])
         raise InvalidInput(f"not valid JSON: key {duplicate!r} appears twice in one object")
     return value
 

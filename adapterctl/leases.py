@@ -13,12 +13,13 @@ import uuid
 from datetime import datetime, timedelta
 from functools import cache
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from adapterctl.db.engine import Database
 from adapterctl.db.models import Lease
-from adapterctl.db.types import utcnow
+from adapterctl.db.types import rowcount, table_of, utcnow
 from adapterctl.errors import LockHeld
 
 DEFAULT_TTL = timedelta(seconds=60)
@@ -32,11 +33,8 @@ def new_holder() -> str:
 @cache
 def _take_statement(dialect: str):
     """INSERT the lease, or take it over when it has expired; a live lease is left alone."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    statement = insert(Lease.__table__)
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(table_of(Lease))
     return statement.on_conflict_do_update(
         index_elements=[Lease.name],
         set_={"holder": statement.excluded.holder, "acquired_at": statement.excluded.acquired_at,
@@ -66,6 +64,15 @@ def live_holder(session: Session, name: str) -> str | None:
     return None if holder is None or _died_on_this_host(holder) else holder
 
 
+def release_abandoned(session: Session, name: str) -> bool:
+    """Release the lease if it expired or its holder died on this host, never a live holder's; True when released."""
+    holder = session.scalar(select(Lease.holder).where(Lease.name == name))
+    abandoned = Lease.expires_at < utcnow()
+    if holder is not None and _died_on_this_host(holder):
+        abandoned = or_(abandoned, Lease.holder == holder)  # taken over meanwhile, it has another holder and stays
+    return rowcount(session.execute(delete(Lease).where(Lease.name == name, abandoned))) == 1
+
+
 def _died_on_this_host(holder: str) -> bool:
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
@@ -85,7 +92,7 @@ def renew(session: Session, name: str, holder: str, ttl: timedelta = DEFAULT_TTL
     result = session.execute(
         update(Lease).where(Lease.name == name, Lease.holder == holder).values(expires_at=utcnow() + ttl)
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def release(session: Session, name: str, holder: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from adapterctl.canary import CanarySettings
 from adapterctl.db.models import Line
 from adapterctl.errors import AlreadyExists, InvalidInput, NotFound
 from adapterctl.names import check_name
+from adapterctl.poisoning import PoisoningSettings, settings_from
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class LineSettings:
     """Thresholds of the evaluation gate."""
     canary: CanarySettings = field(default_factory=CanarySettings)
     """The live test of a canary: worst acceptable drop, error rates, minimum feedback, health bounds."""
+    poisoning: PoisoningSettings = field(default_factory=PoisoningSettings)
+    """The poisoning checks of training runs: floods, spikes, trigger patterns, and whether flagged records are held out."""
 
     def problems(self) -> list[str]:
         checks = [
@@ -94,21 +98,24 @@ class LineSettings:
             (0.0 <= self.gate.max_version_drop <= 1.0, f"gate.max_version_drop must be in [0, 1] (got {self.gate.max_version_drop})"),
             (self.gate.max_forgetting_increase >= 0.0, f"gate.max_forgetting_increase must be >= 0 (got {self.gate.max_forgetting_increase})"),
         ]
-        return [message for ok, message in checks if not ok] + [f"canary.{problem}" for problem in self.canary.problems()]
+        return ([message for ok, message in checks if not ok] + [f"canary.{problem}" for problem in self.canary.problems()]
+                + [f"poisoning.{problem}" for problem in self.poisoning.problems()])
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["target_modules"] = list(self.target_modules) if self.target_modules else None
+        values["poisoning"]["trigger_patterns"] = list(self.poisoning.trigger_patterns)
         return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LineSettings:
         """Settings as stored; keys a newer adapterctl added are ignored, missing keys take defaults."""
         known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in values.items() if k in known and k not in ("gate", "canary")}
+        kwargs = {k: v for k, v in values.items() if k in known and k not in GROUPS}
         if kwargs.get("target_modules") is not None:
             kwargs["target_modules"] = tuple(kwargs["target_modules"])
-        return cls(**kwargs, gate=_known(GateThresholds, values.get("gate")), canary=_known(CanarySettings, values.get("canary")))
+        return cls(**kwargs, gate=_known(GateThresholds, values.get("gate")), canary=_known(CanarySettings, values.get("canary")),
+                   poisoning=settings_from(values.get("poisoning")))
 
     def changed(self, assignments: dict[str, str]) -> LineSettings:
         """These settings with `key=value` assignments applied (`gate.min_learned=0.9`, `canary.alpha=0.01`);
@@ -117,13 +124,17 @@ class LineSettings:
         for key, text in assignments.items():
             group, _, name = key.rpartition(".")
             table = values.get(group) if group else values
-            if group not in ("", "gate", "canary") or not isinstance(table, dict) or name not in table or name in ("gate", "canary"):
+            if group not in ("", *GROUPS) or not isinstance(table, dict) or name not in table or name in GROUPS:
                 raise InvalidInput(f"unknown setting {key!r}; see `adapterctl line show LINE` for their names", param=key)
             table[name] = _typed(key, text, table[name], name)
         settings = LineSettings.from_dict(values)
         if problems := settings.problems():
             raise InvalidInput("; ".join(problems))
         return settings
+
+
+GROUPS = ("gate", "canary", "poisoning")
+"""Settings grouped under a prefix: `gate.min_learned`, `canary.alpha`, `poisoning.hold_flagged`."""
 
 
 def _known(kind, values: dict[str, Any] | None):
@@ -134,14 +145,39 @@ def _known(kind, values: dict[str, Any] | None):
 def _typed(key: str, text: str, current: Any, name: str) -> Any:
     if name == "target_modules":
         return None if text in ("", "all") else [m.strip() for m in text.split(",") if m.strip()]
+    if isinstance(current, bool):
+        if text.lower() not in _BOOLEANS:
+            raise InvalidInput(f"setting {key} must be true or false (got {text!r})", param=key)
+        return _BOOLEANS[text.lower()]
+    if isinstance(current, (list, tuple)):
+        return _text_list(key, text)
     kind = type(current) if current is not None else str
+    value: int | float | str | None
     try:
         value = int(text) if kind is int else float(text) if kind is float else text
     except ValueError:
         value = None
-    if value is None or (kind is float and not math.isfinite(value)):
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         raise InvalidInput(f"setting {key} must be {'an integer' if kind is int else 'a finite number'} (got {text!r})", param=key)
     return value
+
+
+_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _text_list(key: str, text: str) -> list[str]:
+    """A JSON list of strings (`["a", "b"]`), else one string (`[Zz]orblax` is one); an empty value: none."""
+    if not text.strip():
+        return []
+    try:
+        values = json.loads(text)
+    except ValueError:
+        return [text]
+    if not isinstance(values, list):
+        return [text]
+    if not all(isinstance(v, str) for v in values):
+        raise InvalidInput(f"setting {key} must be a JSON list of strings, e.g. [\"pattern one\", \"pattern two\"]", param=key)
+    return values
 
 
 def create_line(
@@ -194,7 +230,7 @@ def line_id_of(session: Session, name: str) -> int:
     """The id of a line, without loading it (the path of every logged feedback record)."""
     line_id = session.scalar(select(Line.id).where(Line.name == name))
     if line_id is None:
-        get_line(session, name)  # raises NotFound with the usual message
+        return get_line(session, name).id  # raises NotFound with the usual message
     return line_id
 
 

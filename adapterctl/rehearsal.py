@@ -14,6 +14,11 @@ operator rarely knows what the base knows. So the base is asked, as in Self-Synt
 The suite is an ordinary versioned reference set: reviewers read it with `eval suite show reference`,
 and an operator's own set replaces it. It is made once per line and base model (its provenance names
 the base model's hash) and topped up only when the line's set holds fewer cases than `reference_size`.
+
+A prompt sampled after feedback can copy that feedback's text, and its answer with it. So the
+provenance names, for each case, the feedback records shown in context when it was written
+(`seeds`); forgetting one of them removes the case (adapterctl.erasure), and the next run tops the
+set up again.
 """
 
 from __future__ import annotations
@@ -67,49 +72,56 @@ def synthesize(base_path: str, base_hash: str, wanted: int, seeds: list[Example]
     rng = random.Random(settings.seed)
     contexts = _contexts(tokenizer, seeds, round(wanted * settings.oversample), settings, rng)
     dropped: Counter[str] = Counter()
-    prompts = _unique_prompts(_sample(model, tokenizer, [text for text, _ in contexts], settings), avoid, dropped)
-    answers = _sample(model, tokenizer, [_render(tokenizer, [{"role": "user", "content": p}], generation=True) for p in prompts],
+    samples = _sample(model, tokenizer, [text for text, _ in contexts], settings)
+    prompts = _unique_prompts([(sample, shown) for sample, (_, shown) in zip(samples, contexts)], avoid, dropped)
+    answers = _sample(model, tokenizer, [_render(tokenizer, [{"role": "user", "content": p}], generation=True) for p, _ in prompts],
                       settings, greedy=True)
     usable = []
-    for prompt, (answer, finished, confidence) in zip(prompts, answers):
+    for (prompt, shown), (answer, finished, confidence) in zip(prompts, answers):
         if problem := _problem(answer, finished):
             dropped[f"answer {problem}"] += 1
         else:
-            usable.append((confidence, prompt, answer))
+            usable.append((confidence, prompt, answer, shown))
     usable.sort(key=lambda u: -u[0])
     keep = min(wanted, math.ceil(len(usable) * settings.confident_share))
     dropped["answer less confident"] = len(usable) - keep
-    cases = [{"prompt": [{"role": "user", "content": p}], "answer": a} for _, p, a in usable[:keep]]
+    cases = [{"prompt": [{"role": "user", "content": p}], "answer": a} for _, p, a, _ in usable[:keep]]
     provenance = {
         "method": "self-synthesized rehearsal",
         "base_model_hash": base_hash,
         "settings": asdict(settings),
         "sampled": len(contexts),
-        "seeded": sum(seeded for _, seeded in contexts),
+        "seeded": sum(bool(shown) for _, shown in contexts),
         "kept": len(cases),
         "min_confidence": usable[keep - 1][0] if keep else None,
         "dropped": dict(sorted(dropped.items())),
         "seconds": round(time.perf_counter() - started, 2),
+        "seeds": [sorted(shown) for *_, shown in usable[:keep]],
     }
     return cases, provenance
 
 
-def _contexts(tokenizer, seeds: list[Example], count: int, settings: SynthesisSettings, rng: random.Random) -> list[tuple[str, bool]]:
-    """(text that opens a user turn, whether feedback is in context) for each prompt to sample."""
-    exchanges = [(_last_user(e.prompt)[:CONTEXT_CHARS], e.answer[:CONTEXT_CHARS]) for e in seeds if _last_user(e.prompt)]
+def _contexts(tokenizer, seeds: list[Example], count: int, settings: SynthesisSettings,
+              rng: random.Random) -> list[tuple[str, tuple[int, ...]]]:
+    """(text that opens a user turn, the ids of the feedback shown in context before it) for each prompt to sample."""
+    exchanges = [(e.feedback_id, user[:CONTEXT_CHARS], e.answer[:CONTEXT_CHARS])
+                 for e in seeds if e.feedback_id is not None and (user := _last_user(e.prompt))]
     contexts = []
     for index in range(count):
         seeded = bool(exchanges) and index < round(count * settings.seeded_share)
         shown = rng.sample(exchanges, min(settings.context_examples, len(exchanges))) if seeded else []
-        messages = [m for user, answer in shown for m in ({"role": "user", "content": user}, {"role": "assistant", "content": answer})]
-        contexts.append((_render(tokenizer, [*messages, {"role": "user", "content": MARK}]).split(MARK)[0], seeded))
+        messages = [m for _, user, answer in shown for m in ({"role": "user", "content": user}, {"role": "assistant", "content": answer})]
+        text = _render(tokenizer, [*messages, {"role": "user", "content": MARK}]).split(MARK)[0]
+        contexts.append((text, tuple(feedback_id for feedback_id, _, _ in shown)))
     return contexts
 
 
-def _unique_prompts(samples: list[tuple[str, bool, float]], avoid: set[str], dropped: Counter) -> list[str]:
+def _unique_prompts(samples: list[tuple[tuple[str, bool, float], tuple[int, ...]]], avoid: set[str],
+                    dropped: Counter) -> list[tuple[str, tuple[int, ...]]]:
+    """The usable new prompts sampled, each with the ids of the feedback shown before it."""
     seen = set(avoid)
     prompts = []
-    for prompt, finished, _ in samples:
+    for (prompt, finished, _), shown in samples:
         key = normalise(prompt)
         if problem := _problem(prompt, finished):
             dropped[f"prompt {problem}"] += 1
@@ -119,7 +131,7 @@ def _unique_prompts(samples: list[tuple[str, bool, float]], avoid: set[str], dro
             dropped["prompt duplicate"] += 1
         else:
             seen.add(key)
-            prompts.append(prompt)
+            prompts.append((prompt, shown))
     return prompts
 
 
@@ -155,7 +167,7 @@ class _TopLogprobs:
     token greedy decoding picks. A batch x steps matrix of floats, never the vocabulary-wide scores."""
 
     def __init__(self) -> None:
-        self.steps = []
+        self.steps: list[Any] = []
 
     def __call__(self, input_ids, scores):
         import torch
@@ -216,8 +228,9 @@ def reference_line(provenance: dict[str, Any]) -> str:
 def top_up_reference(ws, line_name: str, examples: list[Example], seed: int = 0) -> dict[str, Any] | None:
     """Synthesize the line's reference set, or top it up, when it holds fewer cases than `reference_size`.
 
-    Returns the provenance of what was stored (None: nothing to do). A set adapterctl already made for
-    this base model is kept as it is: re-sampling every run would move the anchors for nothing.
+    Returns the provenance of what was stored, less the seeds of each case (None: nothing to do). A set
+    adapterctl already made for this base model is kept as it is (re-sampling every run would move the
+    anchors for nothing), unless forgetting feedback removed cases from it.
     """
     from adapterctl import base_models, suites
     from adapterctl.db.models import Feedback
@@ -229,7 +242,8 @@ def top_up_reference(ws, line_name: str, examples: list[Example], seed: int = 0)
         current = session.scalar(select(EvalSuite).where(EvalSuite.line_id == line.id, EvalSuite.name == suites.REFERENCE)
                                  .order_by(EvalSuite.version.desc()).limit(1))
         have = [c for c in current.cases if "answer" in c] if current else []
-        if size == 0 or len(have) >= size or (current and (current.provenance or {}).get("base_model_hash") == base_hash):
+        made = (current.provenance or {}) if current else {}
+        if size == 0 or len(have) >= size or (made.get("base_model_hash") == base_hash and not made.get("forgotten_cases")):
             return None
         avoid = {normalise(_last_user(prompt) or "") for prompt in session.scalars(
             select(Feedback.prompt).where(Feedback.line_id == line.id, Feedback.status == "active"))}
@@ -240,9 +254,37 @@ def top_up_reference(ws, line_name: str, examples: list[Example], seed: int = 0)
     except Exception as exc:  # a cron run still trains, without anchors, and says why; the next run tries again
         return {"error": (str(exc).splitlines() or [type(exc).__name__])[0], "kept": 0}
     provenance["topped_up"] = {"version": current.version, "cases": len(current.cases)} if current else None
+    lineage = provenance.pop("seeds")
     if cases:
-        with ws.transaction() as session:
-            suite, _ = suites.add_suite(session, line=line_name, name=suites.REFERENCE, cases=[*(current.cases if current else []), *cases],
-                                        kind="reference", actor=ws.user, provenance=provenance)
-            provenance["version"] = suite.version
+        provenance["version"] = store_synthesized(ws, line_name, cases, lineage, provenance)
     return provenance
+
+
+def store_synthesized(ws, line_name: str, cases: list[dict[str, Any]], lineage: list[list[int]],
+                      provenance: dict[str, Any]) -> int | None:
+    """Store what `synthesize` wrote (its cases; each one's seeds) after the cases of the newest version of the
+    line's reference set; the version stored (None: no case was left to store).
+
+    Under the line's lock, which `feedback forget` takes too: a case whose seed was forgotten while the base
+    model wrote is left out, and the newest version is read again, so nothing forget removed comes back.
+    """
+    from adapterctl import suites
+    from adapterctl.db.models import Feedback
+    from adapterctl.lines import get_line, lock_line
+
+    with ws.transaction() as session:
+        line = get_line(session, line_name)
+        lock_line(session, line.id)
+        forgotten = set(session.scalars(select(Feedback.id).where(Feedback.line_id == line.id, Feedback.status == "forgotten")))
+        written = [(case, seeds) for case, seeds in zip(cases, lineage) if forgotten.isdisjoint(seeds)]
+        if len(written) < len(cases):
+            provenance["dropped"] = dict(sorted({**provenance["dropped"], "seed forgotten meanwhile": len(cases) - len(written)}.items()))
+            provenance["kept"] = len(written)
+        if not written:
+            return None
+        current = suites.newest_version(session, line.id, suites.REFERENCE)
+        provenance["topped_up"] = {"version": current.version, "cases": len(current.cases)} if current else None
+        stored = {**provenance, "seeds": [*(suites.case_seeds(current) if current else []), *(seeds for _, seeds in written)]}
+        suite, _ = suites.add_suite(session, line=line_name, name=suites.REFERENCE, cases=[*(current.cases if current else []),
+                                    *(case for case, _ in written)], kind="reference", actor=ws.user, provenance=stored)
+        return suite.version

@@ -60,6 +60,8 @@ def render(report: dict[str, Any]) -> str:
               _table(["source", "examples", "share"], [[s["source"], s["examples"], f"{s['share']:.1%}"] for s in provenance["sources"]])]
     shown, total = len(report["training_examples"]), report["training_examples_total"]
     parts += [f"<p>hygiene: {escape(report['hygiene'])}</p>"]
+    if "poisoning" in report:
+        parts += _poisoning(report["poisoning"])
     parts += [f"<h2>Training examples{f' (a sample of {shown} of {total})' if shown < total else ''}</h2>", _table(["#", "source", "prompt", "answer"], [
         [e["feedback_id"], e.get("source"), e["prompt"][-1]["content"] if "prompt" in e else "(forgotten)", e.get("answer", "")]
         for e in report["training_examples"]])]
@@ -70,6 +72,16 @@ def render(report: dict[str, Any]) -> str:
             [e["at"], e["kind"], e["by"], e["to"], e["canary"], e["reason"]] for e in report["canaries"]])]
     title = f"adapterctl review: candidate {adapter['id']} of {adapter['line']}"
     return f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{escape(title)}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
+
+
+def _poisoning(checks: dict[str, Any]) -> list[str]:
+    flags = [[f["kind"], f["count"], _Html('held out') if f["held"] else _Html('<b class="fail">trained on</b>'), f["reason"],
+              ", ".join(f["sources"]) + (f" (+{f['source_count'] - len(f['sources'])})" if f["source_count"] > len(f["sources"]) else ""),
+              " ".join(f"#{i}" for i in f["feedback_ids"])] for f in checks["flags"]]
+    quarantined = checks["quarantined"]["sources"]
+    return ["<h2>Poisoning checks</h2>", f"<p>{escape(checks['summary'])}</p>",
+            _table(["check", "records", "held out?", "why", "sources", "example ids"], flags) if flags else "",
+            _table(["quarantined source", "records kept out"], [[source, n] for source, n in quarantined.items()]) if quarantined else ""]
 
 
 def compared_role(samples: list[dict[str, Any]]) -> str:

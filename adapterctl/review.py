@@ -15,14 +15,14 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from adapterctl import activations, audit, evaluation, learning, leases, registry, suites
+from adapterctl import access, activations, audit, evaluation, learning, leases, registry, suites
 from adapterctl.db.models import Adapter, Feedback, Line, ReviewDecision, Reviewer, RunExample
 from adapterctl.db.types import utcnow
-from adapterctl.errors import AlreadyExists, InvalidInput, InvalidTransition, NotFound, PermissionDenied
+from adapterctl.errors import AlreadyExists, InvalidInput, InvalidTransition, NotFound
 from adapterctl.dataset import example_of
 from adapterctl.lines import lock_line, settings_of
 
-ROLES = ("reviewer", "admin")
+ROLES = (access.REVIEWER, access.ADMIN)
 TRAINING_EXAMPLES_SHOWN = 5
 MAX_NOTE_CHARS = 4000
 
@@ -35,7 +35,7 @@ def add_reviewer(session: Session, *, name: str, role: str, actor: str) -> Revie
     if role not in ROLES:
         raise InvalidInput(f"--role must be one of {', '.join(ROLES)} (got {role!r})")
     name = _person(name)
-    _require_admin_once_one_exists(session, actor, "add reviewers")
+    access.require(session, actor, "reviewer.add")
     if session.scalar(select(Reviewer.id).where(Reviewer.name == name)) is not None:
         raise AlreadyExists(f"reviewer {name!r} exists already; see `adapterctl reviewer list`")
     reviewer = Reviewer(name=name, role=role, created_by=actor)
@@ -46,7 +46,7 @@ def add_reviewer(session: Session, *, name: str, role: str, actor: str) -> Revie
 
 
 def remove_reviewer(session: Session, *, name: str, actor: str) -> None:
-    _require_admin_once_one_exists(session, actor, "remove reviewers")
+    access.require(session, actor, "reviewer.remove")
     reviewer = get_reviewer(session, name)
     if reviewer.role == "admin" and _admin_count(session) == 1:
         raise InvalidInput(f"{name!r} is the last admin; add another admin before removing this one")
@@ -73,13 +73,7 @@ def _person(name: str) -> str:
 
 
 def _admin_count(session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(Reviewer).where(Reviewer.role == "admin"))
-
-
-def _require_admin_once_one_exists(session: Session, actor: str, what: str) -> None:
-    """Before the first admin exists anyone may set reviewers up; afterwards only admins."""
-    if _admin_count(session) and session.scalar(select(Reviewer.role).where(Reviewer.name == actor)) != "admin":
-        raise PermissionDenied(f"only admins may {what}; {actor!r} is not an admin (act as one with ADAPTERCTL_USER or --user)")
+    return session.scalar(select(func.count()).select_from(Reviewer).where(Reviewer.role == "admin")) or 0
 
 
 # ---------------------------------------------------------------- the queue
@@ -165,7 +159,7 @@ def reject(session: Session, adapter_id: int, *, reviewer: str, reason: str) -> 
 def _decide(session: Session, adapter_id: int, reviewer: str, decision: str, note: str | None) -> tuple[Adapter, str | None]:
     if note is not None and len(note) > MAX_NOTE_CHARS:
         raise InvalidInput(f"the note is {len(note)} characters, more than the limit of {MAX_NOTE_CHARS}")
-    get_reviewer(session, reviewer)
+    access.require(session, reviewer, f"review.{decision}")
     adapter = registry.get_adapter(session, adapter_id)
     lock_line(session, adapter.line_id)
     session.refresh(adapter)
@@ -194,7 +188,7 @@ def report(session: Session, adapter_id: int) -> dict[str, Any]:
     decisions = [{"reviewer": d.reviewer, "decision": d.decision, "note": d.note, "at": d.created_at.isoformat(),
                   "eval_summary_sha256": d.eval_summary_hash}
                  for d in session.scalars(select(ReviewDecision).where(ReviewDecision.adapter_id == adapter_id).order_by(ReviewDecision.id))]
-    approvers = [d["reviewer"] for d in decisions if d["decision"] == "approve"]
+    approvers = [str(d["reviewer"]) for d in decisions if d["decision"] == "approve"]
     required = settings_of(adapter.line).approvals_required
     return {
         "adapter": registry.as_dict(adapter),
@@ -223,6 +217,7 @@ def report(session: Session, adapter_id: int) -> dict[str, Any]:
         "training_examples": _training_examples(session, run.id, adapter_id),
         "training_examples_total": dataset.get("splits", {}).get("train", 0),
         "hygiene": hygiene(dataset),
+        "poisoning": poisoning_checks(dataset),
         "samples": latest.samples if latest else [],
         "decisions": decisions,
         "canaries": activations.canary_history(session, adapter) if adapter.version is not None else [],
@@ -245,6 +240,23 @@ def hygiene(dataset: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def poisoning_checks(dataset: dict[str, Any]) -> dict[str, Any]:
+    """The run's poisoning checks (adapterctl.poisoning) with a one-line summary; a run from before them says so."""
+    checks = dataset.get("poisoning") or {"checked": False, "flags": [], "flagged": 0, "held_out": 0,
+                                          "quarantined": {"records": 0, "sources": {}}}
+    flags, kept_out = checks["flags"], checks["quarantined"]
+    parts = [f"{len(flags)} flag{'' if len(flags) == 1 else 's'}" if flags else "nothing flagged"]
+    if checks["held_out"]:
+        parts.append(f"{checks['held_out']} flagged records held out of training")
+    elif checks.get("flagged"):
+        parts.append(f"{checks['flagged']} flagged records TRAINED ON (poisoning.hold_flagged is off)")
+    sources = len(kept_out["sources"])
+    parts.append(f"{kept_out['records']} records of {sources} quarantined source{'' if sources == 1 else 's'} kept out" if kept_out["records"]
+                 else "no records of quarantined sources")
+    summary = ", ".join(parts) if checks["checked"] else "not checked (the run is older than the poisoning checks)"
+    return {**checks, "summary": summary}
+
+
 def comparison_table(latest) -> list[dict[str, Any]]:
     """One row per metric: its value for each model and the candidate's change against base and active."""
     models = {r.role: r.metrics for r in latest.results}
@@ -254,8 +266,8 @@ def comparison_table(latest) -> list[dict[str, Any]]:
     def row(name: str, values: dict[str, float | None], higher_is_better: bool) -> None:
         entry = {"metric": name, **values, "higher_is_better": higher_is_better}
         for other in ("base", "active"):
-            if values.get(other) is not None and values.get(subject) is not None:
-                entry[f"delta_vs_{other}"] = round(values[subject] - values[other], 4)
+            if (mine := values.get(subject)) is not None and (theirs := values.get(other)) is not None:
+                entry[f"delta_vs_{other}"] = round(mine - theirs, 4)
         rows.append(entry)
 
     if models[subject]["heldout_cases"]:
@@ -302,8 +314,8 @@ def _training_examples(session: Session, run_id: int, adapter_id: int) -> list[d
     """A few of the examples the adapter was trained on, the same ones each time it is shown."""
     ids = sorted(session.scalars(select(RunExample.feedback_id).where(RunExample.run_id == run_id, RunExample.split == "train")))
     chosen = random.Random(adapter_id).sample(ids, min(TRAINING_EXAMPLES_SHOWN, len(ids)))
-    rows = session.scalars(select(Feedback).where(Feedback.id.in_(chosen)).order_by(Feedback.id)) if chosen else []
-    examples = []
+    rows = list(session.scalars(select(Feedback).where(Feedback.id.in_(chosen)).order_by(Feedback.id))) if chosen else []
+    examples: list[dict[str, Any]] = []
     for row in rows:
         example = example_of(row)
         if example is None:  # forgotten since: only the tombstone remains

@@ -93,6 +93,7 @@ def train_line(ws: Workspace, request: TrainRequest, progress: Callable[[dict], 
             if lease.lost:
                 raise AdapterctlError(f"lost the lease train:{request.line} during training; not publishing the result")
             candidate_id = _publish(ws, store, run_id, result, work_dir)
+            crash_point("train.committed")
         except KeyboardInterrupt as exc:
             _record_failure(ws, store, run_id, exc, work_dir)
             raise Interrupted(f"run {run_id} of {request.line} interrupted; continue it with "
@@ -134,7 +135,7 @@ def _evaluate(ws: Workspace, line: str, candidate_id: int, progress: Callable[[d
     try:
         evaluation_id = evaluate_candidate(ws, candidate_id, progress=report)
         with ws.reading() as session:
-            return get_evaluation(session, evaluation_id).gate
+            return get_evaluation(session, evaluation_id).gate or {}
     except Exception as exc:
         raise AdapterctlError(f"candidate {candidate_id} of {line} was trained but its evaluation failed: "
                               f"{(str(exc).splitlines() or [type(exc).__name__])[0]}; "
@@ -150,6 +151,7 @@ def _start_or_resume(ws: Workspace, request: TrainRequest, store: ArtifactStore)
             select(TrainingRun).where(TrainingRun.line_id == line.id, TrainingRun.status.in_(("running", "interrupted")))
             .order_by(TrainingRun.id.desc())
         ).all()
+        _remove_finished_work(ws, line.name, keep={run.id for run in unfinished})
         if request.resume and unfinished and _work_dir(ws, line.name, unfinished[0].id).joinpath("job.json").is_file():
             run = unfinished[0]
             for stale in unfinished[1:]:
@@ -174,8 +176,11 @@ def _start_or_resume(ws: Workspace, request: TrainRequest, store: ArtifactStore)
             dataset = build_dataset(session, line.id, data_settings, lambda e: chat.training_problem(tokenizer, e.prompt, e.answer))
     if dataset.new_count < min_examples:
         skipped = dataset.report["unrenderable"]["count"]
+        held, kept_out = dataset.report["poisoning"]["held_out"], dataset.report["poisoning"]["quarantined"]["records"]
         reason = f"{dataset.new_count} new eligible examples, fewer than --min-examples {min_examples}" + (
-            f" ({skipped} left out: the base model's chat template cannot render them)" if skipped else "")
+            f" ({skipped} left out: the base model's chat template cannot render them)" if skipped else "") + (
+            f" ({held} held out by the poisoning checks)" if held else "") + (
+            f" ({kept_out} from quarantined sources kept out)" if kept_out else "")
         return None, False, {**dataset.report, "reason": reason}
     if synthesized := rehearsal.top_up_reference(ws, request.line, dataset.examples, request.training.seed):
         with ws.reading() as session:  # again, with the new reference set's anchors
@@ -253,7 +258,7 @@ def _publish(ws: Workspace, store: ArtifactStore, run_id: int, result: TrainResu
     """Seal the artifact, move it into the store and register the candidate in one transaction."""
     job = TrainingJob.load(work_dir)
     with ws.transaction() as session:
-        run = session.get(TrainingRun, run_id)
+        run = session.get_one(TrainingRun, run_id)
         forgotten = session.scalar(
             select(RunExample.feedback_id).join(Feedback, Feedback.id == RunExample.feedback_id)
             .where(RunExample.run_id == run_id, RunExample.split.in_(registry.TRAINED_SPLITS), Feedback.status != "active")
@@ -267,6 +272,7 @@ def _publish(ws: Workspace, store: ArtifactStore, run_id: int, result: TrainResu
         run.status, run.finished_at, run.metrics = "succeeded", utcnow(), _metrics(result)
         audit.record(session, actor=ws.user, action="train.succeed", subject=f"line:{run.line.name}",
                      payload={"run": run_id, "candidate": adapter.id, "steps": result.steps, "sha256": stored.sha256})
+        crash_point("train.candidate_added")
         return adapter.id
 
 
@@ -275,7 +281,7 @@ def _record_failure(ws: Workspace, store: ArtifactStore, run_id: int, exc: BaseE
     status = "interrupted" if interrupted else "failed"
     reason = "interrupted (resume with --resume)" if interrupted else (str(exc).splitlines() or [type(exc).__name__])[0]
     with ws.transaction() as session:
-        run = session.get(TrainingRun, run_id)
+        run = session.get_one(TrainingRun, run_id)
         line = run.line.name
         run.status, run.finished_at, run.error = status, utcnow(), reason
         audit.record(session, actor=ws.user, action=f"train.{'interrupt' if interrupted else 'fail'}", subject=f"line:{line}",
@@ -296,6 +302,15 @@ def _metrics(result: TrainResult) -> dict[str, Any]:
 
 def _work_dir(ws: Workspace, line: str, run_id: int) -> Path:
     return ws.settings.home / "runs" / line / str(run_id)
+
+
+def _remove_finished_work(ws: Workspace, line: str, *, keep: set[int]) -> None:
+    """Remove the work folders (checkpoints, the examples' text) of the line's runs that are over: a job killed
+    between its commit and its cleanup leaves its own behind. Call under the line's lease."""
+    folder = ws.settings.home / "runs" / line
+    for work_dir in folder.iterdir() if folder.is_dir() else ():
+        if work_dir.is_dir() and work_dir.name.isdigit() and int(work_dir.name) not in keep:
+            shutil.rmtree(work_dir, ignore_errors=True)
 
 
 @contextmanager

@@ -77,7 +77,7 @@ def _warnings(session: Session, store: ArtifactStore, line: Line, adapters: list
     in_a_row = next((i for i, a in enumerate(reversed(decided)) if a.status != "gate_failed"), len(decided))
     if in_a_row >= GATE_FAILURES_WARNED:
         warnings.append(f"the last {in_a_row} candidates failed the gate (`adapterctl review show ID` says why)")
-    revoked = [registry.version_name(a) for a in adapters if a.status == "revoked" and a.version is not None]
+    revoked = [f"v{a.version}" for a in adapters if a.status == "revoked" and a.version is not None]
     if revoked:
         warnings.append(f"revoked (trained on forgotten feedback): {', '.join(revoked)}")
     for adapter in adapters:

@@ -5,7 +5,8 @@ A regression suite holds prompts and expected answers with a match rule each. Th
 prompt/answer cases in two parts, the line's `reference_anchor_share` that every training run mixes
 in as anchors, and the rest, whose loss (with every text case) measures how far an adapter moved the
 model away from it. The two never overlap, so the measurement stays honest. Suites are never edited: adding a suite under an existing name with different
-cases stores the next version, and every evaluation names the versions it used.
+cases stores the next version, and every evaluation names the versions it used. The one exception: forgetting feedback removes the
+cases the base model wrote with it in context from every version of a synthesized reference set (`erasure`), and rehashes them.
 """
 
 from __future__ import annotations
@@ -118,8 +119,8 @@ def add_suite(session: Session, *, line: str, name: str, cases: list[dict[str, A
                 roles.check([message["role"] for message in case["prompt"]])
             except InvalidInput as exc:
                 raise InvalidInput(f"case {number}: {exc}") from None
-    digest = hashlib.sha256(audit.canonical_json(cases).encode("utf-8")).hexdigest()
-    newest = _newest(session, line_row.id, name)
+    digest = content_hash(cases)
+    newest = newest_version(session, line_row.id, name)
     if newest is not None and newest.content_hash == digest:
         return newest, False
     suite = EvalSuite(line_id=line_row.id, name=name, version=(newest.version + 1) if newest else 1, kind=kind, cases=cases,
@@ -132,7 +133,20 @@ def add_suite(session: Session, *, line: str, name: str, cases: list[dict[str, A
     return suite, True
 
 
-def _newest(session: Session, line_id: int, name: str) -> EvalSuite | None:
+def content_hash(cases: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(audit.canonical_json(cases).encode("utf-8")).hexdigest()
+
+
+def case_seeds(suite: EvalSuite) -> list[list[int] | None]:
+    """For each case of a suite version, the ids of the feedback the base model was shown when it wrote the case:
+    [] for none (or a person gave the case), None when unknown (synthesized before provenance named them)."""
+    if suite.provenance is None:
+        return [[] for _ in suite.cases]
+    seeds = suite.provenance.get("seeds")
+    return list(seeds) if isinstance(seeds, list) and len(seeds) == len(suite.cases) else [None] * len(suite.cases)
+
+
+def newest_version(session: Session, line_id: int, name: str) -> EvalSuite | None:
     return session.scalar(select(EvalSuite).where(EvalSuite.line_id == line_id, EvalSuite.name == name)
                           .order_by(EvalSuite.version.desc()).limit(1))
 

@@ -264,8 +264,9 @@ def _check_options(*, layers: int, hidden: int, vocab: int, seed: int, teach_ste
     """Raise InvalidInput naming every out-of-range option at once."""
 
     def bad(value: object, low: int, high: int, step: int = 1) -> bool:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        return not (ok and low <= value <= high and value % step == 0)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return True
+        return not (low <= value <= high and value % step == 0)
 
     problems = []
     if bad(layers, 1, 64):

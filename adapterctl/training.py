@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from adapterctl.chat import ensure_chat_template, load_tokenizer
 from adapterctl.errors import InvalidInput
+from adapterctl.faults import crash_point
 from adapterctl.learning import Learned, LearningProbe, sample_examples
 
 IGNORE = -100  # label of tokens the loss skips: the prompt and padding
@@ -136,7 +137,7 @@ class TrainResult:
     learned: dict[str, Any] = field(default_factory=dict)
     """Greedy exact match on the sampled training answers after training, per split (train: new,
     replay): learned, sample, of (all of the split); and the target."""
-    learning_curve: list[list[float]] = field(default_factory=list)
+    learning_curve: list[list[float | None]] = field(default_factory=list)
     """[step, teacher-forced share learned (the weaker of new and replayed), answer-token accuracy] of each check."""
 
     @property
@@ -254,7 +255,9 @@ class PackingCollator:
 
     @staticmethod
     def _row(examples: list[dict[str, list[int]]]) -> tuple[list[int], list[int], list[int]]:
-        ids, labels, positions = [], [], []
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
         for example in examples:
             ids += example["input_ids"]
             labels += [IGNORE] + example["labels"][1:]  # the first token has no prediction within its example
@@ -309,7 +312,7 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
         target_modules=job.lora.target_modules or "all-linear",
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, lora)
+    model = get_peft_model(model, lora)  # type: ignore[assignment]  # a PeftModel wraps the causal LM
 
     # 3. train, until the sampled training answers are learned or the length is reached
     steps_per_epoch = math.ceil(len(train_rows) / (settings.batch_size * settings.grad_accumulation * _world_size()))
@@ -363,6 +366,7 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
     if trainer.is_world_process_zero():
         model.save_pretrained(job.adapter_dir)
         Path(job.adapter_dir, "README.md").unlink(missing_ok=True)  # PEFT's empty model card; not part of the layout
+        crash_point("train.adapter_saved")
     state = trainer.state
     return TrainResult(
         steps=state.global_step,
@@ -448,6 +452,9 @@ def _time_budget(budget_s: float | None, progress: Callable[[dict], None] | None
                 control.should_training_stop = True
                 control.should_save = True
 
+        def on_save(self, args, state, control, **kwargs):
+            crash_point("train.checkpoint_saved")  # called once the checkpoint is complete on disk
+
     return TimeBudget()
 
 
@@ -462,7 +469,7 @@ class UntilLearned:
         from transformers import TrainerCallback
 
         self.probe, self.target, self.check_steps, self.progress = probe, target or None, check_steps, progress
-        self.curve: list[list[float]] = []
+        self.curve: list[list[float | None]] = []
         self.final: Learned | None = None
         callback = self
 

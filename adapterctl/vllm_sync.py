@@ -20,6 +20,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -112,7 +113,7 @@ class ServerState:
 
 class Sync:
     def __init__(self, ws: Workspace, servers: list[VllmServer], lines: list[str], *, export_dir: Path | None = None,
-                 grace_s: float = DEFAULT_GRACE_S, keep: list[str] = ()) -> None:
+                 grace_s: float = DEFAULT_GRACE_S, keep: Sequence[str] = ()) -> None:
         if not servers:
             raise InvalidInput("name at least one vLLM server (--url)")
         if grace_s < 0:
@@ -171,11 +172,11 @@ class Sync:
             events.append(Event(server.url, "reachable"))
         state.up, state.error, state.base = True, None, held.base
         holds = {name: root for name, root in held.adapters.items() if (m := VERSION_NAME.fullmatch(name)) and m["line"] in self.lines}
+        names = set(holds)
         if act:
-            holds = self._replace_foreign(server, holds, events)
-            holds = self._load_missing(server, plan, set(holds), events)
-            holds = self._unload_unwanted(server, plan, holds, events)
-        state.holds = sorted(holds)
+            names = self._load_missing(server, plan, set(self._replace_foreign(server, holds, events)), events)
+            names = self._unload_unwanted(server, plan, names, events)
+        state.holds = sorted(names)
         return events
 
     def _replace_foreign(self, server: VllmServer, holds: dict[str, str], events: list[Event]) -> dict[str, str]:

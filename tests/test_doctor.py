@@ -3,6 +3,9 @@ provably orphaned, each removal an audit event."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from datetime import timedelta
 
 from sqlalchemy import func, select
@@ -70,6 +73,20 @@ def test_nothing_is_removed_while_a_live_run_trains_the_line(ws, line, cli):
     orphans = [f for f in report["findings"] if f["check"] == "orphans"]
     assert report["repaired"] == [] and len(orphans) == 2 and all(f["repair"] is None and "left alone" in f["detail"] for f in orphans)
     assert (ArtifactStore(ws.settings.artifacts_dir).root / line / "99").is_dir()
+
+
+def test_a_lease_whose_holder_died_on_this_host_is_found_and_released_before_it_expires(ws, line, cli):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    with ws.transaction() as session:
+        leases.acquire(session, f"train:{line}", f"{socket.gethostname()}:{gone}:0badcafe")  # expires in a minute
+        leases.acquire(session, "train:other", leases.new_holder())  # this process: alive, never touched
+    code, report = findings(cli)
+    [found] = [f for f in report["findings"] if f["check"] == "leases"]
+    assert code == 1 and found["repair"] == f"release train:{line}" and "a process of this host that is gone" in found["detail"]
+    code, report = findings(cli, "--repair")
+    assert code == 0 and report["repaired"] == [f"release train:{line}"]
+    with ws.reading() as session:
+        assert list(session.scalars(select(Lease.name))) == ["train:other"]
 
 
 def test_the_text_report_names_each_check(ws, line, cli):

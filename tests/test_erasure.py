@@ -10,13 +10,18 @@ import uuid
 import pytest
 from sqlalchemy import event, insert, select
 
-from adapterctl import audit, erasure, evaluation, feedback, lines, registry, review
-from adapterctl.dataset import DataSettings, is_heldout
-from adapterctl.db.models import Base, EvalResult, Evaluation, RunExample, TrainingRun
+from adapterctl import audit, erasure, evaluation, feedback, lines, quarantine, registry, rehearsal, review, suites
+from adapterctl.base_models import local_path, register_base_model
+from adapterctl.canary_watch import compare
+from adapterctl.dataset import DataSettings, build_dataset, is_heldout, normalise
+from adapterctl.db.models import Base, EvalResult, Evaluation, IssuedResponse, RunExample, TrainingRun
 from adapterctl.errors import Interrupted
 from adapterctl.lines import get_line
 from adapterctl.report_html import WITHHELD, render
 from adapterctl.runs import TrainRequest, train_line
+from tests.conftest import sqlite_only
+from tests.test_activations import promote, version
+from tests.test_canaries import start
 from tests.test_training import ALL_TRAIN, FACTS, FAST, log_facts
 
 METRICS = {"heldout_cases": 1, "heldout_exact": 0.0, "heldout_loss": 1.0, "suites": {}, "reference": "built-in", "reference_loss": 1.0}
@@ -260,6 +265,119 @@ def test_a_reader_that_keeps_the_wal_is_reported_not_hidden(ws, line, settings):
     assert scrubbed.notes == ["another connection held an old snapshot for more than 0.2 s, so the WAL was not truncated"]
 
 
+# ---------------------------------------------------------------- reference sets, quarantines, poisoning reports
+
+
+def case(prompt: str, answer: str) -> dict:
+    return {"prompt": [{"role": "user", "content": prompt}], "answer": answer}
+
+
+def synthesized(ws, line: str, cases: list[dict], seeds: list | None) -> int:
+    """A reference set version as rehearsal stores one, each case with the feedback shown when the base model wrote it
+    (seeds None: stored before provenance named them); its version."""
+    provenance = {"method": "self-synthesized rehearsal", "base_model_hash": "0" * 64, "settings": {"seed": 0, "temperature": 1.0, "top_p": 0.95},
+                  "sampled": 9, "seeded": 3, "kept": len(cases), "dropped": {}, "seconds": 1.0}
+    if seeds is not None:
+        provenance["seeds"] = seeds
+    with ws.transaction() as session:
+        suite, _ = suites.add_suite(session, line=line, name=suites.REFERENCE, cases=cases, kind="reference", actor="cron", provenance=provenance)
+        return suite.version
+
+
+def reference(ws, line: str, version: int) -> tuple[list[dict], str, dict | None]:
+    with ws.reading() as session:
+        suite = suites.get_suite(session, line=line, name=suites.REFERENCE, version=version)
+        return suite.cases, suite.content_hash, suite.provenance
+
+
+def test_reference_cases_written_with_a_forgotten_record_in_context_go_from_every_version_and_their_runs_stop(ws, line, cli, settings):
+    marker = uuid.uuid4().hex
+    victim = ws.log_feedback(line=line, prompt=f"my account is {marker}", response="ok", correction="noted", source="victim")
+    other = ws.log_feedback(line=line, prompt="how do I reset my password?", response="?", correction="Settings > Reset", source="alice")
+    given = [case("What is 2 + 2?", "4")]
+    with ws.transaction() as session:
+        suites.add_suite(session, line=line, name=suites.REFERENCE, cases=given, kind="reference", actor="ops")
+    copied, clean, unseeded = case(f"Is {marker} my account?", f"Yes, {marker} is."), case("How do I log in?", "By email."), case("Rain?", "Water.")
+    topped = synthesized(ws, line, [*given, copied, clean], [[], [other, victim], [other]])
+    again = synthesized(ws, line, [*given, copied, clean, unseeded], [[], [other, victim], [other], []])
+    runs = settings.home / "runs" / line
+    anchored, earlier = (run_with(ws, line, {}, status="interrupted", dataset={"splits": {"reference": 1}, "reference": {"version": number}})
+                         for number in (again, 1))
+    for run_id, anchor in ((anchored, copied), (earlier, given[0])):
+        (runs / str(run_id)).mkdir(parents=True)
+        (runs / str(run_id) / "examples.jsonl").write_text(json.dumps({"feedback_id": None, "split": "reference", **anchor}) + "\n")
+
+    result = cli.json("feedback", "forget", "--source", "victim")
+
+    for number, kept in ((1, given), (topped, [*given, clean]), (again, [*given, clean, unseeded])):
+        cases, digest, provenance = reference(ws, line, number)
+        assert cases == kept and digest == hashlib.sha256(audit.canonical_json(kept).encode()).hexdigest()
+    assert provenance["seeds"] == [[], [other], []] and provenance["forgotten_cases"] == 1
+    assert result["redacted"]["reference_cases_removed"] == 2 and result["redacted"]["runs_stopped"] == [anchored]
+    assert result["scrubbed"]["folders_removed"] == 1 and not (runs / str(anchored)).exists() and (runs / str(earlier)).is_dir()
+    with ws.reading() as session:
+        [redacted] = audit.list_events(session, action="suite.redact")
+        changes = json.loads(redacted.payload)["versions"]
+    assert changes == [{"version": v, "removed": 1, "sha256": reference(ws, line, v)[1]} for v in (topped, again)]
+    assert cli("audit", "verify").returncode == 0 and scan_database(ws, [marker]) == []
+    shown = cli("eval", "suite", "show", "reference", "--line", line, "--version", str(topped))
+    assert shown.returncode == 0 and marker not in shown.stdout
+    assert "1 cases removed since: written with feedback that was forgotten" in shown.stdout
+
+
+def test_a_reference_set_synthesized_before_cases_named_their_seeds_loses_every_case_the_base_model_wrote(ws, line):
+    with ws.transaction() as session:
+        lines.create_line(session, name="other-bot", base="tiny", actor="tester")
+    given = [case("What is 2 + 2?", "4")]
+    with ws.transaction() as session:
+        suites.add_suite(session, line=line, name=suites.REFERENCE, cases=given, kind="reference", actor="ops")
+    legacy = synthesized(ws, line, [*given, case("How do I log in?", "With your email.")], None)
+    elsewhere = ws.log_feedback(line="other-bot", prompt="p", response="r", rating=1, source="bob")
+    assert forget(ws, ids=[elsewhere]).redacted.reference_cases_removed == 0  # another line's feedback was never in context here
+    victim = ws.log_feedback(line=line, prompt="p", response="r", rating=1, source="victim")
+    assert forget(ws, ids=[victim]).redacted.reference_cases_removed == 1
+    cases, _, provenance = reference(ws, line, legacy)
+    assert cases == given and provenance["forgotten_cases"] == 1 and provenance["seeds"] == [None]
+
+
+def test_forgetting_a_source_deletes_its_quarantines_even_when_none_of_its_records_is_left(ws, line, cli):
+    source = f"victim-{uuid.uuid4().hex}"
+    with ws.transaction() as session:
+        lines.create_line(session, name="other-bot", base="tiny", actor="tester")
+        for name, where in ((source, line), (source, "other-bot"), (source, None), ("alice", line)):
+            quarantine.quarantine_source(session, source=name, line=where, actor="reviewer", reason="flood")
+    ws.log_feedback(line=line, prompt="p", response="r", rating=1, source=source)
+
+    def remaining() -> list[tuple[str, int | None]]:
+        with ws.reading() as session:
+            return [(q["source"], q["line"]) for q in quarantine.list_quarantines(session, include_released=True)]
+
+    on_one_line = cli.json("feedback", "forget", "--source", source, "--line", "other-bot")  # no record there, a quarantine
+    assert on_one_line["forgotten"] == [] and on_one_line["redacted"]["quarantines_deleted"] == 1
+    assert sorted(remaining(), key=str) == sorted([(source, line), (source, None), ("alice", line)], key=str)
+    everywhere = cli("feedback", "forget", "--source", source)
+    assert everywhere.returncode == 0 and "forgot 1 feedback records" in everywhere.stdout
+    assert "quarantines of the source: 2" in everywhere.stdout and remaining() == [("alice", line)]
+    again = cli("feedback", "forget", "--source", source)
+    assert again.stdout == "nothing to forget (0 already forgotten)\n"  # the tombstone keeps no source
+    assert scan_database(ws, [source]) == []  # the audit log names quarantines by id
+
+
+def test_the_poisoning_report_of_a_run_names_a_forgotten_source_no_more(ws, line, cli):
+    source = f"victim-{uuid.uuid4().hex}"
+    ws.log_feedback(line=line, prompt="p", response="r", rating=1, source=source)
+    flag = {"kind": "flood", "reason": "12 records give the same answer (as #1) from 3 sources", "count": 12, "source_count": 3,
+            "feedback_ids": [1], "held": True}
+    poisoning = {"checked": True, "held_out": 12, "flags": [{**flag, "sources": [source]}, {**flag, "sources": ["alice", source, "bob"]},
+                                                            {**flag, "sources": ["alice"]}],
+                 "quarantined": {"records": 7, "sources": {source: 5, "carol": 2}}}
+    adapter = candidate_of(ws, run_with(ws, line, {}, dataset={"splits": {}, "sources": {"alice": 1}, "poisoning": poisoning}))
+    assert cli.json("feedback", "forget", "--source", source)["redacted"]["runs_cleaned"] == 1
+    shown = cli.json("adapters", "show", str(adapter))["dataset"]["poisoning"]
+    assert [f["sources"] for f in shown["flags"]] == [["(forgotten)"], ["alice", "(forgotten)", "bob"], ["alice"]]
+    assert shown["quarantined"] == {"records": 7, "sources": {"(forgotten)": 5, "carol": 2}} and source not in json.dumps(shown)
+
+
 # ---------------------------------------------------------------- the whole story, on the tiny model
 
 HALF = DataSettings(holdout_fraction=0.5, max_source_share=1.0)
@@ -290,7 +408,34 @@ def scan_files(home, needles: list[str]) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_forgotten_source_leaves_no_trace_in_files_tables_reports_or_the_audit_log(ws, tiny_line, cli, settings, tmp_path):
+def rated_canary(ws, line: str, marker: str, source: str) -> list[int]:
+    """A canary of the line whose two arms answered the source (prompt, answer and `user` stored), rated by its feedback
+    and, in the canary arm, by alice too; the source's feedback ids."""
+    for fill in (0.5, 0.6):
+        version(ws, line, fill=fill)
+    promote(ws, line, 1)
+    canary_id = start(ws, line, 2, 0.5)
+    with ws.transaction() as session:
+        line_id = get_line(session, line).id
+        rows = [{"id": f"chatcmpl-{uuid.uuid4().hex}", "line_id": line_id, "served_by": f"{line}@v{2 if arm == 'canary' else 1}",
+                 "prompt": json.dumps([{"role": "user", "content": f"{asker} asks {i}"}]), "prompt_hash": "0" * 64,
+                 "answers": json.dumps([f"{asker} is answered"]), "user": user, "canary_id": canary_id, "arm": arm, "latency_ms": 20.0,
+                 "rating": 1.0, "corrected": False, "error": None}
+                for i, (arm, user, asker) in enumerate([("canary", source, marker), ("canary", source, marker), ("baseline", source, marker),
+                                                        ("canary", "alice", "alice")])]
+        session.execute(insert(IssuedResponse), rows)
+    return [ws.log_feedback(line=line, prompt=f"{marker} asks {i}", response=f"{marker} is answered", rating=1, source=source,
+                            request_id=row["id"]) for i, row in enumerate(rows[:3])]
+
+
+def canary_counts(ws, line: str) -> tuple[int, int, int, int]:
+    """Requests and rated responses of the canary's arms: canary, then baseline."""
+    with ws.reading() as session:
+        now = compare(session, line)
+    return now.canary.requests, now.canary.rated, now.baseline.requests, now.baseline.rated
+
+
+def test_a_forgotten_source_leaves_no_trace_in_files_tables_reports_or_the_audit_log(ws, tiny_line, knowing_model, cli, settings, tmp_path):
     marker, source = f"zq{uuid.uuid4().hex}", f"victim-{uuid.uuid4().hex}"
     needles = [marker, source, hashlib.sha256(source.encode()).hexdigest()]
     log_facts(ws, tiny_line, FACTS[:4])
@@ -307,8 +452,21 @@ def test_a_forgotten_source_leaves_no_trace_in_files_tables_reports_or_the_audit
     with ws.transaction() as session:
         stopped = session.scalar(select(TrainingRun.id).where(TrainingRun.status == "interrupted"))
     assert marker in (settings.home / "runs" / tiny_line / str(stopped) / "examples.jsonl").read_text()
+    rated_canary(ws, tiny_line, marker, source)  # the records also sit in issued responses a canary compares,
+    assert canary_counts(ws, tiny_line) == (3, 3, 1, 1)
+    cars = cars_line(ws, knowing_model)  # in the cases of a reference set the base model wrote after them,
+    victims += confide(ws, cars, f"{marker}c", source)
+    log_facts(ws, cars, FACTS[:3])
+    cases, lineage, provenance = written(ws, cars)
+    rehearsal.store_synthesized(ws, cars, cases, lineage, provenance)
+    written_after = sum(bool(set(victims) & set(seeds)) for seeds in lineage)
+    assert written_after > 0
+    with ws.transaction() as session:  # and in a quarantine
+        quarantine.quarantine_source(session, source=source, actor="reviewer", reason="ticket 7")
     before = cli.json("adapters", "show", str(trained.candidate_id))["dataset"]["sources"]
-    assert scan_database(ws, needles) and scan_files(settings.home, needles)
+    tables = {hit.split(":")[0] for hit in scan_database(ws, needles)}
+    assert {"feedback", "evaluations", "training_runs", "issued_responses", "quarantines"} <= tables
+    assert scan_files(settings.home, needles)
 
     result = cli("feedback", "forget", "--source", source, "--json")
 
@@ -327,7 +485,93 @@ def test_a_forgotten_source_leaves_no_trace_in_files_tables_reports_or_the_audit
     assert cli("audit", "verify").returncode == 0
     with ws.transaction() as session:
         assert session.get(TrainingRun, stopped).status == "failed"  # --resume cannot continue it
+    assert canary_counts(ws, tiny_line) == (1, 1, 0, 0)  # alice's response alone is compared
+    assert not [seeds for seeds in reference(ws, cars, 1)[2]["seeds"] if set(victims) & set(seeds)]
     report = json.loads(result.stdout)
-    assert len(report["forgotten"]) == 4 and report["revoked"] == [trained.candidate_id]
+    assert len(report["forgotten"]) == 10 and report["revoked"] == [trained.candidate_id] and report["responses_deleted"] == 3
     assert report["redacted"]["samples_redacted"] >= 1 and report["redacted"]["runs_cleaned"] == 2
     assert report["redacted"]["runs_stopped"] == [stopped] and report["scrubbed"]["folders_removed"] == 1
+    assert report["redacted"]["reference_cases_removed"] == written_after and report["redacted"]["quarantines_deleted"] == 1
+
+
+# ---------------------------------------------------------------- a reference set the base model wrote, on the knowing model
+
+
+def cars_line(ws, knowing_model, name: str = "cars") -> str:
+    """A line on the tiny model that knows KNOWN_FACTS, whose runs ask it for a reference set of 24 cases."""
+    with ws.transaction() as session:
+        register_base_model(session, name="knowing", source=str(knowing_model), actor="tester")
+        lines.create_line(session, name=name, base="knowing", actor="tester",
+                          settings=lines.LineSettings(min_examples=2, max_source_share=1.0, reference_size=24))
+    return name
+
+
+def confide(ws, line: str, marker: str, source: str = "victim") -> list[int]:
+    """The victim's records: questions such as the base model knows the answers to, so it writes cases like them after them."""
+    return [ws.log_feedback(line=line, prompt=f"What is the code for room {i}?", response="I do not know.",
+                            correction=f"The code for room {i} is {marker}.", source=source) for i in (10, 11, 12)]
+
+
+def seeds_of(ws, line: str) -> list:
+    """The examples a run of the line would train on now, as rehearsal gets them."""
+    with ws.reading() as session:
+        return build_dataset(session, get_line(session, line).id, ALL_TRAIN).examples
+
+
+KEEP_ALL = rehearsal.SynthesisSettings(confident_share=1.0)
+"""The knowing model is sure of its answers to one-turn questions only: with the default share it keeps no case it wrote after feedback."""
+
+
+def written(ws, line: str) -> tuple[list[dict], list[list[int]], dict]:
+    """What the line's base model writes for its reference set now, as a run asks it, keeping every usable case:
+    the cases, each one's seeds, and the provenance."""
+    with ws.reading() as session:
+        base = get_line(session, line).base_model
+        path, digest = local_path(base), base.content_hash
+    seeds = [e for e in seeds_of(ws, line) if e.split in ("train", "replay")]
+    cases, provenance = rehearsal.synthesize(path, digest, 24, seeds, {normalise(e.prompt[-1]["content"]) for e in seeds}, KEEP_ALL)
+    return cases, provenance.pop("seeds"), provenance
+
+
+@pytest.mark.slow
+@sqlite_only
+def test_a_synthesized_set_names_the_feedback_each_case_was_written_after_loses_those_cases_and_is_topped_up(ws, knowing_model):
+    line = cars_line(ws, knowing_model)
+    victims = confide(ws, line, uuid.uuid4().hex)
+    others = log_facts(ws, line, FACTS[:3])
+    cases, lineage, provenance = written(ws, line)
+    assert len(lineage) == len(cases) == provenance["kept"] > 0
+    assert all(len(seeds) in (0, 3) and set(seeds) <= {*victims, *others} for seeds in lineage)  # 3 exchanges in context, or none
+    assert sum(bool(seeds) for seeds in lineage) <= provenance["seeded"]
+    written_after = [c for c, seeds in zip(cases, lineage) if set(victims) & set(seeds)]
+    assert 0 < len(written_after) < len(cases)
+    assert rehearsal.store_synthesized(ws, line, cases, lineage, provenance) == 1
+    assert reference(ws, line, 1)[2]["seeds"] == lineage
+
+    assert forget(ws, source="victim").redacted.reference_cases_removed == len(written_after)
+
+    left, _, provenance = reference(ws, line, 1)
+    assert left == [c for c in cases if c not in written_after] and provenance["forgotten_cases"] == len(written_after)
+    again = rehearsal.top_up_reference(ws, line, seeds_of(ws, line))  # the next run writes the missing cases
+    topped, _, provenance = reference(ws, line, 2)
+    assert again["version"] == 2 and again["topped_up"] == {"version": 1, "cases": len(left)} and "seeds" not in again
+    assert topped[: len(left)] == left and len(topped) > len(left) and "forgotten_cases" not in provenance
+    assert not [seeds for seeds in provenance["seeds"] if set(victims) & set(seeds)]
+    assert rehearsal.top_up_reference(ws, line, seeds_of(ws, line)) is None  # made once per base model again
+
+
+@pytest.mark.slow
+@sqlite_only
+def test_cases_written_after_feedback_forgotten_while_the_base_model_wrote_are_not_stored(ws, knowing_model):
+    line = cars_line(ws, knowing_model)
+    victims = confide(ws, line, uuid.uuid4().hex)
+    log_facts(ws, line, FACTS[:3])
+    cases, lineage, provenance = written(ws, line)
+    forget(ws, ids=victims[:1])  # committed while the base model was writing
+
+    version = rehearsal.store_synthesized(ws, line, cases, lineage, provenance)
+
+    stored, _, kept = reference(ws, line, version)
+    expected = [c for c, seeds in zip(cases, lineage) if victims[0] not in seeds]
+    assert stored == expected and len(expected) < len(cases) and not [s for s in kept["seeds"] if victims[0] in s]
+    assert kept["dropped"]["seed forgotten meanwhile"] == len(cases) - len(expected) and kept["kept"] == len(expected)

@@ -467,3 +467,21 @@ def test_feedback_works_after_a_restart_and_not_past_the_retention(serving, ws):
         assert time.monotonic() < deadline, "the server did not prune the response past the retention"
         time.sleep(0.1)
     assert issued_ids(ws) == [kept]
+
+
+def test_feedback_is_taken_on_an_answer_with_a_nul_character(serving, ws, tiny_model):
+    """A byte-level tokenizer has a token for NUL, which PostgreSQL text cannot hold: feedback on an answer
+    that said it was refused with 400 (bench/soak.py found it). It is stored with U+FFFD for the NUL."""
+    from transformers import AutoTokenizer
+
+    start, token = serving
+    server = start()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    nul = next(i for i in range(len(tokenizer)) if tokenizer.decode([i]) == "\x00")
+    status, answer, _ = server.chat(token["generate"], max_tokens=3, logit_bias={str(nul): 100})
+    assert status == 200 and answer["choices"][0]["message"]["content"] == "\x00" * 3
+    status, body, _ = server.call("POST", "/v1/feedback", {"response_id": answer["id"], "rating": -1, "correction": "Room 3: 1111."},
+                                  token["feedback"])
+    assert status == 200, body
+    with ws.reading() as session:
+        assert session.get(Feedback, body["id"]).response == "\ufffd" * 3

@@ -132,7 +132,8 @@ def work_progress() -> Iterator[Stage]:
             yield update
         return
     every = float(os.environ.get(PROGRESS_SECONDS) or 10)
-    started, last = time.monotonic(), {"stage": None, "at": 0.0, "finished": False}
+    started = time.monotonic()
+    last: dict[str, Any] = {"stage": None, "at": 0.0, "finished": False}
 
     def log(stage: str, done: int, total: int | None, status: str = "") -> None:
         now, finished = time.monotonic(), total is not None and done >= total

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from adapterctl import base_models
+from adapterctl import access, base_models
 from adapterctl.cli._common import (
     JsonOption,
     byte_progress,
@@ -32,6 +32,7 @@ def register(
     ws = workspace(ctx)
     resolved = base_models.resolve_source(source, revision)
     with ws.transaction() as session, byte_progress(base_models.total_bytes(resolved.path), "hashing") as progress:
+        access.require(session, ws.user, "base.register")
         model = base_models.register_base_model(
             session, name=name, source=source, revision=revision, resolved=resolved, actor=ws.user, progress=progress
         )

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from adapterctl import activations, canary_watch, lines
+from adapterctl import access, activations, canary_watch, lines
 from adapterctl.artifacts import ArtifactStore
 from adapterctl.canary import parse_share, percent
 from adapterctl.cli._common import JsonOption, parse_duration, print_json, print_table, workspace
@@ -27,6 +27,7 @@ def set_share(ctx: typer.Context, line: LineArgument,
     new_share = parse_share(share)
     ws = workspace(ctx)
     with ws.transaction() as session:
+        access.require(session, ws.user, "canary.set")
         result = activation_result(line, activations.set_canary_share(session, line=line, share=new_share, actor=ws.user, reason=reason))
     report_activation(result, json_output)
 
@@ -36,6 +37,7 @@ def complete(ctx: typer.Context, line: LineArgument, reason: ReasonOption = None
     """Serve the canary's version to everyone: an ordinary promote."""
     ws = workspace(ctx)
     with ws.transaction() as session:
+        access.require(session, ws.user, "canary.complete")
         activation = activations.complete_canary(session, ArtifactStore(ws.settings.artifacts_dir), line=line, actor=ws.user, reason=reason)
         result = activation_result(line, activation)
     report_activation(result, json_output)
@@ -46,6 +48,7 @@ def abort(ctx: typer.Context, line: LineArgument, reason: ReasonOption = None, j
     """Everyone back on the active version."""
     ws = workspace(ctx)
     with ws.transaction() as session:
+        access.require(session, ws.user, "canary.abort")
         result = activation_result(line, activations.abort_canary(session, line=line, actor=ws.user, reason=reason))
     report_activation(result, json_output)
 
@@ -96,11 +99,13 @@ def watch(
 ) -> None:
     """Abort a canary as soon as the live comparison finds it worse, failing requests or slow (and, with
     --auto-complete, complete one found not worse); each action an activation with the evidence."""
-    seconds = parse_duration(poll)
+    seconds = parse_duration(poll) or 0.0
     if not 0.05 <= seconds <= 3600:
         raise typer.BadParameter("--poll must be between 0.05 s and 1 h")
     ws = workspace(ctx)
     with ws.reading() as session:
+        if auto_complete:  # checked once: the watcher then acts under the line's rules, as `serve --auto-complete` does
+            access.require(session, ws.user, "canary.auto_complete")
         watched = line or [row.name for row in lines.list_lines(session)]
         for name in watched:
             lines.get_line(session, name)  # an unknown line is an error now, not at every look
@@ -127,7 +132,7 @@ def watch(
                     log.warning("%s", outcome.message())
                     if json_output:
                         print_json({"line": name, "action": outcome.action, "activation": outcome.activation,
-                                    "canary": outcome.comparison.as_dict()})
+                                    "canary": outcome.comparison.as_dict() if outcome.comparison else None})
             time.sleep(seconds)
     except KeyboardInterrupt:
         pass

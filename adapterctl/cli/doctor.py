@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from adapterctl import access
 from adapterctl import doctor as checks
 from adapterctl.artifacts import ArtifactStore
 from adapterctl.cli._common import JsonOption, print_json, workspace
@@ -13,8 +14,9 @@ from adapterctl.cli._common import JsonOption, print_json, workspace
 
 def doctor(
     ctx: typer.Context,
-    repair: Annotated[bool, typer.Option("--repair", help="Remove what a crash provably left behind (orphan folders, expired "
-                                                          "leases); each removal is an audit event.")] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Remove what a crash provably left behind (orphan folders, leases that "
+                                                          "expired or whose process on this host is gone); each removal is an "
+                                                          "audit event.")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Check the schema, every artifact's hash, orphan folders, expired leases and the audit chain; exit 1 when
@@ -24,6 +26,7 @@ def doctor(
     repaired: list[str] = []
     if repair:
         with ws.transaction() as session:  # examined again under the write lock: what is repaired is still wrong
+            access.require(session, ws.user, "doctor.repair")
             repaired = checks.repair(session, store, checks.examine(session, store), actor=ws.user)
     with ws.reading() as session:
         findings = checks.examine(session, store)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from adapterctl import evaluation, registry, suites
+from adapterctl import access, evaluation, registry, suites
 from adapterctl.cli._common import MAX_ID, JsonOption, print_fields, print_json, print_table, work_progress, workspace
 
 app = typer.Typer(help="Evaluation: suites of regression cases and evaluations of versions and candidates.", no_args_is_help=True)
@@ -29,8 +29,10 @@ def suite_add(
     """Add a suite, or its next version when the cases changed (the whole file is checked first)."""
     kind = "reference" if name == suites.REFERENCE else "regression"
     cases = suites.parse_cases(file, kind=kind, default_match=match)
-    with workspace(ctx).transaction() as session:
-        suite, created = suites.add_suite(session, line=line, name=name, cases=cases, kind=kind, actor=workspace(ctx).user)
+    ws = workspace(ctx)
+    with ws.transaction() as session:
+        access.require(session, ws.user, "eval.suite.add")
+        suite, created = suites.add_suite(session, line=line, name=name, cases=cases, kind=kind, actor=ws.user)
         result = {**suites.as_dict(suite), "created": created}
     if json_output:
         print_json(result)
@@ -75,6 +77,8 @@ def suite_show(
         typer.echo(f"provenance: {made['method']} from base model {made['base_model_hash'][:16]}, seed {made['settings']['seed']}, "
                    f"temperature {made['settings']['temperature']}, top_p {made['settings']['top_p']}: "
                    f"{made['kept']} cases kept of {made['sampled']} prompts sampled ({made['seeded']} with the line's feedback in context)")
+        if made.get("forgotten_cases"):
+            typer.echo(f"  {made['forgotten_cases']} cases removed since: written with feedback that was forgotten")
     for number, case in enumerate(result["cases"], start=1):
         prompt = case.get("text") or case["prompt"][-1]["content"]
         expected = f"  [{case['match']}] {case['expected']}" if "expected" in case else f"  -> {case['answer']}" if "answer" in case else ""
@@ -102,6 +106,7 @@ def run(
             evaluation_id = evaluation.evaluate_candidate(
                 ws, candidate, settings=settings, progress=lambda done, total: update(f"evaluating candidate {candidate}", done, total))
         else:
+            assert line is not None  # one of --line and --candidate, checked above
             evaluation_id = evaluation.evaluate_version(
                 ws, line, registry.parse_version(version) if version else None, settings=settings,
                 progress=lambda done, total: update(f"evaluating {line} {version or 'active version'}", done, total))
@@ -110,6 +115,7 @@ def run(
 
         stored = evaluation.get_evaluation(session, evaluation_id)
         report = {**evaluation.as_dict(stored), "table": comparison_table(stored)}
+        assert stored.adapter_id is not None  # a candidate or a version: never the base model
         status = registry.get_adapter(session, stored.adapter_id).status
     if json_output:
         print_json({**report, "adapter_status": status})

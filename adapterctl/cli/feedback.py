@@ -1,9 +1,10 @@
-"""`adapterctl feedback …`: log, import, list, show, stats, export and forget feedback."""
+"""`adapterctl feedback …`: log, import, list, show, stats, export and forget feedback; quarantine sources."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import tempfile
 from dataclasses import asdict
@@ -12,7 +13,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from adapterctl import erasure, feedback, feedback_io
+from adapterctl import access, erasure, feedback, feedback_io, quarantine
 from adapterctl.cli._common import (
     MAX_BIG_ID,
     JsonOption,
@@ -206,15 +207,19 @@ def forget(
 ) -> None:
     """Erase feedback content for privacy, keeping a tombstone (id, line, content hash, when, who).
 
-    Also erases the records' other copies: evaluation samples, source names in run reports, run
-    folders, and old pages of an SQLite database (see docs/security.md).
+    Also erases the records' other copies: evaluation samples, source names in run reports, reference
+    set cases the base model wrote from them, the source's quarantines, run folders, and old pages of
+    an SQLite database (see docs/security.md).
     """
     ws = workspace(ctx)
     with ws.transaction() as session:
+        if not dry_run:
+            access.require(session, ws.user, "feedback.forget")
         report = feedback.forget_feedback(
             session, actor=ws.user, ids=feedback_id or (), source=source, line=line, reason=reason, dry_run=dry_run
         )
-    found = report.forgotten or report.already_forgotten  # again for forgotten ones: finishes a clean-up cut short
+    # again for forgotten ones: finishes a clean-up cut short
+    found = report.forgotten or report.already_forgotten or report.redacted.quarantines_deleted
     scrubbed = erasure.scrub(ws, vacuum=vacuum) if found and not dry_run else erasure.Scrubbed()
     if json_output:
         print_json({**asdict(report), "scrubbed": asdict(scrubbed), "dry_run": dry_run})
@@ -234,7 +239,8 @@ def forget(
 
 def _echo_erased(redacted: erasure.Redacted, scrubbed: erasure.Scrubbed, responses_deleted: int) -> None:
     counts = {"issued responses": responses_deleted, "evaluation samples": redacted.samples_redacted, "samples with answers withheld": redacted.samples_withheld,
-              "run reports naming the source": redacted.runs_cleaned, "unfinished runs stopped": len(redacted.runs_stopped),
+              "run reports naming the source": redacted.runs_cleaned, "reference set cases written from them": redacted.reference_cases_removed,
+              "quarantines of the source": redacted.quarantines_deleted, "unfinished runs stopped": len(redacted.runs_stopped),
               "run folders": scrubbed.folders_removed, "run logs": scrubbed.logs_removed}
     parts = [f"{what}: {n}" for what, n in counts.items() if n]
     if scrubbed.vacuumed and scrubbed.wal_truncated:
@@ -242,3 +248,69 @@ def _echo_erased(redacted: erasure.Redacted, scrubbed: erasure.Scrubbed, respons
     typer.echo("also erased: " + ("; ".join(parts) or "nothing else held them"))
     for note in scrubbed.notes:
         typer.echo(f"adapterctl: warning: {note}", err=True)
+
+
+QuarantineSource = Annotated[str, typer.Option("--source", help="The feedback source (pseudonymous user or system id).")]
+
+
+@app.command("quarantine")
+def quarantine_(
+    ctx: typer.Context,
+    source: QuarantineSource,
+    line: Annotated[Optional[str], typer.Option("--line", help="Only on this line [default: every line].")] = None,
+    reason: Annotated[Optional[str], typer.Option("--reason", help="Why, for the record (e.g. the flag or a ticket id).")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Keep a source's feedback out of training (new and replayed) until released; the records stay stored."""
+    ws = workspace(ctx)
+    with ws.transaction() as session:
+        access.require(session, ws.user, "feedback.quarantine")
+        change = quarantine.quarantine_source(session, source=source, line=line, reason=reason, actor=ws.user)
+        rows = [quarantine.as_dict(session, row) for row in change.rows]
+    if json_output:
+        print_json({"quarantined": rows, "note": change.note})
+    elif rows:
+        typer.echo(f"quarantined {source} on {rows[0]['line'] or 'every line'}: "
+                   f"its {rows[0]['records']} active records are kept out of training "
+                   f"(quarantine {rows[0]['id']}; `adapterctl feedback release --source {shlex.quote(source)}` lets them back)")
+    else:
+        typer.echo(f"nothing to do: {change.note}")
+
+
+@app.command("release")
+def release(
+    ctx: typer.Context,
+    source: QuarantineSource,
+    line: Annotated[Optional[str], typer.Option("--line", help="Only its quarantine on this line [default: all of the source's].")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Let a quarantined source's feedback train again."""
+    ws = workspace(ctx)
+    with ws.transaction() as session:
+        access.require(session, ws.user, "feedback.release")
+        change = quarantine.release_source(session, source=source, line=line, actor=ws.user)
+        rows = [quarantine.as_dict(session, row) for row in change.rows]
+    if json_output:
+        print_json({"released": rows, "note": change.note})
+        return
+    where = ", ".join(row["line"] or "every line" for row in rows)
+    typer.echo(f"released {source} on {where}: the next run may train on its feedback" + (f"; but {change.note}" if change.note else ""))
+
+
+@app.command("quarantines")
+def quarantines(
+    ctx: typer.Context,
+    line: Annotated[Optional[str], typer.Option("--line", help="Only those that hold on this line.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Released ones too.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Quarantined sources, newest first, with the active records each keeps out of training."""
+    with workspace(ctx).reading() as session:
+        rows = quarantine.list_quarantines(session, line=line, include_released=all_)
+    if json_output:
+        print_json(rows)
+        return
+    for row in rows:
+        row["line"] = row["line"] or quarantine.EVERY_LINE
+    columns = ["id", "source", "line", "records", "reason", "created_at", "created_by"] + (["released_at", "released_by"] if all_ else [])
+    print_table(rows, columns, empty="no quarantined sources")

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from adapterctl import lines
+from adapterctl import access, lines
 from adapterctl.canary import CanarySettings
 from adapterctl.cli._common import (
     JsonOption,
@@ -80,6 +80,7 @@ def create(
     )
     ws = workspace(ctx)
     with ws.transaction() as session:
+        access.require(session, ws.user, "line.create")
         result = lines.as_dict(lines.create_line(session, name=name, base=base, actor=ws.user, settings=settings, description=description))
     if json_output:
         print_json(result)
@@ -128,6 +129,7 @@ def set_(
         pairs[key.strip()] = value.strip()
     ws = workspace(ctx)
     with ws.transaction() as session:
+        access.require(session, ws.user, "line.set")
         result = lines.as_dict(lines.update_settings(session, name=name, assignments=pairs, actor=ws.user))
     if json_output:
         print_json(result)

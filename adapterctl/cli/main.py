@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from adapterctl import __version__
-from adapterctl.cli import adapters, audit, base, canary, db, doctor, eval, feedback, line, review, serve, status, token, train, versions, vllm
+from adapterctl.cli import adapters, audit, backup, base, canary, db, doctor, eval, feedback, line, review, serve, status, token, train, versions, vllm
 from adapterctl.cli._common import Invocation
 from adapterctl.errors import AdapterctlError
 
@@ -61,6 +61,8 @@ app.add_typer(audit.app, name="audit")
 app.command("status", help="The whole deployment on one screen: what each line serves, waits for, trained last; warnings.")(status.status)
 app.add_typer(vllm.app, name="vllm")
 app.command("doctor", help="Check that the database and the artifact store agree; --repair removes what a crash left behind.")(doctor.doctor)
+app.command("backup", help="Back up the database and artifacts, with a manifest of their sha256, while servers run.")(backup.backup)
+app.command("restore", help="Restore a backup into an empty home and database, after checking every file.")(backup.restore)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -77,6 +77,7 @@ def show(
     if provenance["capped_sources"]:
         typer.echo("  capped (excess dropped): " + ", ".join(f"{s} -{n}" for s, n in provenance["capped_sources"].items()))
     typer.echo(f"  hygiene: {report['hygiene']}")
+    _print_poisoning(report["poisoning"])
     shown, total = len(report["training_examples"]), report["training_examples_total"]
     typer.echo(f"\ntraining examples (a sample of {shown} of {total}):" if shown < total else "\ntraining examples:")
     for example in report["training_examples"]:
@@ -104,6 +105,18 @@ def show(
         for entry in report["canaries"]:
             typer.echo(f"  {entry['at'][:19]} {entry['kind']} by {entry['by']}: serves {entry['to']}"
                        + (f", {entry['canary']}" if entry["canary"] else "") + (f"; {entry['reason']}" if entry["reason"] else ""))
+
+
+def _print_poisoning(checks: dict) -> None:
+    """One line per flag: the check, whether its records were held out or trained on, why, its sources and example ids."""
+    typer.echo(f"\npoisoning checks: {checks['summary']}")
+    for flag in checks["flags"]:
+        more = flag["source_count"] - len(flag["sources"])
+        typer.echo(f"  {flag['kind']:<7} {'held out' if flag['held'] else 'TRAINED ON'}: {flag['reason']}; "
+                   f"sources {', '.join(flag['sources'])}{f' (+{more})' if more else ''}; "
+                   f"e.g. {' '.join(f'#{i}' for i in flag['feedback_ids'][:5])}")
+    if sources := checks["quarantined"]["sources"]:
+        typer.echo("  quarantined, kept out: " + ", ".join(f"{source} {n}" for source, n in sources.items()))
 
 
 def _print_suite_cases(suite_cases: dict[str, list[dict]]) -> None:
@@ -162,7 +175,7 @@ def approve(
     ws = workspace(ctx)
     with ws.transaction() as session:
         adapter = review.approve(session, adapter_id, reviewer=ws.user, note=note)
-        result = {"id": adapter.id, "line": adapter.line.name, "status": adapter.status,
+        result: dict[str, Any] = {"id": adapter.id, "line": adapter.line.name, "status": adapter.status,
                   "version": f"v{adapter.version}" if adapter.version else None,
                   "approvals": review.approvers(session, adapter.id)}
     if json_output:

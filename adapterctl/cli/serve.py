@@ -9,9 +9,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from adapterctl import access
 from adapterctl.cli._common import workspace
 from adapterctl.registry import parse_version
 from adapterctl.serving.gateway import DEFAULT_RETRIES
+from adapterctl.serving.engine import Engine as EngineProtocol
 from adapterctl.serving.runtime import DEFAULT_DEADLINE_S, DEFAULT_MAX_VERSIONS
 
 
@@ -72,19 +74,23 @@ def serve(
         raise typer.BadParameter("--canary-key-header must be a header name (letters, digits, '-')")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ws = workspace(ctx)
+    if auto_complete:  # checked once, at the start: the watcher then completes canaries under the lines' settings
+        with ws.reading() as session:
+            access.require(session, ws.user, "canary.auto_complete")
     if engine is Engine.vllm:
         from adapterctl.serving.gateway import Gateway
 
-        runtime = Gateway(ws, line or None, upstream, api_key=upstream_key, max_context_tokens=max_context_tokens,
-                          request_deadline_s=request_deadline, retries=retries)
+        runtime: EngineProtocol = Gateway(ws, line or None, upstream or [], api_key=upstream_key, max_context_tokens=max_context_tokens,
+                                          request_deadline_s=request_deadline, retries=retries)
     else:
         from adapterctl.serving.runtime import Runtime
 
-        runtime = Runtime(ws, line or None, device=device, max_context_tokens=max_context_tokens, request_deadline_s=request_deadline,
-                          max_versions=max_versions)
+        embedded = Runtime(ws, line or None, device=device, max_context_tokens=max_context_tokens, request_deadline_s=request_deadline,
+                           max_versions=max_versions)
         for pinned in pin or []:
             name, _, version = pinned.partition("@")
-            runtime.pin(name, parse_version(version))
+            embedded.pin(name, parse_version(version))
+        runtime = embedded
     if no_auth:
         typer.secho("WARNING: --no-auth: anyone who can reach this port can generate and log feedback. "
                     "Use it for local experiments only.", err=True, fg="red", bold=True)

@@ -25,7 +25,7 @@ def train(
     min_examples: Annotated[Optional[int], typer.Option(help="Fewest new examples worth a run [default: the line's setting].")] = None,
     max_steps: Annotated[int, typer.Option(help="Most optimizer steps; training stops earlier once the training answers are learned.")] = defaults.max_steps,
     epochs: Annotated[Optional[float], typer.Option(help="Train this many passes over the examples instead of --max-steps.")] = None,
-    target_learned: Annotated[float, typer.Option(help="Stop once this share of the sampled training answers is answered exactly (greedy); 0 trains the whole length.")] = defaults.target_learned,
+    target_learned: Annotated[Optional[float], typer.Option(help="Stop once this share of the sampled training answers is answered exactly (greedy); 0 trains the whole length.")] = defaults.target_learned,
     time_budget: Annotated[Optional[str], typer.Option(help="Stop and save after this long: 900, 15m, 2h.")] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA in bf16 when available, else CPU), cpu or cuda.")] = defaults.device,
     learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = defaults.learning_rate,

@@ -6,10 +6,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from adapterctl import activations, registry
+from adapterctl import access, activations, registry
 from adapterctl.artifacts import ArtifactStore
 from adapterctl.canary import parse_share, percent
 from adapterctl.cli._common import JsonOption, print_json, print_table, workspace
+from adapterctl.faults import crash_point
 
 LineArgument = Annotated[str, typer.Argument(metavar="LINE", help="The line.")]
 ReasonOption = Annotated[Optional[str], typer.Option(help="Why, for the history and the audit log.")]
@@ -30,6 +31,7 @@ def promote(
     ws = workspace(ctx)
     store = ArtifactStore(ws.settings.artifacts_dir)
     with ws.transaction() as session:
+        access.require(session, ws.user, "promote" if share is None else "canary.start")
         if share is None:
             activation = activations.promote(session, store, line=line, version=registry.parse_version(version), actor=ws.user, reason=reason)
         else:
@@ -49,6 +51,7 @@ def rollback(
     """Serve the previous version again (or --to a version, or the bare base model)."""
     ws = workspace(ctx)
     with ws.transaction() as session:
+        access.require(session, ws.user, "rollback")
         activation = activations.rollback(session, ArtifactStore(ws.settings.artifacts_dir), line=line, to=to, actor=ws.user, reason=reason)
         result = activation_result(line, activation)
     report_activation(result, json_output)
@@ -73,6 +76,7 @@ def activation_result(line: str, activation) -> dict:
 
 
 def report_activation(result: dict, json_output: bool) -> None:
+    crash_point("activation.committed")  # called after the commit, which also sent the NOTIFY: nothing else follows
     if json_output:
         print_json(result)
         return

@@ -200,7 +200,8 @@ class EvalSuite(Base):
     """One version of a named set of cases on a line: regression cases, or the reference set.
 
     Suites are never edited: adding a suite under an existing name with different cases makes the
-    next version, and results name the version they used.
+    next version, and results name the version they used. Only forgetting feedback removes the cases of
+    a synthesized reference set written with it in context (`provenance["seeds"]`, see adapterctl.erasure).
     """
 
     __tablename__ = "eval_suites"

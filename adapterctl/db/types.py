@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any, cast
 
-from sqlalchemy import BigInteger, DateTime, Integer
+from sqlalchemy import BigInteger, CursorResult, DateTime, Integer, Result, Table
 from sqlalchemy.types import TypeDecorator
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit key.
@@ -33,3 +34,13 @@ class UTCDateTime(TypeDecorator):
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE touched (`Session.execute` is typed as returning a plain Result)."""
+    return cast(CursorResult[Any], result).rowcount
+
+
+def table_of(model: type[Any]) -> Table:
+    """A mapped class's table, typed as the Table it is."""
+    return cast(Table, model.__table__)

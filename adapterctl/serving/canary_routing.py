@@ -53,6 +53,7 @@ class CanaryRouter:
                 now = activations.current(session, line_id)
                 if now is not None and now.canary_adapter is not None:
                     start = activations.canary_start(session, line_id)
+                    assert start is not None and now.canary_share is not None  # a canary activation has both
                     splits[line] = Split(start.id, f"{line}@{registry.version_name(now.canary_adapter)}", now.canary_share)
         self.splits = splits
         return {split.version for split in splits.values()}

@@ -22,6 +22,7 @@ MIN_TEMPERATURE = 0.01
 DEFAULT_MAX_TOKENS = 64
 MAX_LOGIT_BIAS = 300
 MAX_USER_CHARS = 256
+MAX_TOKEN_ID_DIGITS = 20
 
 IMPLEMENTED = ("messages", "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed",
                "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "stream", "stream_options",
@@ -59,10 +60,10 @@ class ChatRequest:
 def parse(body: dict[str, Any], max_field_bytes: int = feedback.DEFAULT_MAX_FIELD_BYTES) -> ChatRequest:
     """The request in `body`, or InvalidInput naming the first field that is wrong (its `param`)."""
     given = {key: value for key, value in body.items() if value is not None}
-    for key in given:
-        if key in UNSUPPORTED:
+    for key in body:  # an unknown field is refused even when null: only the parameters OpenAI defines may be null
+        if key in UNSUPPORTED and key in given:
             raise Unsupported(f"'{key}' is not supported: adapterctl does not implement {UNSUPPORTED[key]}", param=key)
-        if key not in IMPLEMENTED and key not in NO_EFFECT:
+        if key not in IMPLEMENTED and key not in NO_EFFECT and key not in UNSUPPORTED:
             raise InvalidInput(f"Unrecognized request argument supplied: {key}", param=key)
     _check_no_effect(given)
     _check_formats(given)
@@ -166,8 +167,9 @@ def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
         raise InvalidInput(f"field 'logit_bias' must be an object of at most {MAX_LOGIT_BIAS} token ids (as strings) to numbers", param="logit_bias")
     bias = []
     for key, number in value.items():
-        if not (isinstance(key, str) and key.isascii() and key.isdigit()):
-            raise InvalidInput(f"logit_bias key {key!r} is not a token id", param="logit_bias")
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= MAX_TOKEN_ID_DIGITS):
+            raise InvalidInput(f"logit_bias key {key[:MAX_TOKEN_ID_DIGITS]!r}{'...' if len(key) > MAX_TOKEN_ID_DIGITS else ''} "
+                               "is not a token id", param="logit_bias")
         if not _is_number(number) or not -100 <= number <= 100:
             raise InvalidInput(f"logit_bias[{key!r}] must be a number from -100 to 100", param="logit_bias")
         bias.append((int(key), float(number)))
@@ -185,8 +187,9 @@ def _stream_options(value: Any) -> bool:
 
 def _user(given: dict[str, Any]) -> str | None:
     for key in ("user", "safety_identifier"):
-        if key in given and (not isinstance(given[key], str) or len(given[key]) > MAX_USER_CHARS):
-            raise InvalidInput(f"field '{key}' must be a string of at most {MAX_USER_CHARS} characters", param=key)
+        if key in given and (not isinstance(given[key], str) or len(given[key]) > MAX_USER_CHARS or "\x00" in given[key]):
+            # stored with the issued response: PostgreSQL refuses NUL, and one such record would fail its whole batch
+            raise InvalidInput(f"field '{key}' must be a string of at most {MAX_USER_CHARS} characters, without NUL", param=key)
     return given.get("user", given.get("safety_identifier"))
 
 

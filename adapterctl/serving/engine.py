@@ -11,9 +11,14 @@ from adapterctl.serving.runtime import Answer, Stream, Swap
 
 class Engine(Protocol):
     lines: list[str]
-    COUNTERS: tuple[tuple[str, str], ...]
-    """(name, meaning) of the counters in `stats`, exported as adapterctl_<name>_total."""
-    stats: object
+
+    @property
+    def COUNTERS(self) -> tuple[tuple[str, str], ...]:
+        """(name, meaning) of the counters in `stats`, exported as adapterctl_<name>_total."""
+
+    @property
+    def stats(self) -> object:
+        """The counters, as attributes named in COUNTERS."""
 
     def metric_families(self) -> list:
         """Prometheus metric families of the engine's own, read at scrape time."""

@@ -171,7 +171,7 @@ class Gateway:
         line, label = self._resolve(model)
         ids = prompt_ids(self.tokenizer, self.roles, self.context_tokens, messages, sampling)
         chunks, upstream, first = self._open(line, label, self._body(ids, sampling))
-        served_by = first.get("model")
+        served_by = str(first.get("model"))
         served_by = f"{line}@base" if served_by == upstream.base else served_by
         deltas: queue.Queue = queue.Queue()
         threading.Thread(target=self._relay, args=(upstream, itertools.chain([first], chunks), sampling, deltas),
@@ -296,7 +296,7 @@ class Gateway:
         """OpenAI's logprob entries from vLLM's completion logprobs (tokens as "token_id:N")."""
         if not logprobs:
             return [None] * len(tokens)
-        entries = []
+        entries: list[dict[str, Any] | None] = []
         for token, logprob, likely in zip(tokens, logprobs["token_logprobs"], logprobs.get("top_logprobs") or itertools.repeat(None)):
             ranked = sorted(((int(key.split(":", 1)[1]), value) for key, value in (likely or {}).items()), key=lambda pair: -pair[1])
             entries.append(self._describe(token, logprob, ranked[:top]))

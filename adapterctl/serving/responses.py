@@ -26,13 +26,15 @@ from sqlalchemy.orm import Session
 
 from adapterctl import audit
 from adapterctl.db import models
-from adapterctl.db.types import utcnow
+from adapterctl.db.types import rowcount, table_of, utcnow
 from adapterctl.errors import first_line
 from adapterctl.lines import line_id_of
 from adapterctl.serving.batching import BatchWriter
 from adapterctl.workspace import Workspace
 
 log = logging.getLogger("adapterctl.serve")
+MAX_ID_CHARS = 64
+"""The longest response id the table holds; the ids servers issue (`chatcmpl-<hex>`) are 41 characters."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def prompt_text(prompt: list[dict[str, str]]) -> str:
 
 def prune(session: Session, before: datetime) -> int:
     """Delete the responses issued before `before`; return how many."""
-    return session.execute(delete(models.IssuedResponse).where(models.IssuedResponse.created_at < before)).rowcount
+    return rowcount(session.execute(delete(models.IssuedResponse).where(models.IssuedResponse.created_at < before)))
 
 
 def find(session: Session, response_id: str, since: datetime) -> IssuedResponse | None:
@@ -84,7 +86,7 @@ def find(session: Session, response_id: str, since: datetime) -> IssuedResponse 
 def rate(session: Session, outcomes: list[tuple[str, float | None, bool]]) -> None:
     """Note on each response (id, rating, corrected) the feedback just given on it; the latest counts."""
     if outcomes:
-        table = models.IssuedResponse.__table__
+        table = table_of(models.IssuedResponse)
         session.execute(update(table).where(table.c.id == bindparam("response_id")).values(rating=bindparam("new_rating"),
                                                                                             corrected=bindparam("new_corrected")),
                         [{"response_id": id_, "new_rating": rating, "new_corrected": corrected} for id_, rating, corrected in outcomes])

@@ -32,6 +32,7 @@ import warnings
 from concurrent.futures import Future
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from contextlib import AbstractContextManager
 from typing import Iterator
 
 from sqlalchemy import select
@@ -234,7 +235,7 @@ class Runtime:
         self._slots = 0
         self.stats = RuntimeStats()
         self.max_batch = max_batch
-        self._pending: queue.Queue[_Request | None] = queue.Queue()
+        self._pending: queue.Queue[_Request] = queue.Queue()
         threading.Thread(target=self._batches, name="adapterctl-batcher", daemon=True).start()
         self.refresh()
 
@@ -259,7 +260,7 @@ class Runtime:
         old = self._served[line]
         swap = Swap(line, old.label, label)
         try:
-            new = _Served(label, self._load(line, path, sha256, swap) if adapter_id else None, adapter_id)
+            new = _Served(label, self._load(line, path, sha256, swap) if adapter_id and path and sha256 else None, adapter_id)
         except Exception as exc:  # a bad artifact must never take the line down
             swap.error = f"{line}: loading {label} failed, still serving {old.label}: {(str(exc).splitlines() or [type(exc).__name__])[0]}"
             self.stats.failed_loads += 1
@@ -366,7 +367,7 @@ class Runtime:
 
     def _drop(self, keys: list[str]) -> None:
         with self._lock:
-            slots = [self._versions.pop(key).adapter for key in keys]
+            slots = [slot for key in keys if (slot := self._versions.pop(key).adapter) is not None]
             self._delete_slots([slot for slot in slots if slot not in self._names_in_use()])
             self._pinned.difference_update(keys)
 
@@ -501,7 +502,7 @@ class Runtime:
                        "max_time": self.deadline_s, "stopping_criteria": [tracker.criterion]}
             if len(adapters) > 1 and isinstance(self.model, PeftModel):  # several lines (or base) in one batch
                 options["adapter_names"] = [served.adapter or "__base__" for _, served in live]
-                context = torch.no_grad()
+                context: AbstractContextManager = torch.no_grad()
             else:
                 context = using(self.model, next(iter(adapters)))
             with context, torch.no_grad():

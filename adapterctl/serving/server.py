@@ -7,6 +7,7 @@
     POST /v1/feedback           feedback on a response issued by any server sharing the database (scope feedback)
     GET  /healthz               liveness and what each line serves (no token)
     GET  /metrics               Prometheus text (scope admin)
+    GET  /openapi.json          the OpenAPI document of these routes (`openapi.py`; no token)
 
 A follower thread brings the runtime to the newest activations: it polls the database, and on
 PostgreSQL it also LISTENs, so a promote, rollback, canary change or forget takes effect at once; at
@@ -35,13 +36,14 @@ import uuid
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from fastapi import Request  # at module level: FastAPI resolves the endpoints' annotations here
 
 from adapterctl import canary_watch, feedback, json_input, tokens
+from adapterctl.db.types import utcnow
 from adapterctl.errors import AdapterctlError, Busy, InvalidInput, NotFound, Unavailable, first_line
-from adapterctl.serving import chat_api, responses
+from adapterctl.serving import chat_api, openapi, responses
 from adapterctl.serving.batching import BatchWriter
 from adapterctl.serving.canary_routing import CanaryRouter, Route
 from adapterctl.serving.engine import Engine
@@ -51,7 +53,12 @@ from adapterctl.workspace import Workspace
 log = logging.getLogger("adapterctl.serve")
 MAX_BODY_BYTES = 1 << 20
 TOKEN_CACHE_S = 5.0
+"""A token is looked up again at most this long after its last lookup: a revoked token is refused within it.
+An expiry is checked at every request, so an expired token is refused from its expiry on."""
 TOKEN_CACHE_SIZE = 10_000
+SCOPE_NEEDED: dict[str, str | None] = {"/v1/chat/completions": "generate", "/v1/models": "generate", "/v1/feedback": "feedback",
+                                       "/metrics": "admin", "/healthz": None, "/openapi.json": None}
+"""The token scope each route needs (None: public). An app with a route missing here is refused when it is built."""
 FEEDBACK_WAIT_S = 10.0
 """How long a feedback request waits for its record to be written before answering 503 (it stays queued)."""
 RESPONSE_WAIT_S = 2.0
@@ -61,7 +68,7 @@ PRUNE_EVERY_S = 60.0
 CANARY_CHECK_EVERY_S = 1.0
 """How often a server looks at the live comparison of its lines' canaries."""
 RETRY_AFTER_S = 2
-ROUTES = ("/v1/chat/completions", "/v1/models", "/v1/feedback", "/healthz", "/metrics")
+ROUTES = ("/v1/chat/completions", "/v1/models", "/v1/feedback", "/healthz", "/metrics", "/openapi.json")
 
 
 class Metrics:
@@ -144,7 +151,7 @@ class FeedbackWriter(BatchWriter):
                                  if record.rating is not None or record.correction is not None])  # a preference pair rates nothing
         return ids
 
-    def settle(self, batch, result: list[int] | None = None, error: Exception | None = None) -> None:
+    def settle(self, batch, result: Sequence[int] = (), error: Exception | None = None) -> None:
         with self._lock:
             for index, (_, _, key, done) in enumerate(batch):
                 self._pending.pop(key, None)
@@ -229,7 +236,7 @@ def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: flo
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     metrics = Metrics(runtime)
-    token_cache: dict[str, tuple[float, str | None]] = {}
+    token_cache: dict[str, tuple[float, tokens.Grant | None]] = {}  # by the token's sha256: no secret is kept
     state: dict[str, Any] = {}
     router = CanaryRouter(ws, runtime.lines)
     key_header = canary_key_header.lower() if canary_key_header else None
@@ -265,18 +272,19 @@ def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: flo
             log.error("response %s could not be recorded (%s); feedback on it will be refused", response_id, first_line(exc))
 
     def cached_scope(secret: str) -> tuple[bool, str | None]:
-        cached = token_cache.get(secret)
-        return (True, cached[1]) if cached and time.monotonic() - cached[0] < TOKEN_CACHE_S else (False, None)
+        cached = token_cache.get(tokens.digest(secret))
+        if not cached or time.monotonic() - cached[0] >= TOKEN_CACHE_S:
+            return False, None
+        grant = cached[1]
+        return True, (grant.scope if grant and grant.valid_at(utcnow()) else None)
 
     def looked_up_scope(secret: str) -> str | None:
         with ws.reading() as session:
-            scope = tokens.scope_of(session, secret)
+            grant = tokens.grant_of(session, secret)
         if len(token_cache) >= TOKEN_CACHE_SIZE:  # random invalid tokens must not grow it without bound
             token_cache.clear()
-        token_cache[secret] = (time.monotonic(), scope)
-        return scope
-
-    NEEDS = {"/v1/chat/completions": "generate", "/v1/models": "generate", "/v1/feedback": "feedback", "/metrics": "admin"}
+        token_cache[tokens.digest(secret)] = (time.monotonic(), grant)
+        return grant.scope if grant else None
 
     async def guard(scope, receive, send):
         """Plain ASGI around the app: bearer token and scope, body size (while reading), metrics of every response."""
@@ -306,7 +314,7 @@ def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: flo
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
             return error(413, f"request body larger than {max_body_bytes} bytes")
-        needed = NEEDS.get(path)
+        needed = SCOPE_NEEDED.get(path)
         if not (auth and needed):
             return None
         header = headers.get(b"authorization", b"").decode("latin-1")
@@ -338,7 +346,7 @@ def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: flo
         where = f"{request.method} {request.url.path}"
         message, code = {404: (f"Invalid URL ({where})", "unknown_url"),
                          405: (f"Method not allowed ({where})", "method_not_allowed")}.get(exc.status_code, (str(exc.detail), None))
-        return error(exc.status_code, message, code=code, headers=exc.headers)
+        return error(exc.status_code, message, code=code, headers=dict(exc.headers or {}))
 
     @app.exception_handler(OperationalError)
     async def database_error(request: Request, exc: OperationalError):
@@ -381,8 +389,10 @@ def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: flo
     async def post_feedback(request: Request):
         body = await body_of(request)
         response_id = body.get("response_id")
-        if not isinstance(response_id, str):
-            raise InvalidInput("field 'response_id' is required: the id of a chat completion a server returned", param="response_id")
+        if not isinstance(response_id, str) or len(response_id) > responses.MAX_ID_CHARS or not response_id.isprintable():
+            # looked up in the database: PostgreSQL refuses NUL in a query, and no id a server issued is longer or unprintable
+            raise InvalidInput(f"field 'response_id' is required: the id of a chat completion a server returned (at most "
+                               f"{responses.MAX_ID_CHARS} printable characters)", param="response_id")
         allowed = {"rating", "correction", "chosen", "rejected", "source", "tags"}
         if unknown := sorted(set(body) - allowed - {"response_id", "choice"}):
             raise InvalidInput(f"unknown field {unknown[0]!r}; feedback takes response_id, choice, {', '.join(sorted(allowed))}",
@@ -416,6 +426,15 @@ def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: flo
 
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    described = openapi.document(max_field_bytes=ws.settings.max_field_bytes, max_body_bytes=max_body_bytes)
+
+    @app.get("/openapi.json")
+    async def openapi_document():
+        return described
+
+    if unlisted := sorted({getattr(route, "path", "") for route in app.routes} - set(SCOPE_NEEDED)):
+        raise RuntimeError(f"routes without a token scope in SCOPE_NEEDED (None for a public one): {', '.join(unlisted)}")
+    guard.app = app  # type: ignore[attr-defined]  # the application behind the guard: its routes, for tests and tools that list them
     return guard
 
 

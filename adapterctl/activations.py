@@ -37,8 +37,16 @@ def current(session: Session, line_id: int) -> Activation | None:
     return session.scalar(select(Activation).where(Activation.line_id == line_id).order_by(Activation.id.desc()).limit(1))
 
 
-def promote(session: Session, store: ArtifactStore, *, line: str, version: int, actor: str, reason: str | None = None,
-            evidence: dict[str, Any] | None = None) -> Activation:
+def promote(
+    session: Session,
+    store: ArtifactStore,
+    *,
+    line: str,
+    version: int,
+    actor: str,
+    reason: str | None = None,
+    evidence: dict[str, Any] | None = None,
+) -> Activation:
     """Serve an approved version: its artifact is verified first; the version it replaces becomes inactive."""
     line_row = _locked_line(session, line)
     adapter = registry.get_version(session, line_row.id, version)
@@ -50,8 +58,9 @@ def promote(session: Session, store: ArtifactStore, *, line: str, version: int, 
     return _activate(session, line_row, adapter, kind="promote", actor=actor, reason=reason, evidence=evidence)
 
 
-def rollback(session: Session, store: ArtifactStore, *, line: str, to: str | None = None, actor: str,
-             reason: str | None = None) -> Activation:
+def rollback(
+    session: Session, store: ArtifactStore, *, line: str, to: str | None = None, actor: str, reason: str | None = None
+) -> Activation:
     """Serve the version active before the current one (skipping revoked ones), a named version, or `base`."""
     line_row = _locked_line(session, line)
     now = current(session, line_row.id)
@@ -65,8 +74,11 @@ def rollback(session: Session, store: ArtifactStore, *, line: str, to: str | Non
     else:
         target = _previous(session, line_row.id, now_id)
     if (target.id if target else None) == now_id:
-        raise InvalidInput(f"{line} already serves {describe(target)}; nothing to roll back to" if to is None
-                           else f"{line} already serves {describe(target)}")
+        raise InvalidInput(
+            f"{line} already serves {describe(target)}; nothing to roll back to"
+            if to is None
+            else f"{line} already serves {describe(target)}"
+        )
     if target is not None:
         store.verify(target.artifact_path, target.sha256)
     return _activate(session, line_row, target, kind="rollback", actor=actor, reason=reason)
@@ -81,34 +93,37 @@ def fall_back(session: Session, line_id: int, *, actor: str, reason: str) -> Act
     if now is None:
         return None
     if now.adapter is not None and now.adapter.status == "revoked":
-        clean = session.scalar(select(Adapter).where(Adapter.line_id == line_id, Adapter.status.in_(ACTIVATABLE))
-                               .order_by(Adapter.version.desc()).limit(1))
+        clean = session.scalar(
+            select(Adapter).where(Adapter.line_id == line_id, Adapter.status.in_(ACTIVATABLE)).order_by(Adapter.version.desc()).limit(1)
+        )
         return _activate(session, line_row, clean, kind="fallback", actor=actor, reason=reason)
     if now.canary_adapter is not None and now.canary_adapter.status == "revoked":
-        return _record(session, line_row, now.adapter, kind="fallback", actor=actor,
-                       reason=f"canary {describe(now.canary_adapter)} revoked: {reason}")
+        return _record(
+            session, line_row, now.adapter, kind="fallback", actor=actor, reason=f"canary {describe(now.canary_adapter)} revoked: {reason}"
+        )
     return None
 
 
 # ---------------------------------------------------------------- canaries
 
 
-def start_canary(session: Session, store: ArtifactStore, *, line: str, version: int, share: float, actor: str,
-                 reason: str | None = None) -> Activation:
+def start_canary(
+    session: Session, store: ArtifactStore, *, line: str, version: int, share: float, actor: str, reason: str | None = None
+) -> Activation:
     """Serve an approved version to `share` of the line's end users, the active version to the rest."""
     line_row = _locked_line(session, line)
     now = current(session, line_row.id)
     if now is not None and now.canary_adapter is not None:
-        raise InvalidTransition(f"{line} already runs a canary of {describe(now.canary_adapter)}; "
-                                f"`adapterctl canary complete|abort {line}` ends it")
+        raise InvalidTransition(
+            f"{line} already runs a canary of {describe(now.canary_adapter)}; `adapterctl canary complete|abort {line}` ends it"
+        )
     adapter = registry.get_version(session, line_row.id, version)
     if adapter.status == "active":
         raise InvalidTransition(f"{line} v{version} is already active")
     if adapter.status not in ACTIVATABLE:
         raise InvalidTransition(f"{line} v{version} is {adapter.status}; only approved versions can be a canary")
     store.verify(adapter.artifact_path, adapter.sha256)
-    return _record(session, line_row, now.adapter if now else None, kind="canary", actor=actor, reason=reason,
-                   canary=adapter, share=share)
+    return _record(session, line_row, now.adapter if now else None, kind="canary", actor=actor, reason=reason, canary=adapter, share=share)
 
 
 def set_canary_share(session: Session, *, line: str, share: float, actor: str, reason: str | None = None) -> Activation:
@@ -119,29 +134,43 @@ def set_canary_share(session: Session, *, line: str, share: float, actor: str, r
     return _record(session, line_row, now.adapter, kind="canary_set", actor=actor, reason=reason, canary=now.canary_adapter, share=share)
 
 
-def abort_canary(session: Session, *, line: str, actor: str, reason: str | None = None,
-                 evidence: dict[str, Any] | None = None) -> Activation:
+def abort_canary(
+    session: Session, *, line: str, actor: str, reason: str | None = None, evidence: dict[str, Any] | None = None
+) -> Activation:
     """Everyone back on the active version; `evidence` (the live comparison) goes to the audit event."""
     line_row, now = _running_canary(session, line)
-    return _record(session, line_row, now.adapter, kind="canary_abort", actor=actor, reason=reason, evidence=evidence,
-                   ended=now.canary_adapter)
+    return _record(
+        session, line_row, now.adapter, kind="canary_abort", actor=actor, reason=reason, evidence=evidence, ended=now.canary_adapter
+    )
 
 
-def complete_canary(session: Session, store: ArtifactStore, *, line: str, actor: str, reason: str | None = None,
-                    evidence: dict[str, Any] | None = None) -> Activation:
+def complete_canary(
+    session: Session, store: ArtifactStore, *, line: str, actor: str, reason: str | None = None, evidence: dict[str, Any] | None = None
+) -> Activation:
     """Everyone on the canary's version: an ordinary promote."""
     _, now = _running_canary(session, line)
     assert now.canary_adapter is not None and now.canary_adapter.version is not None  # a running canary has a version
-    return promote(session, store, line=line, version=now.canary_adapter.version, actor=actor,
-                   reason=f"canary complete: {reason}" if reason else "canary complete", evidence=evidence)
+    return promote(
+        session,
+        store,
+        line=line,
+        version=now.canary_adapter.version,
+        actor=actor,
+        reason=f"canary complete: {reason}" if reason else "canary complete",
+        evidence=evidence,
+    )
 
 
 def canary_start(session: Session, line_id: int) -> Activation | None:
     """The activation that started the line's running canary; None when none runs (the newest activation
     without a canary is then newer than every canary start)."""
     ended = select(func.max(Activation.id)).where(Activation.line_id == line_id, Activation.canary_adapter_id.is_(None)).scalar_subquery()
-    return session.scalar(select(Activation).where(Activation.line_id == line_id, Activation.kind == "canary",
-                                                   Activation.id > func.coalesce(ended, 0)).order_by(Activation.id.desc()).limit(1))
+    return session.scalar(
+        select(Activation)
+        .where(Activation.line_id == line_id, Activation.kind == "canary", Activation.id > func.coalesce(ended, 0))
+        .order_by(Activation.id.desc())
+        .limit(1)
+    )
 
 
 def _running_canary(session: Session, line: str) -> tuple[Line, Activation]:
@@ -162,8 +191,16 @@ def _previous(session: Session, line_id: int, now_id: int | None) -> Adapter | N
     return None
 
 
-def _activate(session: Session, line: Line, adapter: Adapter | None, *, kind: str, actor: str, reason: str | None,
-              evidence: dict[str, Any] | None = None) -> Activation:
+def _activate(
+    session: Session,
+    line: Line,
+    adapter: Adapter | None,
+    *,
+    kind: str,
+    actor: str,
+    reason: str | None,
+    evidence: dict[str, Any] | None = None,
+) -> Activation:
     """Serve `adapter` to everyone: the adapter states follow (the served one active, the replaced one inactive)."""
     now = current(session, line.id)
     previous = now.adapter if now else None
@@ -171,21 +208,45 @@ def _activate(session: Session, line: Line, adapter: Adapter | None, *, kind: st
         registry.transition(session, previous.id, "inactive", actor=actor, reason=f"{kind}: replaced by {describe(adapter)}")
     if adapter is not None:
         registry.transition(session, adapter.id, "active", actor=actor, reason=f"{kind}: {reason}" if reason else kind)
-    return _record(session, line, adapter, kind=kind, actor=actor, reason=reason, evidence=evidence,
-                   ended=now.canary_adapter if now else None)
+    return _record(
+        session, line, adapter, kind=kind, actor=actor, reason=reason, evidence=evidence, ended=now.canary_adapter if now else None
+    )
 
 
-def _record(session: Session, line: Line, adapter: Adapter | None, *, kind: str, actor: str, reason: str | None,
-            canary: Adapter | None = None, share: float | None = None, evidence: dict[str, Any] | None = None,
-            ended: Adapter | None = None) -> Activation:
+def _record(
+    session: Session,
+    line: Line,
+    adapter: Adapter | None,
+    *,
+    kind: str,
+    actor: str,
+    reason: str | None,
+    canary: Adapter | None = None,
+    share: float | None = None,
+    evidence: dict[str, Any] | None = None,
+    ended: Adapter | None = None,
+) -> Activation:
     """The activation row, its audit event and the NOTIFY that wakes the servers."""
     now = current(session, line.id)
-    activation = Activation(line_id=line.id, adapter_id=adapter.id if adapter else None, kind=kind, reason=reason, created_by=actor,
-                            canary_adapter_id=canary.id if canary else None, canary_share=share)
+    activation = Activation(
+        line_id=line.id,
+        adapter_id=adapter.id if adapter else None,
+        kind=kind,
+        reason=reason,
+        created_by=actor,
+        canary_adapter_id=canary.id if canary else None,
+        canary_share=share,
+    )
     session.add(activation)
     session.flush()
-    payload: dict[str, Any] = {"from": describe(now.adapter if now else None), "to": describe(adapter), "adapter": adapter.id if adapter else None,
-               "sha256": adapter.sha256 if adapter else None, "reason": reason, "activation": activation.id}
+    payload: dict[str, Any] = {
+        "from": describe(now.adapter if now else None),
+        "to": describe(adapter),
+        "adapter": adapter.id if adapter else None,
+        "sha256": adapter.sha256 if adapter else None,
+        "reason": reason,
+        "activation": activation.id,
+    }
     if canary is not None:
         payload.update(canary=describe(canary), canary_adapter=canary.id, canary_sha256=canary.sha256, share=share)
     if ended is not None and ended is not canary:
@@ -234,9 +295,20 @@ def history(session: Session, line: str) -> list[dict[str, Any]]:
     for activation in session.scalars(select(Activation).where(Activation.line_id == line_row.id).order_by(Activation.id)):
         target = describe(activation.adapter)
         canary = f"{describe(activation.canary_adapter)} to {percent(activation.canary_share or 0)}" if activation.canary_adapter else None
-        entries.append({"id": activation.id, "at": activation.created_at.isoformat(), "kind": activation.kind, "from": served,
-                        "to": target, "adapter_id": activation.adapter_id, "canary": canary,
-                        "canary_adapter_id": activation.canary_adapter_id, "canary_share": activation.canary_share,
-                        "by": activation.created_by, "reason": activation.reason})
+        entries.append(
+            {
+                "id": activation.id,
+                "at": activation.created_at.isoformat(),
+                "kind": activation.kind,
+                "from": served,
+                "to": target,
+                "adapter_id": activation.adapter_id,
+                "canary": canary,
+                "canary_adapter_id": activation.canary_adapter_id,
+                "canary_share": activation.canary_share,
+                "by": activation.created_by,
+                "reason": activation.reason,
+            }
+        )
         served = target
     return entries

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
 from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
@@ -46,15 +47,31 @@ def record(session: Session, *, actor: str, action: str, subject: str, payload: 
     seq, prev_hash = (tail.seq + 1, tail.hash) if tail else (1, GENESIS_HASH)
     created_at, body = utcnow(), canonical_json(payload or {})
     digest = event_hash(seq=seq, created_at=created_at, actor=actor, action=action, subject=subject, payload=body, prev_hash=prev_hash)
-    session.execute(insert(_EVENTS), {"seq": seq, "created_at": created_at, "actor": actor, "action": action, "subject": subject,
-                                      "payload": body, "prev_hash": prev_hash, "hash": digest})
+    session.execute(
+        insert(_EVENTS),
+        {
+            "seq": seq,
+            "created_at": created_at,
+            "actor": actor,
+            "action": action,
+            "subject": subject,
+            "payload": body,
+            "prev_hash": prev_hash,
+            "hash": digest,
+        },
+    )
     return digest
 
 
 def _hash_of(event: AuditEvent) -> str:
     return event_hash(
-        seq=event.seq, created_at=event.created_at, actor=event.actor, action=event.action,
-        subject=event.subject, payload=event.payload, prev_hash=event.prev_hash,
+        seq=event.seq,
+        created_at=event.created_at,
+        actor=event.actor,
+        action=event.action,
+        subject=event.subject,
+        payload=event.payload,
+        prev_hash=event.prev_hash,
     )
 
 
@@ -84,7 +101,9 @@ def verify(session: Session, *, anchor: str | None = None) -> Verification:
         anchor_seen = anchor_seen or event.hash == anchor
         expected_seq, prev_hash, count = event.seq + 1, event.hash, count + 1
     if not anchor_seen:
-        return Verification(False, count, prev_hash, broken_seq=expected_seq, reason=f"anchor {anchor} is not in the chain (newest events deleted?)")
+        return Verification(
+            False, count, prev_hash, broken_seq=expected_seq, reason=f"anchor {anchor} is not in the chain (newest events deleted?)"
+        )
     return Verification(True, count, prev_hash)
 
 
@@ -92,9 +111,7 @@ def _all_events(session: Session) -> Iterator[AuditEvent]:
     yield from session.scalars(select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=1000))
 
 
-def list_events(
-    session: Session, *, limit: int = 50, action: str | None = None, subject: str | None = None
-) -> list[AuditEvent]:
+def list_events(session: Session, *, limit: int = 50, action: str | None = None, subject: str | None = None) -> list[AuditEvent]:
     """The newest events first, optionally filtered by action (prefix) or subject."""
     query = select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(limit)
     if action:

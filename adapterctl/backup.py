@@ -49,8 +49,22 @@ FORMAT = "adapterctl-backup/1"
 MANIFEST = "manifest.json"
 DATABASE_FILES = {"sqlite": "database.sqlite", "postgresql": "database.pgdump"}
 ARTIFACTS = "artifacts"
-COUNTED_TABLES = ("base_models", "lines", "feedback", "training_runs", "adapters", "activations", "reviewers", "review_decisions",
-                  "eval_suites", "evaluations", "api_tokens", "issued_responses", "quarantines", "audit_events")
+COUNTED_TABLES = (
+    "base_models",
+    "lines",
+    "feedback",
+    "training_runs",
+    "adapters",
+    "activations",
+    "reviewers",
+    "review_decisions",
+    "eval_suites",
+    "evaluations",
+    "api_tokens",
+    "issued_responses",
+    "quarantines",
+    "audit_events",
+)
 """The tables whose row counts the manifest records (those a schema revision has)."""
 _CHUNK = 1 << 20
 
@@ -97,16 +111,26 @@ def create_backup(settings: Settings, directory: Path, *, progress: Progress = _
     try:
         partial.mkdir(parents=True)
         database_file, taken_at = partial / DATABASE_FILES[backend], utcnow()
-        snapshot = _snapshot_sqlite(settings, database_file) if backend == "sqlite" else _snapshot_postgresql(settings.db_url, database_file)
+        snapshot = (
+            _snapshot_sqlite(settings, database_file) if backend == "sqlite" else _snapshot_postgresql(settings.db_url, database_file)
+        )
         crash_point("backup.database_copied")
         files = [_file_entry(database_file, partial)]
         copied, skipped = _copy_artifacts(ArtifactStore(settings.artifacts_dir), snapshot.artifacts, partial / ARTIFACTS, progress)
         files += copied
         crash_point("backup.artifacts_copied")
         manifest = {
-            "format": FORMAT, "adapterctl_version": __version__, "schema_revision": snapshot.schema_revision, "backend": backend,
-            "created_at": taken_at.isoformat(), "created_by": settings.user, "database": DATABASE_FILES[backend],
-            "audit_head": snapshot.audit_head, "counts": snapshot.counts, "skipped_artifacts": skipped, "files": files,
+            "format": FORMAT,
+            "adapterctl_version": __version__,
+            "schema_revision": snapshot.schema_revision,
+            "backend": backend,
+            "created_at": taken_at.isoformat(),
+            "created_by": settings.user,
+            "database": DATABASE_FILES[backend],
+            "audit_head": snapshot.audit_head,
+            "counts": snapshot.counts,
+            "skipped_artifacts": skipped,
+            "files": files,
         }
         _write_synced(partial / MANIFEST, json.dumps(manifest, indent=2).encode())
         for folder in sorted({p.parent for p in partial.rglob("*")}, key=lambda p: -len(p.parts)):
@@ -126,8 +150,12 @@ def create_backup(settings: Settings, directory: Path, *, progress: Progress = _
 def summary(manifest: dict[str, Any], directory: Path) -> dict[str, Any]:
     """The manifest without its list of files: what `--json` prints."""
     files = manifest["files"]
-    return {"directory": str(directory), **{k: v for k, v in manifest.items() if k != "files"}, "files": len(files),
-            "bytes": sum(f["size"] for f in files)}
+    return {
+        "directory": str(directory),
+        **{k: v for k, v in manifest.items() if k != "files"},
+        "files": len(files),
+        "bytes": sum(f["size"] for f in files),
+    }
 
 
 def _check_new_folder(directory: Path) -> None:
@@ -150,8 +178,7 @@ def _snapshot_sqlite(settings: Settings, target: Path) -> _Snapshot:
     with closing(sqlite3.connect(source, timeout=30)) as live, closing(sqlite3.connect(target)) as copy:
         live.backup(copy)
         copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
-        snapshot = _read_snapshot(lambda sql: copy.execute(sql).fetchall(),
-                                  "SELECT name FROM sqlite_master WHERE type = 'table'")
+        snapshot = _read_snapshot(lambda sql: copy.execute(sql).fetchall(), "SELECT name FROM sqlite_master WHERE type = 'table'")
     with open(target, "rb+") as f:
         os.fsync(f.fileno())
     return snapshot
@@ -165,8 +192,9 @@ def _snapshot_postgresql(url: str, target: Path) -> _Snapshot:
         # facts, the artifacts listed and the dump all describe the same instant.
         with engine.connect().execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True) as connection:
             exported = connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar()
-            snapshot = _read_snapshot(lambda sql: connection.exec_driver_sql(sql).all(),
-                                      "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+            snapshot = _read_snapshot(
+                lambda sql: connection.exec_driver_sql(sql).all(), "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            )
             conninfo, env = libpq_connection(url)
             _run_client([pg_dump, "--format=custom", f"--snapshot={exported}", f"--file={target}", f"--dbname={conninfo}"], env)
     finally:
@@ -183,15 +211,20 @@ def _read_snapshot(query: Callable[[str], Sequence[Sequence[Any]]], tables_sql: 
     head = query("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1") if "audit_events" in tables else []
     artifacts = []
     if "adapters" in tables:
-        rows = query("SELECT lines.name, adapters.id, adapters.version, adapters.status, adapters.artifact_path, adapters.sha256 "
-                     "FROM adapters JOIN lines ON lines.id = adapters.line_id ORDER BY adapters.id")
-        artifacts = [_Artifact(f"{line} {f'v{version}' if version else f'candidate {candidate}'} ({status})", path, sha256, status in SERVABLE)
-                     for line, candidate, version, status, path, sha256 in rows]
+        rows = query(
+            "SELECT lines.name, adapters.id, adapters.version, adapters.status, adapters.artifact_path, adapters.sha256 "
+            "FROM adapters JOIN lines ON lines.id = adapters.line_id ORDER BY adapters.id"
+        )
+        artifacts = [
+            _Artifact(f"{line} {f'v{version}' if version else f'candidate {candidate}'} ({status})", path, sha256, status in SERVABLE)
+            for line, candidate, version, status, path, sha256 in rows
+        ]
     return _Snapshot(revision, counts, head[0][0] if head else audit.GENESIS_HASH, artifacts)
 
 
-def _copy_artifacts(store: ArtifactStore, artifacts: list[_Artifact], target: Path,
-                    progress: Progress) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def _copy_artifacts(
+    store: ArtifactStore, artifacts: list[_Artifact], target: Path, progress: Progress
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Copy every artifact, checked against the snapshot's sha256; the files copied, and the artifacts skipped.
 
     A missing or modified artifact of a servable version fails the backup. One of a candidate that can never be
@@ -223,8 +256,10 @@ def _copy_artifact(store: ArtifactStore, artifact: _Artifact, target: Path, adva
         copy = target / artifact.path / file
         size, sha256 = _copy(folder / file, copy, advance)
         if sha256 != expected:
-            raise IntegrityError(f"artifact of {artifact.name} ({folder}): {file} does not match its recorded sha256 (modified); "
-                                 "run `adapterctl doctor`, then restore the folder or revoke the version, and back up again")
+            raise IntegrityError(
+                f"artifact of {artifact.name} ({folder}): {file} does not match its recorded sha256 (modified); "
+                "run `adapterctl doctor`, then restore the folder or revoke the version, and back up again"
+            )
         entries.append({"path": copy.relative_to(target.parent).as_posix(), "size": size, "sha256": sha256})
     return entries
 
@@ -273,10 +308,14 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     found = manifest.get("format") if isinstance(manifest, dict) else None
     if found != FORMAT:
         raise InvalidInput(f"{directory / MANIFEST}: format is {found!r}, expected {FORMAT!r}")
-    problems = [key for key in ("schema_revision", "backend", "database", "created_at", "audit_head") if not isinstance(manifest.get(key), str)]
+    problems = [
+        key for key in ("schema_revision", "backend", "database", "created_at", "audit_head") if not isinstance(manifest.get(key), str)
+    ]
     files = manifest.get("files")
-    if not isinstance(files, list) or not all(isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("size"), int)
-                                              and isinstance(f.get("sha256"), str) for f in files):
+    if not isinstance(files, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("path"), str) and isinstance(f.get("size"), int) and isinstance(f.get("sha256"), str)
+        for f in files
+    ):
         problems.append("files")
     if problems or manifest["backend"] not in DATABASE_FILES or manifest["database"] != DATABASE_FILES[manifest["backend"]]:
         raise IntegrityError(f"{directory / MANIFEST}: missing or invalid {', '.join(problems) or 'backend/database'}")
@@ -304,8 +343,9 @@ def verify_backup(directory: Path, *, progress: Progress = _no_progress) -> dict
     for path, entry in sorted(listed.items()):
         size, sha256 = _hash(directory / path)
         if (size, sha256) != (entry["size"], entry["sha256"]):
-            raise IntegrityError(f"backup file {directory / path} does not match its sha256 in {MANIFEST} (modified or damaged); "
-                                 "nothing was restored")
+            raise IntegrityError(
+                f"backup file {directory / path} does not match its sha256 in {MANIFEST} (modified or damaged); nothing was restored"
+            )
         done += size
         progress("checking the backup", done, total)
     return manifest
@@ -317,12 +357,16 @@ def restore_backup(settings: Settings, directory: Path, *, progress: Progress = 
     manifest = read_manifest(directory)
     backend = _backend_of(settings.db_url)
     if manifest["backend"] != backend:
-        raise InvalidInput(f"backup {directory} holds a {manifest['backend']} database, the target is {backend} "
-                           f"({_shown(settings.db_url)}): set ADAPTERCTL_DB_URL to a {manifest['backend']} database")
+        raise InvalidInput(
+            f"backup {directory} holds a {manifest['backend']} database, the target is {backend} "
+            f"({_shown(settings.db_url)}): set ADAPTERCTL_DB_URL to a {manifest['backend']} database"
+        )
     known = {r.revision for r in migrate.history()}
     if manifest["schema_revision"] not in known:
-        raise SchemaError(f"backup {directory} is at schema {manifest['schema_revision']}, newer than this adapterctl knows "
-                          f"({migrate.SCHEMA_REVISION}): restore it with adapterctl {manifest.get('adapterctl_version', 'of that version')} or newer")
+        raise SchemaError(
+            f"backup {directory} is at schema {manifest['schema_revision']}, newer than this adapterctl knows "
+            f"({migrate.SCHEMA_REVISION}): restore it with adapterctl {manifest.get('adapterctl_version', 'of that version')} or newer"
+        )
     _check_empty_target(settings, backend)
     verify_backup(directory, progress=progress)
     try:
@@ -338,14 +382,29 @@ def restore_backup(settings: Settings, directory: Path, *, progress: Progress = 
     except OSError as exc:
         raise AdapterctlError(f"restore into {settings.home} failed, nothing was restored: {_reason(exc)}") from None
     before, after = upgrade_database(settings)
-    restored = {"directory": str(directory), "backup_created_at": manifest["created_at"], "backup_adapterctl_version": manifest.get("adapterctl_version"),
-                "backend": backend, "schema_revision": {"backup": before, "now": after}, "audit_head": manifest["audit_head"],
-                "counts": manifest.get("counts", {}), "files": len(manifest["files"]), "bytes": sum(f["size"] for f in manifest["files"])}
+    restored = {
+        "directory": str(directory),
+        "backup_created_at": manifest["created_at"],
+        "backup_adapterctl_version": manifest.get("adapterctl_version"),
+        "backend": backend,
+        "schema_revision": {"backup": before, "now": after},
+        "audit_head": manifest["audit_head"],
+        "counts": manifest.get("counts", {}),
+        "files": len(manifest["files"]),
+        "bytes": sum(f["size"] for f in manifest["files"]),
+    }
     database = Database(settings.db_url)
     try:
         with database.transaction() as session:
-            audit.record(session, actor=settings.user, action="home.restore", subject="home",
-                         payload={k: restored[k] for k in ("backup_created_at", "backup_adapterctl_version", "schema_revision", "audit_head", "files")})
+            audit.record(
+                session,
+                actor=settings.user,
+                action="home.restore",
+                subject="home",
+                payload={
+                    k: restored[k] for k in ("backup_created_at", "backup_adapterctl_version", "schema_revision", "audit_head", "files")
+                },
+            )
     finally:
         database.dispose()
     return restored
@@ -355,11 +414,18 @@ def _check_empty_target(settings: Settings, backend: str) -> None:
     home = settings.home
     if home.exists() and not home.is_dir():
         raise InvalidInput(f"home {home} is a file: name an empty or new folder with --home or ADAPTERCTL_HOME")
-    used = sorted(p.relative_to(home).as_posix() for p in home.rglob("*")
-                  if not p.is_dir() and p.relative_to(home).as_posix() != CONFIG_FILE_NAME) if home.is_dir() else []
+    used = (
+        sorted(
+            p.relative_to(home).as_posix() for p in home.rglob("*") if not p.is_dir() and p.relative_to(home).as_posix() != CONFIG_FILE_NAME
+        )
+        if home.is_dir()
+        else []
+    )
     if used:
-        raise InvalidInput(f"home {home} is not empty (it holds {used[0]}{f' and {len(used) - 1} more' if len(used) > 1 else ''}): "
-                           "restore only into an empty home")
+        raise InvalidInput(
+            f"home {home} is not empty (it holds {used[0]}{f' and {len(used) - 1} more' if len(used) > 1 else ''}): "
+            "restore only into an empty home"
+        )
     if backend == "sqlite":
         database_file = _sqlite_file(settings.db_url)
         if any(Path(f"{database_file}{suffix}").exists() for suffix in ("", "-wal", "-shm", "-journal")):
@@ -375,8 +441,10 @@ def _check_empty_target(settings: Settings, backend: str) -> None:
     finally:
         engine.dispose()
     if relations:
-        raise InvalidInput(f"database {_shown(settings.db_url)} is not empty "
-                           f"({relations} tables, views or sequences): restore only into an empty database (createdb NAME)")
+        raise InvalidInput(
+            f"database {_shown(settings.db_url)} is not empty "
+            f"({relations} tables, views or sequences): restore only into an empty database (createdb NAME)"
+        )
 
 
 def _restore_artifacts(manifest: dict[str, Any], directory: Path, artifacts_dir: Path, progress: Progress) -> None:
@@ -421,8 +489,18 @@ def _restore_postgresql(source: Path, url: str) -> None:
     conninfo, env = libpq_connection(url)
     # One transaction: a failed restore leaves the database empty. Owners and grants name roles of the old
     # server, which the new one may lack; the restoring role owns everything.
-    _run_client([_client("pg_restore"), "--single-transaction", "--exit-on-error", "--no-owner", "--no-privileges",
-                 f"--dbname={conninfo}", str(source)], env)
+    _run_client(
+        [
+            _client("pg_restore"),
+            "--single-transaction",
+            "--exit-on-error",
+            "--no-owner",
+            "--no-privileges",
+            f"--dbname={conninfo}",
+            str(source),
+        ],
+        env,
+    )
 
 
 # --- files and PostgreSQL clients -----------------------------------------------------------------------------------------
@@ -435,8 +513,13 @@ def libpq_connection(url: str) -> tuple[str, dict[str, str]]:
 
     parsed = make_url(normalize_url(url))
     params: dict[str, Any] = {key: value[-1] if isinstance(value, tuple) else value for key, value in parsed.query.items()}
-    params.update({key: value for key, value in (("host", parsed.host), ("port", parsed.port), ("user", parsed.username),
-                                                 ("dbname", parsed.database)) if value})
+    params.update(
+        {
+            key: value
+            for key, value in (("host", parsed.host), ("port", parsed.port), ("user", parsed.username), ("dbname", parsed.database))
+            if value
+        }
+    )
     env = {**os.environ, **({"PGPASSWORD": parsed.password} if parsed.password else {})}
     return make_conninfo("", **params), env
 
@@ -451,7 +534,9 @@ def _client(name: str) -> str:
 def _run_client(command: list[str], env: dict[str, str]) -> None:
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        reason = next((line for line in result.stderr.splitlines() if "error" in line.lower()), result.stderr.strip() or f"exit {result.returncode}")
+        reason = next(
+            (line for line in result.stderr.splitlines() if "error" in line.lower()), result.stderr.strip() or f"exit {result.returncode}"
+        )
         raise AdapterctlError(f"{Path(command[0]).name} failed: {reason}")
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -127,9 +128,13 @@ def register_base_model(
     )
     session.add(model)
     session.flush()
-    audit.record(session, actor=actor, action="base.register", subject=f"base:{name}",
-                 payload={"source": model.source, "revision": model.revision, "content_hash": content_hash,
-                          "chat_roles": model.chat_roles})
+    audit.record(
+        session,
+        actor=actor,
+        action="base.register",
+        subject=f"base:{name}",
+        payload={"source": model.source, "revision": model.revision, "content_hash": content_hash, "chat_roles": model.chat_roles},
+    )
     return model
 
 

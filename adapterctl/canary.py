@@ -82,14 +82,16 @@ class CanarySettings:
     """Requests each version needs before their latencies are compared (and where the error-rate bound is tightest)."""
 
     def problems(self) -> list[str]:
-        checks = [(0 < self.max_drop < 1, f"max_drop must be in (0, 1) (got {self.max_drop})"),
-                  (0 < self.alpha < 0.5, f"alpha must be in (0, 0.5) (got {self.alpha})"),
-                  (0 < self.beta < 0.5, f"beta must be in (0, 0.5) (got {self.beta})"),
-                  (self.min_feedback >= 1, f"min_feedback must be at least 1 (got {self.min_feedback})"),
-                  (self.prior_ratings >= 1, f"prior_ratings must be at least 1 (got {self.prior_ratings})"),
-                  (0 < self.max_error_rate < 1, f"max_error_rate must be in (0, 1) (got {self.max_error_rate})"),
-                  (self.max_latency_ratio >= 1, f"max_latency_ratio must be at least 1 (got {self.max_latency_ratio})"),
-                  (self.min_requests >= 1, f"min_requests must be at least 1 (got {self.min_requests})")]
+        checks = [
+            (0 < self.max_drop < 1, f"max_drop must be in (0, 1) (got {self.max_drop})"),
+            (0 < self.alpha < 0.5, f"alpha must be in (0, 0.5) (got {self.alpha})"),
+            (0 < self.beta < 0.5, f"beta must be in (0, 0.5) (got {self.beta})"),
+            (self.min_feedback >= 1, f"min_feedback must be at least 1 (got {self.min_feedback})"),
+            (self.prior_ratings >= 1, f"prior_ratings must be at least 1 (got {self.prior_ratings})"),
+            (0 < self.max_error_rate < 1, f"max_error_rate must be in (0, 1) (got {self.max_error_rate})"),
+            (self.max_latency_ratio >= 1, f"max_latency_ratio must be at least 1 (got {self.max_latency_ratio})"),
+            (self.min_requests >= 1, f"min_requests must be at least 1 (got {self.min_requests})"),
+        ]
         return [message for ok, message in checks if not ok]
 
 
@@ -125,18 +127,27 @@ class Verdict:
 def judge(baseline: Tally, canary: Tally, test: CanarySettings = CanarySettings()) -> Verdict:
     shown = (baseline.bounds(test.alpha, test.prior_ratings), canary.bounds(test.alpha, test.prior_ratings))
     if min(baseline.ratings, canary.ratings) < test.min_feedback:
-        return Verdict("undecided", *shown, f"fewer than {test.min_feedback} ratings on a side "
-                                            f"(baseline {baseline.ratings}, canary {canary.ratings})")
-    base_low, base_high = baseline.bounds(test.alpha / 2, test.prior_ratings)
-    canary_low, canary_high = canary.bounds(test.alpha / 2, test.prior_ratings)
+        return Verdict(
+            "undecided", *shown, f"fewer than {test.min_feedback} ratings on a side (baseline {baseline.ratings}, canary {canary.ratings})"
+        )
+    base_low, _ = baseline.bounds(test.alpha / 2, test.prior_ratings)
+    _, canary_high = canary.bounds(test.alpha / 2, test.prior_ratings)
     if canary_high < base_low:
-        return Verdict("worse", *shown, f"the canary's thumbs-up rate is at most {canary_high:.1%}, the baseline's at least "
-                                        f"{base_low:.1%} (each bound holds with {1 - test.alpha / 2:.1%} at any time)")
+        return Verdict(
+            "worse",
+            *shown,
+            f"the canary's thumbs-up rate is at most {canary_high:.1%}, the baseline's at least "
+            f"{base_low:.1%} (each bound holds with {1 - test.alpha / 2:.1%} at any time)",
+        )
     base_high_beta = baseline.bounds(test.beta / 2, test.prior_ratings)[1]
     canary_low_beta = canary.bounds(test.beta / 2, test.prior_ratings)[0]
     if canary_low_beta > base_high_beta - test.max_drop:
-        return Verdict("not_worse", *shown, f"the canary's thumbs-up rate is at least {canary_low_beta:.1%}, within "
-                                            f"{test.max_drop:.0%} of the baseline's at most {base_high_beta:.1%}")
+        return Verdict(
+            "not_worse",
+            *shown,
+            f"the canary's thumbs-up rate is at least {canary_low_beta:.1%}, within "
+            f"{test.max_drop:.0%} of the baseline's at most {base_high_beta:.1%}",
+        )
     return Verdict("undecided", *shown, "the bounds overlap: keep collecting ratings")
 
 
@@ -157,12 +168,20 @@ def unhealthy(baseline: Health, canary: Health, test: CanarySettings = CanarySet
     if canary.requests:
         low, _ = Tally(canary.requests, canary.errors).bounds(test.alpha, test.min_requests)
         if low > test.max_error_rate:
-            return (f"the canary failed {canary.errors} of {canary.requests} requests: its error rate is at least {low:.1%} "
-                    f"(holds with {1 - test.alpha:.0%} at any time), above the {test.max_error_rate:.0%} allowed")
-    if (min(baseline.requests - baseline.errors, canary.requests - canary.errors) >= test.min_requests
-            and baseline.p99_ms and canary.p99_ms and canary.p99_ms > test.max_latency_ratio * baseline.p99_ms):
-        return (f"the canary's p99 latency is {canary.p99_ms:.0f} ms, more than {test.max_latency_ratio:g} times the "
-                f"baseline's {baseline.p99_ms:.0f} ms")
+            return (
+                f"the canary failed {canary.errors} of {canary.requests} requests: its error rate is at least {low:.1%} "
+                f"(holds with {1 - test.alpha:.0%} at any time), above the {test.max_error_rate:.0%} allowed"
+            )
+    if (
+        min(baseline.requests - baseline.errors, canary.requests - canary.errors) >= test.min_requests
+        and baseline.p99_ms
+        and canary.p99_ms
+        and canary.p99_ms > test.max_latency_ratio * baseline.p99_ms
+    ):
+        return (
+            f"the canary's p99 latency is {canary.p99_ms:.0f} ms, more than {test.max_latency_ratio:g} times the "
+            f"baseline's {baseline.p99_ms:.0f} ms"
+        )
     return None
 
 

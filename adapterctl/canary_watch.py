@@ -62,12 +62,15 @@ class Arm:
     def as_dict(self, test: CanarySettings) -> dict[str, Any]:
         up_low, up_high = self.tally.bounds(test.alpha, test.prior_ratings)
         mean_low, mean_high = Tally(self.ratings, (self.rating_sum + self.ratings) / 2).bounds(test.alpha, test.prior_ratings)
-        return {**asdict(self),
-                "thumbs_up_rate": self.tally.rate, "thumbs_up_bounds": [up_low, up_high],
-                "mean_rating": self.rating_sum / self.ratings if self.ratings else None,
-                "mean_rating_bounds": [2 * mean_low - 1, 2 * mean_high - 1],
-                "correction_rate": self.corrections / self.rated if self.rated else None,
-                "error_rate": self.errors / self.requests if self.requests else None}
+        return {
+            **asdict(self),
+            "thumbs_up_rate": self.tally.rate,
+            "thumbs_up_bounds": [up_low, up_high],
+            "mean_rating": self.rating_sum / self.ratings if self.ratings else None,
+            "mean_rating_bounds": [2 * mean_low - 1, 2 * mean_high - 1],
+            "correction_rate": self.corrections / self.rated if self.rated else None,
+            "error_rate": self.errors / self.requests if self.requests else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,19 @@ class Comparison:
         return self.unhealthy or self.verdict.reason
 
     def as_dict(self) -> dict[str, Any]:
-        return {"line": self.line, "canary_id": self.canary_id, "started_at": self.started_at.isoformat(), "share": self.share,
-                "baseline": self.baseline.as_dict(self.settings), "canary": self.canary.as_dict(self.settings),
-                "verdict": self.verdict.decision, "unhealthy": self.unhealthy, "decision": self.decision, "why": self.why,
-                "settings": asdict(self.settings)}
+        return {
+            "line": self.line,
+            "canary_id": self.canary_id,
+            "started_at": self.started_at.isoformat(),
+            "share": self.share,
+            "baseline": self.baseline.as_dict(self.settings),
+            "canary": self.canary.as_dict(self.settings),
+            "verdict": self.verdict.decision,
+            "unhealthy": self.unhealthy,
+            "decision": self.decision,
+            "why": self.why,
+            "settings": asdict(self.settings),
+        }
 
     def evidence(self) -> dict[str, Any]:
         """What an abort or completion records in its audit event."""
@@ -108,9 +120,11 @@ class Comparison:
 
     def summary(self) -> str:
         """One line of the evidence for an activation's reason."""
+
         def side(arm: Arm) -> str:
             rate = f"{arm.tally.rate:.1%}" if arm.rated else "-"
             return f"{arm.version} {arm.ups}/{arm.rated} up ({rate}), {arm.errors}/{arm.requests} failed"
+
         return f"{self.why} [{side(self.baseline)}; {side(self.canary)}]"
 
 
@@ -127,8 +141,17 @@ def compare(session: Session, line: str) -> Comparison | None:
     for arm in ARMS:
         p50, p99 = _quantiles(session, start.id, arm, (0.50, 0.99))
         arms[arm] = Arm(versions[arm], **counted.get(arm, {}), p50_ms=p50, p99_ms=p99)
-    return Comparison(line, start.id, start.created_at, now.canary_share, arms["baseline"], arms["canary"], test,
-                      judge(arms["baseline"].tally, arms["canary"].tally, test), unhealthy(arms["baseline"].health, arms["canary"].health, test))
+    return Comparison(
+        line,
+        start.id,
+        start.created_at,
+        now.canary_share,
+        arms["baseline"],
+        arms["canary"],
+        test,
+        judge(arms["baseline"].tally, arms["canary"].tally, test),
+        unhealthy(arms["baseline"].health, arms["canary"].health, test),
+    )
 
 
 def _counts(session: Session, canary_id: int) -> dict[str, dict[str, Any]]:
@@ -138,13 +161,32 @@ def _counts(session: Session, canary_id: int) -> dict[str, dict[str, Any]]:
         return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
     rated = r.rating.is_not(None) | (r.corrected.is_(True))
-    rows = session.execute(select(r.arm, func.count(), count(r.error.is_not(None)), count(rated),
-                                  count((r.rating > 0) & r.corrected.is_not(True)), func.count(r.rating),
-                                  func.coalesce(func.sum(r.rating), 0.0), count(r.corrected.is_(True)))
-                           .where(r.canary_id == canary_id).group_by(r.arm))
-    return {arm: {"requests": n, "errors": errors, "rated": rated_n, "ups": ups, "ratings": ratings, "rating_sum": float(total),
-                  "corrections": corrections}
-            for arm, n, errors, rated_n, ups, ratings, total, corrections in rows}
+    rows = session.execute(
+        select(
+            r.arm,
+            func.count(),
+            count(r.error.is_not(None)),
+            count(rated),
+            count((r.rating > 0) & r.corrected.is_not(True)),
+            func.count(r.rating),
+            func.coalesce(func.sum(r.rating), 0.0),
+            count(r.corrected.is_(True)),
+        )
+        .where(r.canary_id == canary_id)
+        .group_by(r.arm)
+    )
+    return {
+        arm: {
+            "requests": n,
+            "errors": errors,
+            "rated": rated_n,
+            "ups": ups,
+            "ratings": ratings,
+            "rating_sum": float(total),
+            "corrections": corrections,
+        }
+        for arm, n, errors, rated_n, ups, ratings, total, corrections in rows
+    }
 
 
 def _quantiles(session: Session, canary_id: int, arm: str, qs: tuple[float, ...]) -> list[float | None]:
@@ -154,8 +196,10 @@ def _quantiles(session: Session, canary_id: int, arm: str, qs: tuple[float, ...]
     n = session.scalar(select(func.count()).where(*answered))
     if not n:
         return [None for _ in qs]
-    return [session.scalar(select(r.latency_ms).where(*answered).order_by(r.latency_ms).offset(min(n, max(1, math.ceil(q * n))) - 1).limit(1))
-            for q in qs]
+    return [
+        session.scalar(select(r.latency_ms).where(*answered).order_by(r.latency_ms).offset(min(n, max(1, math.ceil(q * n))) - 1).limit(1))
+        for q in qs
+    ]
 
 
 @dataclass(frozen=True)
@@ -194,6 +238,7 @@ def check(ws: Workspace, line: str, *, auto_complete: bool = False) -> Outcome:
         if comparison.decision == "abort":
             activation = activations.abort_canary(session, line=line, actor=actor, reason=reason, evidence=comparison.evidence())
         else:
-            activation = activations.complete_canary(session, ArtifactStore(ws.settings.artifacts_dir), line=line, actor=actor,
-                                                     reason=reason, evidence=comparison.evidence())
+            activation = activations.complete_canary(
+                session, ArtifactStore(ws.settings.artifacts_dir), line=line, actor=actor, reason=reason, evidence=comparison.evidence()
+            )
         return Outcome(comparison, "aborted" if comparison.decision == "abort" else "completed", activation.id)

@@ -56,15 +56,19 @@ def render_problem(tokenizer, messages: list[dict[str, str]], *, add_generation_
 def training_problem(tokenizer, prompt: list[dict[str, str]], answer: str) -> str | None:
     """Why an example cannot be trained on: its prompt, or the prompt with its answer, does not render."""
     return render_problem(tokenizer, prompt) or render_problem(
-        tokenizer, [*prompt, {"role": "assistant", "content": answer}], add_generation_prompt=False)
+        tokenizer, [*prompt, {"role": "assistant", "content": answer}], add_generation_prompt=False
+    )
 
 
 def render(tokenizer, messages: list[dict[str, str]], roles: list[str], field: str = "messages") -> str:
     """The prompt text for `messages`, or InvalidInput naming the message or reason the template refuses."""
     for index, message in enumerate(messages):
         if message["role"] not in roles:
-            raise InvalidInput(f"{field}[{index}].role {message['role']!r} is not supported by the base model's chat template "
-                               f"(it renders {', '.join(roles)})", param=f"{field}[{index}].role")
+            raise InvalidInput(
+                f"{field}[{index}].role {message['role']!r} is not supported by the base model's chat template "
+                f"(it renders {', '.join(roles)})",
+                param=f"{field}[{index}].role",
+            )
     try:
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     except _template_errors() as exc:

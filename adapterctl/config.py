@@ -6,9 +6,10 @@ import getpass
 import math
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,8 +45,12 @@ class Settings:
 
 
 # Settings the config file and the environment may set, with their environment variable.
-_FILE_KEYS = {"db_url": "ADAPTERCTL_DB_URL", "user": "ADAPTERCTL_USER", "max_field_bytes": "ADAPTERCTL_MAX_FIELD_BYTES",
-              "responses_retention_days": "ADAPTERCTL_RESPONSES_RETENTION_DAYS"}
+_FILE_KEYS = {
+    "db_url": "ADAPTERCTL_DB_URL",
+    "user": "ADAPTERCTL_USER",
+    "max_field_bytes": "ADAPTERCTL_MAX_FIELD_BYTES",
+    "responses_retention_days": "ADAPTERCTL_RESPONSES_RETENTION_DAYS",
+}
 
 
 def default_db_url(home: Path) -> str:

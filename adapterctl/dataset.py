@@ -21,8 +21,9 @@ import random
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -81,7 +82,9 @@ class Dataset:
         return sum(e.split in ("train", "heldout") for e in self.examples)
 
 
-def build_dataset(session: Session, line_id: int, settings: DataSettings, problem_of: Callable[[Example], str | None] | None = None) -> Dataset:
+def build_dataset(
+    session: Session, line_id: int, settings: DataSettings, problem_of: Callable[[Example], str | None] | None = None
+) -> Dataset:
     """Select and clean the examples of the next run of a line; nothing is written.
 
     `problem_of` says why an example cannot be trained on (the base model's chat template cannot render
@@ -165,9 +168,12 @@ def _source_history(session: Session, line_id: int) -> dict[str, float]:
     if not runs:
         return {}
     counts = session.execute(
-        select(Feedback.source, func.count()).select_from(RunExample)
-        .join(TrainingRun, TrainingRun.id == RunExample.run_id).join(Feedback, Feedback.id == RunExample.feedback_id)
-        .where(*succeeded, RunExample.split.in_(("train", "heldout"))).group_by(Feedback.source)
+        select(Feedback.source, func.count())
+        .select_from(RunExample)
+        .join(TrainingRun, TrainingRun.id == RunExample.run_id)
+        .join(Feedback, Feedback.id == RunExample.feedback_id)
+        .where(*succeeded, RunExample.split.in_(("train", "heldout")))
+        .group_by(Feedback.source)
     )
     return {(source or NO_SOURCE): count / runs for source, count in counts}
 
@@ -267,9 +273,7 @@ def _replay(session: Session, line_id: int, exclude: set[int | None], train_coun
         .join(Adapter, Adapter.run_id == RunExample.run_id)
         .where(Adapter.line_id == line_id, Adapter.status.in_(APPROVED_STATES), RunExample.split.in_(("train", "replay")))
     )
-    rows = session.scalars(
-        select(Feedback).where(Feedback.id.in_(trained), Feedback.status == "active").order_by(Feedback.id)
-    ).all()
+    rows = session.scalars(select(Feedback).where(Feedback.id.in_(trained), Feedback.status == "active").order_by(Feedback.id)).all()
     pool = [e for e in (example_of(row, "replay") for row in rows if row.id not in exclude) if e is not None]
     if settings.replay_fraction >= 1:
         return pool
@@ -281,8 +285,9 @@ def _reference_anchors(session: Session, line_id: int, share: float) -> tuple[li
     """The anchor share of the newest reference set, as examples; that set's version; whether adapterctl synthesized it."""
     from adapterctl.suites import REFERENCE, anchors_training
 
-    suite = session.scalar(select(EvalSuite).where(EvalSuite.line_id == line_id, EvalSuite.name == REFERENCE)
-                           .order_by(EvalSuite.version.desc()).limit(1))
+    suite = session.scalar(
+        select(EvalSuite).where(EvalSuite.line_id == line_id, EvalSuite.name == REFERENCE).order_by(EvalSuite.version.desc()).limit(1)
+    )
     if suite is None:
         return [], None, False
     anchors = [Example(None, "reference", "reference", None, c["prompt"], c["answer"]) for c in suite.cases if anchors_training(c, share)]
@@ -299,7 +304,9 @@ def _no_heldout_leaks(new: list[Example], replay: list[Example]) -> tuple[list[E
     result = []
     for example in new:
         key = prompt_key(example.prompt)
-        reason = "same prompt as a new training example" if key in trained else "same prompt as a replayed example" if key in replayed else None
+        reason = (
+            "same prompt as a new training example" if key in trained else "same prompt as a replayed example" if key in replayed else None
+        )
         if example.split == "heldout" and reason:
             moved[reason] += 1
             example = _with_split(example, "train")

@@ -69,8 +69,13 @@ def repair(session: Session, store: ArtifactStore, findings: list[Finding], *, a
             store.remove(store.root / target if target.split("/")[-1].startswith(".staging-") else target)
         else:
             leases.release_abandoned(session, target)
-        audit.record(session, actor=actor, action="doctor.repair", subject=f"doctor:{finding.check}",
-                     payload={"repair": finding.repair, "finding": finding.detail})
+        audit.record(
+            session,
+            actor=actor,
+            action="doctor.repair",
+            subject=f"doctor:{finding.check}",
+            payload={"repair": finding.repair, "finding": finding.detail},
+        )
         done.append(finding.repair)
     return done
 
@@ -78,7 +83,11 @@ def repair(session: Session, store: ArtifactStore, findings: list[Finding], *, a
 def _schema(session: Session, store: ArtifactStore) -> list[Finding]:
     current = current_revision(session.get_bind().engine)
     if current != SCHEMA_REVISION:
-        return [Finding("schema", "error", f"the database is at {current}, this adapterctl needs {SCHEMA_REVISION}: run `adapterctl db upgrade`")]
+        return [
+            Finding(
+                "schema", "error", f"the database is at {current}, this adapterctl needs {SCHEMA_REVISION}: run `adapterctl db upgrade`"
+            )
+        ]
     return []
 
 
@@ -108,11 +117,19 @@ def _orphans(session: Session, store: ArtifactStore) -> list[Finding]:
             if not orphan or not folder.is_dir():
                 continue
             if training:
-                findings.append(Finding("orphans", "warning", f"{relative}: no candidate names it, but {training} is training "
-                                                              f"{line_folder.name} now; left alone"))
+                findings.append(
+                    Finding(
+                        "orphans",
+                        "warning",
+                        f"{relative}: no candidate names it, but {training} is training {line_folder.name} now; left alone",
+                    )
+                )
             else:
-                findings.append(Finding("orphans", "warning", f"{relative}: no candidate names it (left by a run that died)",
-                                        repair=f"remove {relative}"))
+                findings.append(
+                    Finding(
+                        "orphans", "warning", f"{relative}: no candidate names it (left by a run that died)", repair=f"remove {relative}"
+                    )
+                )
     return findings
 
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -43,8 +44,10 @@ if TYPE_CHECKING:
 FORGOTTEN_SOURCE = "(forgotten)"
 UNFINISHED = ("running", "interrupted")
 RUN_STOPPED = "stopped: feedback it used was forgotten (start a new run)"
-POSTGRESQL_KEEPS = ("PostgreSQL keeps the old row versions in its table files until `VACUUM FULL` and in its WAL, "
-                    "replicas and backups; see docs/security.md")
+POSTGRESQL_KEEPS = (
+    "PostgreSQL keeps the old row versions in its table files until `VACUUM FULL` and in its WAL, "
+    "replicas and backups; see docs/security.md"
+)
 _CHUNK = 1000
 
 
@@ -86,8 +89,13 @@ def redact(session: Session, records: Sequence[Any], *, actor: str) -> Redacted:
     redacted, withheld = _redact_samples(session, records, _adapters_trained_on(session, ids))
     sources = {(record.line_id, record.source) for record in records if record.source is not None}
     cases_removed, anchored = _remove_written_cases(session, records, actor)
-    return Redacted(samples_redacted=redacted, samples_withheld=withheld, runs_cleaned=_fold_sources(session, sources),
-                    runs_stopped=_stop_unfinished_runs(session, ids, anchored, actor), reference_cases_removed=cases_removed)
+    return Redacted(
+        samples_redacted=redacted,
+        samples_withheld=withheld,
+        runs_cleaned=_fold_sources(session, sources),
+        runs_stopped=_stop_unfinished_runs(session, ids, anchored, actor),
+        reference_cases_removed=cases_removed,
+    )
 
 
 def forget_quarantines(session: Session, source: str, line: str | None) -> int:
@@ -105,8 +113,13 @@ def forget_quarantines(session: Session, source: str, line: str | None) -> int:
 def _adapters_trained_on(session: Session, ids: list[int]) -> set[int]:
     trained: set[int] = set()
     for chunk in _chunks(ids):
-        trained.update(session.scalars(select(Adapter.id).join(RunExample, RunExample.run_id == Adapter.run_id)
-                                       .where(RunExample.feedback_id.in_(chunk), RunExample.split.in_(TRAINED_SPLITS))))
+        trained.update(
+            session.scalars(
+                select(Adapter.id)
+                .join(RunExample, RunExample.run_id == Adapter.run_id)
+                .where(RunExample.feedback_id.in_(chunk), RunExample.split.in_(TRAINED_SPLITS))
+            )
+        )
     return trained
 
 
@@ -167,8 +180,13 @@ def _fold_sources(session: Session, line_sources: set[tuple[int, str]]) -> int:
 def _sources_with_active_feedback(session: Session, line_id: int, names: set[str]) -> set[str]:
     active: set[str] = set()
     for chunk in _chunks(sorted(names)):
-        active.update(session.scalars(select(Feedback.source).distinct().where(
-            Feedback.line_id == line_id, Feedback.source.in_(chunk), Feedback.status == "active")))
+        active.update(
+            session.scalars(
+                select(Feedback.source)
+                .distinct()
+                .where(Feedback.line_id == line_id, Feedback.source.in_(chunk), Feedback.status == "active")
+            )
+        )
     return active
 
 
@@ -196,9 +214,12 @@ def _folded_poisoning(report: dict[str, Any], names: set[str]) -> dict[str, Any]
     """The poisoning part of a dataset report with these sources named "(forgotten)": in each flag, and in what quarantines kept out."""
     folded = dict(report)
     if report.get("flags"):
-        folded["flags"] = [flag if names.isdisjoint(flag.get("sources") or ()) else
-                           {**flag, "sources": list(dict.fromkeys(FORGOTTEN_SOURCE if s in names else s for s in flag["sources"]))}
-                           for flag in report["flags"]]
+        folded["flags"] = [
+            flag
+            if names.isdisjoint(flag.get("sources") or ())
+            else {**flag, "sources": list(dict.fromkeys(FORGOTTEN_SOURCE if s in names else s for s in flag["sources"]))}
+            for flag in report["flags"]
+        ]
     if (report.get("quarantined") or {}).get("sources"):
         folded["quarantined"] = {**report["quarantined"], "sources": _folded_counts(report["quarantined"]["sources"], names)}
     return folded
@@ -219,15 +240,24 @@ def _remove_written_cases(session: Session, records: Sequence[Any], actor: str) 
 
     forgotten, removed, anchored = {record.id for record in records}, 0, set()
     for line_id in sorted({record.line_id for record in records}):
-        versions = list(session.scalars(select(EvalSuite).where(EvalSuite.line_id == line_id, EvalSuite.name == suites.REFERENCE)
-                                        .order_by(EvalSuite.version)))
+        versions = list(
+            session.scalars(
+                select(EvalSuite).where(EvalSuite.line_id == line_id, EvalSuite.name == suites.REFERENCE).order_by(EvalSuite.version)
+            )
+        )
         given = {audit.canonical_json(case) for suite in versions if suite.provenance is None for case in suite.cases}
-        changed = [change for suite in versions
-                   if suite.provenance is not None and (change := _remove_from(session, suite, forgotten, given))]
+        changed = [
+            change for suite in versions if suite.provenance is not None and (change := _remove_from(session, suite, forgotten, given))
+        ]
         if changed:
             name = session.scalar(select(Line.name).where(Line.id == line_id))
-            audit.record(session, actor=actor, action="suite.redact", subject=f"line:{name}",
-                         payload={"suite": suites.REFERENCE, "versions": changed})
+            audit.record(
+                session,
+                actor=actor,
+                action="suite.redact",
+                subject=f"line:{name}",
+                payload={"suite": suites.REFERENCE, "versions": changed},
+            )
             removed += sum(change["removed"] for change in changed)
             anchored |= _unfinished_runs_of(session, line_id, {change["version"] for change in changed})
     return removed, anchored
@@ -238,8 +268,11 @@ def _remove_from(session: Session, suite: EvalSuite, forgotten: set[int], given:
     from adapterctl import suites
 
     lineage = suites.case_seeds(suite)
-    keep = [i for i, seeds in enumerate(lineage)
-            if audit.canonical_json(suite.cases[i]) in given or (seeds is not None and forgotten.isdisjoint(seeds))]
+    keep = [
+        i
+        for i, seeds in enumerate(lineage)
+        if audit.canonical_json(suite.cases[i]) in given or (seeds is not None and forgotten.isdisjoint(seeds))
+    ]
     if len(keep) == len(suite.cases):
         return None
     cases = [suite.cases[i] for i in keep]
@@ -251,8 +284,9 @@ def _remove_from(session: Session, suite: EvalSuite, forgotten: set[int], given:
 
 
 def _unfinished_runs_of(session: Session, line_id: int, versions: set[int]) -> set[int]:
-    runs = session.execute(select(TrainingRun.id, TrainingRun.dataset)
-                           .where(TrainingRun.line_id == line_id, TrainingRun.status.in_(UNFINISHED)))
+    runs = session.execute(
+        select(TrainingRun.id, TrainingRun.dataset).where(TrainingRun.line_id == line_id, TrainingRun.status.in_(UNFINISHED))
+    )
     return {run_id for run_id, dataset in runs if ((dataset or {}).get("reference") or {}).get("version") in versions}
 
 
@@ -262,13 +296,23 @@ def _unfinished_runs_of(session: Session, line_id: int, versions: set[int]) -> s
 def _stop_unfinished_runs(session: Session, ids: list[int], anchored: set[int], actor: str) -> list[int]:
     run_ids = set(anchored)
     for chunk in _chunks(ids):
-        run_ids.update(session.scalars(select(TrainingRun.id).join(RunExample, RunExample.run_id == TrainingRun.id)
-                                       .where(RunExample.feedback_id.in_(chunk), TrainingRun.status.in_(UNFINISHED))))
-    runs = session.execute(select(TrainingRun.id, Line.name).join(Line, Line.id == TrainingRun.line_id)
-                           .where(TrainingRun.id.in_(run_ids)).order_by(TrainingRun.id)).all()
+        run_ids.update(
+            session.scalars(
+                select(TrainingRun.id)
+                .join(RunExample, RunExample.run_id == TrainingRun.id)
+                .where(RunExample.feedback_id.in_(chunk), TrainingRun.status.in_(UNFINISHED))
+            )
+        )
+    runs = session.execute(
+        select(TrainingRun.id, Line.name)
+        .join(Line, Line.id == TrainingRun.line_id)
+        .where(TrainingRun.id.in_(run_ids))
+        .order_by(TrainingRun.id)
+    ).all()
     for run_id, line in runs:
-        session.execute(update(TrainingRun).where(TrainingRun.id == run_id)
-                        .values(status="failed", finished_at=utcnow(), error=RUN_STOPPED))
+        session.execute(
+            update(TrainingRun).where(TrainingRun.id == run_id).values(status="failed", finished_at=utcnow(), error=RUN_STOPPED)
+        )
         audit.record(session, actor=actor, action="train.fail", subject=f"line:{line}", payload={"run": run_id, "error": RUN_STOPPED})
     return [run_id for run_id, _ in runs]
 
@@ -316,13 +360,19 @@ def _holds_forgotten(session: Session, entry: Path) -> bool:
         return False
     if session.scalar(select(TrainingRun.error).where(TrainingRun.id == int(run))) == RUN_STOPPED:
         return True
-    used = select(RunExample.feedback_id).join(Feedback, Feedback.id == RunExample.feedback_id).where(
-        RunExample.run_id == int(run), Feedback.status == "forgotten").limit(1)
+    used = (
+        select(RunExample.feedback_id)
+        .join(Feedback, Feedback.id == RunExample.feedback_id)
+        .where(RunExample.run_id == int(run), Feedback.status == "forgotten")
+        .limit(1)
+    )
     if session.scalar(used) is not None:
         return True
     listed = sorted(_example_ids(entry / "examples.jsonl")) if entry.is_dir() else []
-    return any(session.scalar(select(Feedback.id).where(Feedback.id.in_(chunk), Feedback.status == "forgotten").limit(1))
-               for chunk in _chunks(listed))
+    return any(
+        session.scalar(select(Feedback.id).where(Feedback.id.in_(chunk), Feedback.status == "forgotten").limit(1))
+        for chunk in _chunks(listed)
+    )
 
 
 def _example_ids(path: Path) -> Iterator[int]:

@@ -31,9 +31,10 @@ import random
 import re
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -88,8 +89,14 @@ class Cases:
     def units(self, samples: int) -> int:
         """Answers written and examples scored for one model: the measure of progress."""
         chats = [c for c in self.reference if "answer" in c]
-        return (2 * len(self.heldout) + sum(len(s.cases) for s in self.suites) + len(chats) + len(self.reference)
-                + sum(map(len, self.versions.values())) + min(samples, len(self.heldout)))
+        return (
+            2 * len(self.heldout)
+            + sum(len(s.cases) for s in self.suites)
+            + len(chats)
+            + len(self.reference)
+            + sum(map(len, self.versions.values()))
+            + min(samples, len(self.heldout))
+        )
 
 
 # ---------------------------------------------------------------- what runs
@@ -120,8 +127,9 @@ def evaluate_candidate(ws: Workspace, adapter_id: int, *, settings: EvalSettings
         return evaluation.id
 
 
-def evaluate_version(ws: Workspace, line: str, version: int | None = None, *, settings: EvalSettings = EvalSettings(),
-                     progress: Progress = None) -> int:
+def evaluate_version(
+    ws: Workspace, line: str, version: int | None = None, *, settings: EvalSettings = EvalSettings(), progress: Progress = None
+) -> int:
     """Re-evaluate the active version (or the given one) on the line's current suites; kept as history. Returns its id."""
     with ws.reading() as session:
         line_row = get_line(session, line)
@@ -144,7 +152,9 @@ def _artifact(ws: Workspace, adapter: Adapter) -> tuple[int, str]:
 
 
 def _cases(session: Session, line_id: int, run_id: int, settings: EvalSettings, versions_before: Adapter | None = None) -> Cases:
-    heldout = [{"feedback_id": e.feedback_id, "prompt": e.prompt, "answer": e.answer} for e in _examples_of_run(session, run_id, ("heldout",))]
+    heldout = [
+        {"feedback_id": e.feedback_id, "prompt": e.prompt, "answer": e.answer} for e in _examples_of_run(session, run_id, ("heldout",))
+    ]
     current = suites.current_suites(session, line_id)
     reference = [s for s in current if s.kind == "reference"]
     regression = [s for s in current if s.kind == "regression"]
@@ -162,7 +172,8 @@ MAX_VERSIONS_MEASURED = 10
 def _examples_of_run(session: Session, run_id: int, splits: tuple[str, ...] = ("train", "heldout")) -> list:
     """A run's examples of the given splits (by default its new data: trained on and held out, not its replay), still remembered."""
     rows = session.scalars(
-        select(Feedback).join(RunExample, RunExample.feedback_id == Feedback.id)
+        select(Feedback)
+        .join(RunExample, RunExample.feedback_id == Feedback.id)
         .where(RunExample.run_id == run_id, RunExample.split.in_(splits), Feedback.status == "active")
         .order_by(Feedback.id)
     )
@@ -177,9 +188,15 @@ def _earlier_versions(session: Session, candidate: Adapter, settings: EvalSettin
     if not settings.version_samples:
         return {}
     versions = session.scalars(
-        select(Adapter).where(Adapter.line_id == candidate.line_id, Adapter.version.is_not(None), Adapter.id != candidate.id,
-                              Adapter.status.in_(APPROVED_STATES))
-        .order_by(Adapter.version.desc()).limit(MAX_VERSIONS_MEASURED)
+        select(Adapter)
+        .where(
+            Adapter.line_id == candidate.line_id,
+            Adapter.version.is_not(None),
+            Adapter.id != candidate.id,
+            Adapter.status.in_(APPROVED_STATES),
+        )
+        .order_by(Adapter.version.desc())
+        .limit(MAX_VERSIONS_MEASURED)
     )
     answered_later = {prompt_key(e.prompt) for e in _examples_of_run(session, candidate.run_id)}
     sampled = {}
@@ -203,8 +220,9 @@ def builtin_reference() -> list[dict[str, str]]:
 # ---------------------------------------------------------------- measuring
 
 
-def _measure(base_path: str, models: dict[str, tuple[int, str] | None], cases: Cases, settings: EvalSettings,
-             progress: Progress) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], float]:
+def _measure(
+    base_path: str, models: dict[str, tuple[int, str] | None], cases: Cases, settings: EvalSettings, progress: Progress
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], float]:
     """Metrics per model role, side-by-side samples, and the seconds it all took."""
     import torch
 
@@ -222,15 +240,23 @@ def _measure(base_path: str, models: dict[str, tuple[int, str] | None], cases: C
         with using(model, role if artifact else None):
             metrics, reference_answers[role] = measure_model(model, tokenizer, cases, settings, advance)
             generations[role] = generate(model, tokenizer, sample_prompts, settings, advance) if sample_prompts else []
-        results[role] = {"adapter_id": artifact[0] if artifact else None, "metrics": metrics,
-                         "seconds": round(time.perf_counter() - role_started, 3)}
+        results[role] = {
+            "adapter_id": artifact[0] if artifact else None,
+            "metrics": metrics,
+            "seconds": round(time.perf_counter() - role_started, 3),
+        }
     for role, result in results.items():
         if role != "base" and reference_answers[role]:
-            result["metrics"]["agreement"] = {other: agreement(reference_answers[role], reference_answers[other])
-                                              for other in ("base", "active") if other in results and other != role}
+            result["metrics"]["agreement"] = {
+                other: agreement(reference_answers[role], reference_answers[other])
+                for other in ("base", "active")
+                if other in results and other != role
+            }
     # Each sample names its record, so that forgetting the record can find and redact it.
-    samples = [{"feedback_id": case["feedback_id"], "prompt": case["prompt"], **{role: generations[role][i] for role in models}}
-               for i, case in enumerate(sampled)]
+    samples = [
+        {"feedback_id": case["feedback_id"], "prompt": case["prompt"], **{role: generations[role][i] for role in models}}
+        for i, case in enumerate(sampled)
+    ]
     return results, samples, round(time.perf_counter() - started, 3)
 
 
@@ -251,8 +277,10 @@ class _Tally:
 def agreement(answers: list[str], others: list[str]) -> dict[str, float]:
     """The share of answers equal to the other model's answers to the same prompts, as written and normalised."""
     pairs = list(zip(answers, others, strict=True))
-    return {"exact": round(sum(a == b for a, b in pairs) / len(pairs), 4),
-            "normalised": round(sum(normalise(a) == normalise(b) for a, b in pairs) / len(pairs), 4)}
+    return {
+        "exact": round(sum(a == b for a, b in pairs) / len(pairs), 4),
+        "normalised": round(sum(normalise(a) == normalise(b) for a, b in pairs) / len(pairs), 4),
+    }
 
 
 def load_models(base_path: str, adapters: dict[str, str], device: str = "auto"):
@@ -296,8 +324,9 @@ def using(model, adapter: str | None) -> Iterator:
         yield model
 
 
-def measure_model(model, tokenizer, cases: Cases, settings: EvalSettings,
-                  advance: Callable[[int], None] | None = None) -> tuple[dict[str, Any], list[str]]:
+def measure_model(
+    model, tokenizer, cases: Cases, settings: EvalSettings, advance: Callable[[int], None] | None = None
+) -> tuple[dict[str, Any], list[str]]:
     """The model's metrics on the cases, and its answers to the reference prompts (to compare models)."""
     metrics: dict[str, Any] = {"heldout_cases": len(cases.heldout)}
     written: list[str] = []  # every answer the model wrote, for the degenerate-output count
@@ -314,19 +343,29 @@ def measure_model(model, tokenizer, cases: Cases, settings: EvalSettings,
     metrics["suites"] = {}
     for suite in cases.suites:
         passes = [suites.passes(a, c) for a, c in zip(answer(suite.cases), suite.cases)]
-        metrics["suites"][suite.name] = {"version": suite.version, "passed": sum(passes), "cases": len(suite.cases),
-                                         "score": round(sum(passes) / len(suite.cases), 4),
-                                         "failed": [i for i, ok in enumerate(passes) if not ok]}
+        metrics["suites"][suite.name] = {
+            "version": suite.version,
+            "passed": sum(passes),
+            "cases": len(suite.cases),
+            "score": round(sum(passes) / len(suite.cases), 4),
+            "failed": [i for i, ok in enumerate(passes) if not ok],
+        }
     metrics["reference"] = cases.reference_name
     reference_answers = []
     if chats := [c for c in cases.reference if "answer" in c]:
         reference_answers = answer(chats)
-        metrics["reference_agreement"] = round(sum(normalise(a) == normalise(c["answer"]) for a, c in zip(reference_answers, chats)) / len(chats), 4)
+        metrics["reference_agreement"] = round(
+            sum(normalise(a) == normalise(c["answer"]) for a, c in zip(reference_answers, chats)) / len(chats), 4
+        )
         metrics["reference_cases"] = len(chats)
     metrics["reference_loss"] = round(answer_loss(model, tokenizer, cases.reference, settings, advance), 5)
-    metrics["versions"] = {name: {"exact": round(sum(normalise(a) == normalise(c["answer"]) for a, c in zip(answer(chats), chats)) / len(chats), 4),
-                                  "cases": len(chats)}
-                           for name, chats in cases.versions.items()}
+    metrics["versions"] = {
+        name: {
+            "exact": round(sum(normalise(a) == normalise(c["answer"]) for a, c in zip(answer(chats), chats)) / len(chats), 4),
+            "cases": len(chats),
+        }
+        for name, chats in cases.versions.items()
+    }
     metrics["degenerate"] = degenerate_answers(written, tokenizer, settings.max_new_tokens)
     return metrics, reference_answers
 
@@ -353,26 +392,30 @@ def degenerate_answers(answers: list[str], tokenizer, max_new_tokens: int) -> di
     return counts
 
 
-def generate(model, tokenizer, prompts: list[list[dict[str, str]]], settings: EvalSettings,
-             advance: Callable[[int], None] | None = None) -> list[str]:
+def generate(
+    model, tokenizer, prompts: list[list[dict[str, str]]], settings: EvalSettings, advance: Callable[[int], None] | None = None
+) -> list[str]:
     """Greedy answers to chat prompts, `batch_size` at a time; `advance` is told how many each batch answered."""
     import torch
 
     answers = []
     for start in range(0, len(prompts), settings.batch_size):
-        texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts[start : start + settings.batch_size]]
+        texts = [
+            tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+            for p in prompts[start : start + settings.batch_size]
+        ]
         inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
         with torch.no_grad():
-            output = model.generate(**inputs, max_new_tokens=settings.max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id)
+            output = model.generate(**inputs, max_new_tokens=settings.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         answers += [a.strip() for a in tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)]
         if advance:
             advance(len(texts))
     return answers
 
 
-def answer_loss(model, tokenizer, cases: list[dict[str, Any]], settings: EvalSettings,
-                advance: Callable[[int], None] | None = None) -> float:
+def answer_loss(
+    model, tokenizer, cases: list[dict[str, Any]], settings: EvalSettings, advance: Callable[[int], None] | None = None
+) -> float:
     """Mean loss per scored token: the answer of a {prompt, answer} case, every token of a {text} case."""
     import torch
 
@@ -393,8 +436,9 @@ def answer_loss(model, tokenizer, cases: list[dict[str, Any]], settings: EvalSet
         with torch.no_grad():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
         labels = batch["labels"][:, 1:]
-        total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                   ignore_index=IGNORE, reduction="sum").item()
+        total += torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+        ).item()
         count += int((labels != IGNORE).sum())
         if advance:
             advance(len(batch["input_ids"]))
@@ -418,27 +462,53 @@ def check_gate(results: dict[str, dict[str, Any]], thresholds: GateThresholds, l
         heldout_check(metrics, thresholds),
         keeps_check(candidate, base, thresholds),
         *(suite_check(name, score, metrics, thresholds) for name, score in candidate["suites"].items()),
-        *(version_check(name, candidate["versions"][name], active["versions"].get(name), thresholds)
-          for name in candidate.get("versions", {}) if active),
+        *(
+            version_check(name, candidate["versions"][name], active["versions"].get(name), thresholds)
+            for name in candidate.get("versions", {})
+            if active
+        ),
         degenerate_check(candidate, thresholds),
     ]
     made = [check for check in checks if check is not None]
     reasons = [check["reason"] for check in made if check["verdict"] == "fail"]
     undecided = [f"{check['check']}: {check['reason']}" for check in made if check["verdict"] == UNDECIDED]
-    return {"passed": not reasons, "reasons": reasons, "undecided": undecided, "checks": made,
-            "compared_with": compared_role, "thresholds": asdict(thresholds)}
+    return {
+        "passed": not reasons,
+        "reasons": reasons,
+        "undecided": undecided,
+        "checks": made,
+        "compared_with": compared_role,
+        "thresholds": asdict(thresholds),
+    }
 
 
 UNDECIDED = "too small to judge"
 
 
-def _check(name: str, value: float, limit: float, against: str | None, passed: bool | None, reason: str, bound: str = "max",
-           detail: str | None = None) -> dict[str, Any]:
+def _check(
+    name: str,
+    value: float,
+    limit: float,
+    against: str | None,
+    passed: bool | None,
+    reason: str,
+    bound: str = "max",
+    detail: str | None = None,
+) -> dict[str, Any]:
     """One check's entry: `bound` says whether the limit is a most (max) or a least (min) value; `passed`
     None when there is too little data to judge (the reason says why)."""
     verdict = UNDECIDED if passed is None else "pass" if passed else "fail"
-    return {"check": name, "value": value, "limit": limit, "bound": bound, "against": against, "passed": passed, "verdict": verdict,
-            **({"detail": detail} if detail else {}), **({} if passed else {"reason": reason})}
+    return {
+        "check": name,
+        "value": value,
+        "limit": limit,
+        "bound": bound,
+        "against": against,
+        "passed": passed,
+        "verdict": verdict,
+        **({"detail": detail} if detail else {}),
+        **({} if passed else {"reason": reason}),
+    }
 
 
 def learned_check(learned: dict[str, Any] | None, thresholds: GateThresholds) -> dict[str, Any] | None:
@@ -448,9 +518,16 @@ def learned_check(learned: dict[str, Any] | None, thresholds: GateThresholds) ->
         return None
     share = round(min(c["learned"] / c["sample"] for c in splits.values()), 4)
     said = " and ".join(f"{c['learned']} of {c['sample']} {'new' if name == 'train' else 'replayed'}" for name, c in splits.items())
-    return _check("learned", share, thresholds.min_learned, None, share >= thresholds.min_learned,
-                  f"learned only {said} training answers (greedy; needs {thresholds.min_learned:.0%})", bound="min",
-                  detail=f"{said} training answers reproduced (greedy)")
+    return _check(
+        "learned",
+        share,
+        thresholds.min_learned,
+        None,
+        share >= thresholds.min_learned,
+        f"learned only {said} training answers (greedy; needs {thresholds.min_learned:.0%})",
+        bound="min",
+        detail=f"{said} training answers reproduced (greedy)",
+    )
 
 
 def heldout_check(metrics: dict[str, dict], thresholds: GateThresholds) -> dict[str, Any] | None:
@@ -466,15 +543,33 @@ def heldout_check(metrics: dict[str, dict], thresholds: GateThresholds) -> dict[
     low, high = paired_gain_interval(candidate.get("heldout_correct"), compared.get("heldout_correct"))
     others = ", ".join(f"{role} {metrics[role]['heldout_exact']:.2f}" for role in ("base", "active") if role in metrics)
     losses = ", ".join(f"{role} {metrics[role]['heldout_loss']:.3f}" for role in ("base", "active") if role in metrics)
-    detail = (f"exact match {candidate['heldout_exact']:.2f} ({others}); answer loss {candidate['heldout_loss']:.3f} ({losses}); "
-              f"gain {gain:+.2f}, 95% interval {low:+.2f} to {high:+.2f} over {cases} cases")
+    detail = (
+        f"exact match {candidate['heldout_exact']:.2f} ({others}); answer loss {candidate['heldout_loss']:.3f} ({losses}); "
+        f"gain {gain:+.2f}, 95% interval {low:+.2f} to {high:+.2f} over {cases} cases"
+    )
     if cases < thresholds.min_heldout_cases:
-        return _check("heldout gain", gain, thresholds.min_heldout_gain, against, None,
-                      f"{cases} held-out cases; {thresholds.min_heldout_cases} are needed to judge (95% interval of the gain "
-                      f"{low:+.2f} to {high:+.2f})", bound="min", detail=detail)
-    return _check("heldout gain", gain, thresholds.min_heldout_gain, against, gain >= thresholds.min_heldout_gain,
-                  f"held-out exact match gained {gain:+.2f} against {against} (needs at least {thresholds.min_heldout_gain:+.2f}; "
-                  f"95% interval {low:+.2f} to {high:+.2f})", bound="min", detail=detail)
+        return _check(
+            "heldout gain",
+            gain,
+            thresholds.min_heldout_gain,
+            against,
+            None,
+            f"{cases} held-out cases; {thresholds.min_heldout_cases} are needed to judge (95% interval of the gain "
+            f"{low:+.2f} to {high:+.2f})",
+            bound="min",
+            detail=detail,
+        )
+    return _check(
+        "heldout gain",
+        gain,
+        thresholds.min_heldout_gain,
+        against,
+        gain >= thresholds.min_heldout_gain,
+        f"held-out exact match gained {gain:+.2f} against {against} (needs at least {thresholds.min_heldout_gain:+.2f}; "
+        f"95% interval {low:+.2f} to {high:+.2f})",
+        bound="min",
+        detail=detail,
+    )
 
 
 def paired_gain_interval(first: list[int] | None, second: list[int] | None, z: float = 1.96) -> tuple[float, float]:
@@ -483,8 +578,11 @@ def paired_gain_interval(first: list[int] | None, second: list[int] | None, z: f
     if not first or not second or len(first) != len(second):
         return -1.0, 1.0
     n = len(first)
-    both, only_first, only_second = (sum(a and b for a, b in zip(first, second)), sum(a and not b for a, b in zip(first, second)),
-                                     sum(b and not a for a, b in zip(first, second)))
+    both, only_first, only_second = (
+        sum(a and b for a, b in zip(first, second)),
+        sum(a and not b for a, b in zip(first, second)),
+        sum(b and not a for a, b in zip(first, second)),
+    )
     neither = n - both - only_first - only_second
     p1, p2 = (both + only_first) / n, (both + only_second) / n
     (l1, u1), (l2, u2) = _wilson(p1, n, z), _wilson(p2, n, z)
@@ -505,18 +603,34 @@ def keeps_check(candidate: dict, base: dict, thresholds: GateThresholds) -> dict
     """Does it still answer what the base model answered? Agreement with the reference set's answers; its loss when it holds only text."""
     if "reference_agreement" in candidate:
         drop = round(base["reference_agreement"] - candidate["reference_agreement"], 4)
-        agrees = "; ".join(f"same answer as {role} {a['normalised']:.2f} (exactly as written {a['exact']:.2f})"
-                           for role, a in candidate.get("agreement", {}).items())
-        detail = (f"reference set's answers given {candidate['reference_agreement']:.2f} (base {base['reference_agreement']:.2f}) "
-                  f"on {candidate['reference_cases']} prompts; {agrees + '; ' if agrees else ''}"
-                  f"loss {candidate['reference_loss']:.4g} (base {base['reference_loss']:.4g})")
-        return _check("keeps the reference set", drop, thresholds.max_reference_drop, "base", drop <= thresholds.max_reference_drop,
-                      f"agreement with the reference set's answers fell {base['reference_agreement']:.2f} -> "
-                      f"{candidate['reference_agreement']:.2f} against the base model (limit a drop of {thresholds.max_reference_drop:.2f})",
-                      detail=detail)
+        agrees = "; ".join(
+            f"same answer as {role} {a['normalised']:.2f} (exactly as written {a['exact']:.2f})"
+            for role, a in candidate.get("agreement", {}).items()
+        )
+        detail = (
+            f"reference set's answers given {candidate['reference_agreement']:.2f} (base {base['reference_agreement']:.2f}) "
+            f"on {candidate['reference_cases']} prompts; {agrees + '; ' if agrees else ''}"
+            f"loss {candidate['reference_loss']:.4g} (base {base['reference_loss']:.4g})"
+        )
+        return _check(
+            "keeps the reference set",
+            drop,
+            thresholds.max_reference_drop,
+            "base",
+            drop <= thresholds.max_reference_drop,
+            f"agreement with the reference set's answers fell {base['reference_agreement']:.2f} -> "
+            f"{candidate['reference_agreement']:.2f} against the base model (limit a drop of {thresholds.max_reference_drop:.2f})",
+            detail=detail,
+        )
     increase = round(candidate["reference_loss"] / base["reference_loss"] - 1, 4)
-    return _check("forgetting", increase, thresholds.max_forgetting_increase, "base", increase <= thresholds.max_forgetting_increase,
-                  f"reference loss rose {increase:.1%} over the base model (limit {thresholds.max_forgetting_increase:.1%})")
+    return _check(
+        "forgetting",
+        increase,
+        thresholds.max_forgetting_increase,
+        "base",
+        increase <= thresholds.max_forgetting_increase,
+        f"reference loss rose {increase:.1%} over the base model (limit {thresholds.max_forgetting_increase:.1%})",
+    )
 
 
 def suite_check(name: str, score: dict, metrics: dict[str, dict], thresholds: GateThresholds) -> dict[str, Any]:
@@ -527,11 +641,21 @@ def suite_check(name: str, score: dict, metrics: dict[str, dict], thresholds: Ga
     drop = round(compared["score"] - score["score"], 4)
     newly_failed = sorted(set(score.get("failed", [])) - set(compared.get("failed", [])))
     cases = f" (now failing: case {', '.join(str(i + 1) for i in newly_failed)})" if newly_failed else ""
-    detail = "; ".join(f"{role} {metrics[role]['suites'][name]['passed']} of {metrics[role]['suites'][name]['cases']}"
-                       for role in ("base", "active", "candidate") if role in metrics)
-    return _check(f"suite {name}", drop, thresholds.max_suite_drop, against, drop <= thresholds.max_suite_drop,
-                  f"suite {name} dropped {compared['score']:.2f} -> {score['score']:.2f} against {against}{cases} "
-                  f"(limit {thresholds.max_suite_drop:g})", detail=f"cases passed: {detail}{cases}")
+    detail = "; ".join(
+        f"{role} {metrics[role]['suites'][name]['passed']} of {metrics[role]['suites'][name]['cases']}"
+        for role in ("base", "active", "candidate")
+        if role in metrics
+    )
+    return _check(
+        f"suite {name}",
+        drop,
+        thresholds.max_suite_drop,
+        against,
+        drop <= thresholds.max_suite_drop,
+        f"suite {name} dropped {compared['score']:.2f} -> {score['score']:.2f} against {against}{cases} "
+        f"(limit {thresholds.max_suite_drop:g})",
+        detail=f"cases passed: {detail}{cases}",
+    )
 
 
 def version_check(name: str, candidate: dict, active: dict | None, thresholds: GateThresholds) -> dict[str, Any] | None:
@@ -539,10 +663,16 @@ def version_check(name: str, candidate: dict, active: dict | None, thresholds: G
     if active is None:
         return None
     drop = round(active["exact"] - candidate["exact"], 4)
-    return _check(f"keeps {name}", drop, thresholds.max_version_drop, "active", drop <= thresholds.max_version_drop,
-                  f"lost what {name} learned: exact match on {candidate['cases']} of {name}'s answers fell {active['exact']:.2f} -> "
-                  f"{candidate['exact']:.2f} against active (limit a drop of {thresholds.max_version_drop:.2f})",
-                  detail=f"{candidate['cases']} of {name}'s answers: candidate {candidate['exact']:.2f}, active {active['exact']:.2f}")
+    return _check(
+        f"keeps {name}",
+        drop,
+        thresholds.max_version_drop,
+        "active",
+        drop <= thresholds.max_version_drop,
+        f"lost what {name} learned: exact match on {candidate['cases']} of {name}'s answers fell {active['exact']:.2f} -> "
+        f"{candidate['exact']:.2f} against active (limit a drop of {thresholds.max_version_drop:.2f})",
+        detail=f"{candidate['cases']} of {name}'s answers: candidate {candidate['exact']:.2f}, active {active['exact']:.2f}",
+    )
 
 
 def degenerate_check(candidate: dict, thresholds: GateThresholds) -> dict[str, Any] | None:
@@ -554,30 +684,67 @@ def degenerate_check(candidate: dict, thresholds: GateThresholds) -> dict[str, A
     bad = counts["empty"] + counts["repetitive"]
     share = round(bad / counts["answers"], 4)
     kinds = ", ".join(f"{counts[k]} {k}" for k in ("empty", "repetitive") if counts[k])
-    return _check("degenerate output", share, thresholds.max_degenerate_share, None, share <= thresholds.max_degenerate_share,
-                  f"{bad} of {counts['answers']} answers are empty or repetitive ({kinds}; limit {thresholds.max_degenerate_share:.0%})",
-                  detail=f"{counts['empty']} empty, {counts['repetitive']} repetitive, {counts['max_length']} cut at the token limit "
-                         f"(counted, not failing), of {counts['answers']} answers")
+    return _check(
+        "degenerate output",
+        share,
+        thresholds.max_degenerate_share,
+        None,
+        share <= thresholds.max_degenerate_share,
+        f"{bad} of {counts['answers']} answers are empty or repetitive ({kinds}; limit {thresholds.max_degenerate_share:.0%})",
+        detail=f"{counts['empty']} empty, {counts['repetitive']} repetitive, {counts['max_length']} cut at the token limit "
+        f"(counted, not failing), of {counts['answers']} answers",
+    )
 
 
 # ---------------------------------------------------------------- storing and reading
 
 
-def _store(session: Session, actor: str, line: str, adapter_id: int, trigger: str, models: dict, results: dict,
-           samples: list, seconds: float, cases: Cases, settings: EvalSettings, gate: dict | None) -> Evaluation:
-    run_settings = {**asdict(settings), "suites": {s.name: s.version for s in cases.suites}, "reference": cases.reference_name,
-                    "heldout_cases": len(cases.heldout)}
+def _store(
+    session: Session,
+    actor: str,
+    line: str,
+    adapter_id: int,
+    trigger: str,
+    models: dict,
+    results: dict,
+    samples: list,
+    seconds: float,
+    cases: Cases,
+    settings: EvalSettings,
+    gate: dict | None,
+) -> Evaluation:
+    run_settings = {
+        **asdict(settings),
+        "suites": {s.name: s.version for s in cases.suites},
+        "reference": cases.reference_name,
+        "heldout_cases": len(cases.heldout),
+    }
     summary = {"results": {role: r["metrics"] for role, r in results.items()}, "gate": gate, "settings": run_settings}
     digest = hashlib.sha256(audit.canonical_json(summary).encode("utf-8")).hexdigest()
-    evaluation = Evaluation(line_id=get_line(session, line).id, adapter_id=adapter_id, trigger=trigger, created_by=actor,
-                            seconds=seconds, settings=run_settings, gate=gate, samples=samples, summary_hash=digest)
-    evaluation.results = [EvalResult(role=role, position=i, adapter_id=r["adapter_id"], metrics=r["metrics"], seconds=r["seconds"])
-                          for i, (role, r) in enumerate(results.items())]
+    evaluation = Evaluation(
+        line_id=get_line(session, line).id,
+        adapter_id=adapter_id,
+        trigger=trigger,
+        created_by=actor,
+        seconds=seconds,
+        settings=run_settings,
+        gate=gate,
+        samples=samples,
+        summary_hash=digest,
+    )
+    evaluation.results = [
+        EvalResult(role=role, position=i, adapter_id=r["adapter_id"], metrics=r["metrics"], seconds=r["seconds"])
+        for i, (role, r) in enumerate(results.items())
+    ]
     session.add(evaluation)
     session.flush()
-    audit.record(session, actor=actor, action=f"eval.{trigger}", subject=f"adapter:{adapter_id}",
-                 payload={"line": line, "evaluation": evaluation.id, "summary_sha256": digest,
-                          "gate": None if gate is None else gate["passed"]})
+    audit.record(
+        session,
+        actor=actor,
+        action=f"eval.{trigger}",
+        subject=f"adapter:{adapter_id}",
+        payload={"line": line, "evaluation": evaluation.id, "summary_sha256": digest, "gate": None if gate is None else gate["passed"]},
+    )
     return evaluation
 
 
@@ -589,26 +756,35 @@ def get_evaluation(session: Session, evaluation_id: int) -> Evaluation:
 
 
 def latest_evaluation(session: Session, adapter_id: int, trigger: str = "candidate") -> Evaluation | None:
-    return session.scalar(select(Evaluation).where(Evaluation.adapter_id == adapter_id, Evaluation.trigger == trigger)
-                          .order_by(Evaluation.id.desc()).limit(1))
+    return session.scalar(
+        select(Evaluation).where(Evaluation.adapter_id == adapter_id, Evaluation.trigger == trigger).order_by(Evaluation.id.desc()).limit(1)
+    )
 
 
 def history(session: Session, line: str) -> list[dict[str, Any]]:
     """Every regression evaluation of the line, oldest first, with each suite's drop since the version's approval."""
     line_row = get_line(session, line)
-    rows = session.scalars(select(Evaluation).where(Evaluation.line_id == line_row.id, Evaluation.trigger == "regression",
-                                                    Evaluation.adapter_id.is_not(None)).order_by(Evaluation.id))
+    rows = session.scalars(
+        select(Evaluation)
+        .where(Evaluation.line_id == line_row.id, Evaluation.trigger == "regression", Evaluation.adapter_id.is_not(None))
+        .order_by(Evaluation.id)
+    )
     entries = []
     for evaluation in rows:
         subject = session.get_one(Adapter, evaluation.adapter_id)
         now = next(r.metrics for r in evaluation.results if r.role == "version")
         at_approval = latest_evaluation(session, subject.id)
         then = next((r.metrics for r in at_approval.results if r.role == "candidate"), None) if at_approval else None
-        entries.append({
-            "evaluation": evaluation.id, "created_at": evaluation.created_at.isoformat(), "version": registry.version_name(subject),
-            "adapter_id": subject.id, "suites": {name: _trend(score, (then or {}).get("suites", {}).get(name)) for name, score in now["suites"].items()},
-            "reference_loss": now["reference_loss"],
-        })
+        entries.append(
+            {
+                "evaluation": evaluation.id,
+                "created_at": evaluation.created_at.isoformat(),
+                "version": registry.version_name(subject),
+                "adapter_id": subject.id,
+                "suites": {name: _trend(score, (then or {}).get("suites", {}).get(name)) for name, score in now["suites"].items()},
+                "reference_loss": now["reference_loss"],
+            }
+        )
     return entries
 
 
@@ -621,9 +797,16 @@ def _trend(score: dict[str, Any], at_approval: dict[str, Any] | None) -> dict[st
 
 def as_dict(evaluation: Evaluation) -> dict[str, Any]:
     return {
-        "id": evaluation.id, "line": evaluation.line.name, "adapter_id": evaluation.adapter_id, "trigger": evaluation.trigger,
-        "created_at": evaluation.created_at.isoformat(), "created_by": evaluation.created_by, "seconds": evaluation.seconds,
-        "settings": evaluation.settings, "summary_sha256": evaluation.summary_hash, "gate": evaluation.gate,
+        "id": evaluation.id,
+        "line": evaluation.line.name,
+        "adapter_id": evaluation.adapter_id,
+        "trigger": evaluation.trigger,
+        "created_at": evaluation.created_at.isoformat(),
+        "created_by": evaluation.created_by,
+        "seconds": evaluation.seconds,
+        "settings": evaluation.settings,
+        "summary_sha256": evaluation.summary_hash,
+        "gate": evaluation.gate,
         "models": {r.role: {"adapter_id": r.adapter_id, "seconds": r.seconds, **r.metrics} for r in evaluation.results},
         "samples": evaluation.samples,
     }

@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cache
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import Connection, case, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -55,8 +56,9 @@ class FeedbackRecord:
     """sha256 of the content fields; metadata (source, tags, ids, time) does not make a record new."""
 
 
-def content_hash(prompt: list[dict[str, str]], response: str, rating: float | None, correction: str | None,
-                 chosen: str | None, rejected: str | None) -> str:
+def content_hash(
+    prompt: list[dict[str, str]], response: str, rating: float | None, correction: str | None, chosen: str | None, rejected: str | None
+) -> str:
     """sha256 of the content fields joined by NUL, which validated text never contains.
 
     Roles are never empty, so the empty string after the last message ends the prompt unambiguously.
@@ -260,8 +262,10 @@ class LineRoles:
             return
         index, role = next((index, role) for index, role in enumerate(roles) if role not in self.rendered)
         renders = ", ".join(r for r in ROLES if r in self.rendered) or "no role"
-        raise InvalidInput(f"prompt[{index}].role {role!r} is not rendered by base model {self.base_model}'s chat template "
-                           f"(it renders {renders})", param=f"prompt[{index}].role")
+        raise InvalidInput(
+            f"prompt[{index}].role {role!r} is not rendered by base model {self.base_model}'s chat template (it renders {renders})",
+            param=f"prompt[{index}].role",
+        )
 
 
 def line_roles(connection: Session | Connection, name: str) -> LineRoles:
@@ -304,17 +308,29 @@ def log_feedback(
 ) -> int:
     """Validate and store one feedback record; return its id (the existing id for a duplicate)."""
     raw = {
-        "prompt": prompt, "response": response, "rating": rating, "correction": correction, "chosen": chosen,
-        "rejected": rejected, "source": source, "tags": list(tags) if tags is not None else None,
-        "adapter_version": adapter_version, "request_id": request_id,
+        "prompt": prompt,
+        "response": response,
+        "rating": rating,
+        "correction": correction,
+        "chosen": chosen,
+        "rejected": rejected,
+        "source": source,
+        "tags": list(tags) if tags is not None else None,
+        "adapter_version": adapter_version,
+        "request_id": request_id,
     }
     record = parse_record(raw, max_field_bytes=max_field_bytes)
     target = line_roles(session, line)
     target.check([message["role"] for message in record.prompt])
     statement = upsert_statement(session.get_bind().dialect.name).returning(Feedback.id, Feedback.times_seen)
     feedback_id, times_seen = session.execute(statement, _row(record, target.line_id, actor, utcnow())).one()
-    audit.record(session, actor=actor, action="feedback.log", subject=f"feedback:{feedback_id}",
-                 payload={"line": line, "content_hash": record.content_hash, "duplicate": times_seen > 1})
+    audit.record(
+        session,
+        actor=actor,
+        action="feedback.log",
+        subject=f"feedback:{feedback_id}",
+        payload={"line": line, "content_hash": record.content_hash, "duplicate": times_seen > 1},
+    )
     return feedback_id
 
 
@@ -327,8 +343,13 @@ def log_records(session: Session, records: list[tuple[str, FeedbackRecord]], *, 
     now = utcnow()
     ids = [session.execute(statement, _row(record, line_id_of(session, line), actor, now)).scalar_one() for line, record in records]
     lines = sorted({line for line, _ in records})
-    audit.record(session, actor=actor, action="feedback.log", subject=f"line:{lines[0]}" if len(lines) == 1 else "feedback",
-                 payload={"count": len(ids), "ids": ids[:1000], "lines": lines})
+    audit.record(
+        session,
+        actor=actor,
+        action="feedback.log",
+        subject=f"line:{lines[0]}" if len(lines) == 1 else "feedback",
+        payload={"count": len(ids), "ids": ids[:1000], "lines": lines},
+    )
     return ids
 
 
@@ -492,7 +513,8 @@ def forget_feedback(
     if bool(ids) == (source is not None):
         raise InvalidInput("give either feedback ids or a source to forget")
     query = select(Feedback.id, Feedback.status, Feedback.line_id, Feedback.prompt, Feedback.source, Feedback.request_id, Line.name).join(
-        Line, Line.id == Feedback.line_id)
+        Line, Line.id == Feedback.line_id
+    )
     if ids:
         found = {row.id: row for row in session.execute(query.where(Feedback.id.in_(ids)))}
         missing = [i for i in ids if i not in found]
@@ -528,13 +550,26 @@ def forget_feedback(
         )
     request_ids = sorted({row.request_id for row in live if row.request_id is not None})
     for start in range(0, len(request_ids), 1000):
-        report.responses_deleted += rowcount(session.execute(
-            delete(IssuedResponse).where(IssuedResponse.id.in_(request_ids[start : start + 1000]))))
+        report.responses_deleted += rowcount(
+            session.execute(delete(IssuedResponse).where(IssuedResponse.id.in_(request_ids[start : start + 1000])))
+        )
     # No trace of the source, not even a hash: a guessed identifier could be confirmed against it.
-    payload = {"count": len(targets), "ids": targets[:1000], "lines": report.lines, "reason": reason, "by": "source" if source else "id",
-               "responses_deleted": report.responses_deleted, "quarantines_deleted": quarantines}
-    audit.record(session, actor=actor, action="feedback.forget",
-                 subject=f"line:{report.lines[0]}" if len(report.lines) == 1 else "feedback", payload=payload)
+    payload = {
+        "count": len(targets),
+        "ids": targets[:1000],
+        "lines": report.lines,
+        "reason": reason,
+        "by": "source" if source else "id",
+        "responses_deleted": report.responses_deleted,
+        "quarantines_deleted": quarantines,
+    }
+    audit.record(
+        session,
+        actor=actor,
+        action="feedback.forget",
+        subject=f"line:{report.lines[0]}" if len(report.lines) == 1 else "feedback",
+        payload=payload,
+    )
     report.redacted = erasure.redact(session, live, actor=actor)
     report.redacted.quarantines_deleted = quarantines
     revoked = registry.revoke_trained_on(session, targets, actor=actor)

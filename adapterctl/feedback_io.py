@@ -17,12 +17,13 @@ import hashlib
 import json
 import multiprocessing
 import os
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
 from sqlalchemy import Column, Connection, Integer, MetaData, Table, exists, func, literal, select, true
 from sqlalchemy.orm import Session
@@ -61,8 +62,21 @@ _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 # Columns of a staged record, in the order the import builds them; `line` (the file's line number)
 # orders the records, so that feedback ids follow the file.
 _STAGED = (
-    "line", "times_seen", "line_id", "created_at", "content_hash", "prompt", "response", "rating", "correction",
-    "chosen", "rejected", "source", "tags", "adapter_version", "request_id",
+    "line",
+    "times_seen",
+    "line_id",
+    "created_at",
+    "content_hash",
+    "prompt",
+    "response",
+    "rating",
+    "correction",
+    "chosen",
+    "rejected",
+    "source",
+    "tags",
+    "adapter_version",
+    "request_id",
 )
 _STAGING = Table(
     "import_staging",
@@ -156,9 +170,18 @@ def import_feedback(
         staged += _stage(connection, chunk)
         report.skipped = error_count
         _prepare(connection)
-        report.imported = _publish(connection, actor=actor, subject=lines.subject(), payload={
-            "file": path.name, "sha256": digest.hexdigest(), "lines_read": report.lines_read, "skipped": report.skipped,
-        }, staged=staged)
+        report.imported = _publish(
+            connection,
+            actor=actor,
+            subject=lines.subject(),
+            payload={
+                "file": path.name,
+                "sha256": digest.hexdigest(),
+                "lines_read": report.lines_read,
+                "skipped": report.skipped,
+            },
+            staged=staged,
+        )
         report.duplicates = staged - report.imported
     return report
 
@@ -211,8 +234,13 @@ def _publish(connection: Connection, *, actor: str, subject: str, payload: dict[
     with connection.begin(), Session(bind=connection) as session:
         new = connection.scalar(_NEW_RECORDS) or 0
         connection.execute(_publish_statement(connection.dialect.name, actor))
-        audit.record(session, actor=actor, action="feedback.import", subject=subject,
-                     payload={**payload, "imported": new, "duplicates": staged - new})
+        audit.record(
+            session,
+            actor=actor,
+            action="feedback.import",
+            subject=subject,
+            payload={**payload, "imported": new, "duplicates": staged - new},
+        )
         crash_point("feedback.import.rows_written")
     crash_point("feedback.import.committed")
     if connection.dialect.name == "postgresql" and new >= ANALYZE_FROM_ROWS:
@@ -222,11 +250,17 @@ def _publish(connection: Connection, *, actor: str, subject: str, payload: dict[
 
 
 # Staged records whose line and content hash no live record has; probed through the unique index.
-_NEW_RECORDS = select(func.count()).select_from(_STAGING).where(~exists().where(
-    Feedback.line_id == _STAGING.c.line_id,
-    Feedback.content_hash == _STAGING.c.content_hash,
-    Feedback.status == literal("active", literal_execute=True),
-))
+_NEW_RECORDS = (
+    select(func.count())
+    .select_from(_STAGING)
+    .where(
+        ~exists().where(
+            Feedback.line_id == _STAGING.c.line_id,
+            Feedback.content_hash == _STAGING.c.content_hash,
+            Feedback.status == literal("active", literal_execute=True),
+        )
+    )
+)
 
 
 def _publish_statement(dialect: str, actor: str):
@@ -265,9 +299,21 @@ def _parse_batch(job: tuple[list[tuple[int, bytes]], int]) -> list[tuple[int, An
         except InvalidInput as exc:
             parsed.append((number, line_name, str(exc)))
             continue
-        values = (tuple(message["role"] for message in r.prompt), r.created_at, r.content_hash, _JSON.encode(r.prompt),
-                  r.response, r.rating, r.correction, r.chosen, r.rejected, r.source, _JSON.encode(r.tags),
-                  r.adapter_version, r.request_id)
+        values = (
+            tuple(message["role"] for message in r.prompt),
+            r.created_at,
+            r.content_hash,
+            _JSON.encode(r.prompt),
+            r.response,
+            r.rating,
+            r.correction,
+            r.chosen,
+            r.rejected,
+            r.source,
+            _JSON.encode(r.tags),
+            r.adapter_version,
+            r.request_id,
+        )
         parsed.append((number, line_name, values))
     return parsed
 

@@ -17,7 +17,6 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-
 SAMPLE_SIZE = 64
 """Training examples measured; all of them when a run has fewer."""
 
@@ -40,8 +39,13 @@ class Learned:
         return min((learned / count for learned, count in self.splits.values() if count), default=0.0)
 
     def as_dict(self, totals: dict[str, int], target: float | None) -> dict[str, Any]:
-        return {**{split: {"learned": learned, "sample": count, "of": totals.get(split, count)}
-                   for split, (learned, count) in self.splits.items()}, "target": target}
+        return {
+            **{
+                split: {"learned": learned, "sample": count, "of": totals.get(split, count)}
+                for split, (learned, count) in self.splits.items()
+            },
+            "target": target,
+        }
 
 
 def sample_examples(examples: list[dict[str, Any]], seed: int, size: int = SAMPLE_SIZE) -> list[dict[str, Any]]:
@@ -126,8 +130,12 @@ class LearningProbe:
         self.tokenizer.padding_side = "left"
         try:
             with _evaluating(model):
-                return generate(model, self.tokenizer, [e["prompt"] for e in self.examples],
-                                EvalSettings(max_new_tokens=self.longest_answer + 2, batch_size=self.batch_size))
+                return generate(
+                    model,
+                    self.tokenizer,
+                    [e["prompt"] for e in self.examples],
+                    EvalSettings(max_new_tokens=self.longest_answer + 2, batch_size=self.batch_size),
+                )
         finally:
             self.tokenizer.padding_side = side
 

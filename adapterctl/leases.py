@@ -37,8 +37,11 @@ def _take_statement(dialect: str):
     statement = insert(table_of(Lease))
     return statement.on_conflict_do_update(
         index_elements=[Lease.name],
-        set_={"holder": statement.excluded.holder, "acquired_at": statement.excluded.acquired_at,
-              "expires_at": statement.excluded.expires_at},
+        set_={
+            "holder": statement.excluded.holder,
+            "acquired_at": statement.excluded.acquired_at,
+            "expires_at": statement.excluded.expires_at,
+        },
         where=Lease.expires_at < statement.excluded.acquired_at,
     )
 
@@ -89,9 +92,7 @@ def _died_on_this_host(holder: str) -> bool:
 
 def renew(session: Session, name: str, holder: str, ttl: timedelta = DEFAULT_TTL) -> bool:
     """Extend the lease; False when it was lost (expired and taken by another holder)."""
-    result = session.execute(
-        update(Lease).where(Lease.name == name, Lease.holder == holder).values(expires_at=utcnow() + ttl)
-    )
+    result = session.execute(update(Lease).where(Lease.name == name, Lease.holder == holder).values(expires_at=utcnow() + ttl))
     return rowcount(result) == 1
 
 

@@ -92,14 +92,26 @@ class LineSettings:
             (0 <= self.reference_size <= 10_000, f"reference_size must be between 0 and 10000 (got {self.reference_size})"),
             (self.gate.max_suite_drop >= 0.0, f"gate.max_suite_drop must be >= 0 (got {self.gate.max_suite_drop})"),
             (0.0 <= self.gate.min_learned <= 1.0, f"gate.min_learned must be in [0, 1] (got {self.gate.min_learned})"),
-            (0.0 <= self.gate.max_degenerate_share <= 1.0, f"gate.max_degenerate_share must be in [0, 1] (got {self.gate.max_degenerate_share})"),
+            (
+                0.0 <= self.gate.max_degenerate_share <= 1.0,
+                f"gate.max_degenerate_share must be in [0, 1] (got {self.gate.max_degenerate_share})",
+            ),
             (0.0 <= self.gate.max_reference_drop <= 1.0, f"gate.max_reference_drop must be in [0, 1] (got {self.gate.max_reference_drop})"),
-            (0 <= self.gate.min_heldout_cases <= 100_000, f"gate.min_heldout_cases must be between 0 and 100000 (got {self.gate.min_heldout_cases})"),
+            (
+                0 <= self.gate.min_heldout_cases <= 100_000,
+                f"gate.min_heldout_cases must be between 0 and 100000 (got {self.gate.min_heldout_cases})",
+            ),
             (0.0 <= self.gate.max_version_drop <= 1.0, f"gate.max_version_drop must be in [0, 1] (got {self.gate.max_version_drop})"),
-            (self.gate.max_forgetting_increase >= 0.0, f"gate.max_forgetting_increase must be >= 0 (got {self.gate.max_forgetting_increase})"),
+            (
+                self.gate.max_forgetting_increase >= 0.0,
+                f"gate.max_forgetting_increase must be >= 0 (got {self.gate.max_forgetting_increase})",
+            ),
         ]
-        return ([message for ok, message in checks if not ok] + [f"canary.{problem}" for problem in self.canary.problems()]
-                + [f"poisoning.{problem}" for problem in self.poisoning.problems()])
+        return (
+            [message for ok, message in checks if not ok]
+            + [f"canary.{problem}" for problem in self.canary.problems()]
+            + [f"poisoning.{problem}" for problem in self.poisoning.problems()]
+        )
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
@@ -114,8 +126,12 @@ class LineSettings:
         kwargs = {k: v for k, v in values.items() if k in known and k not in GROUPS}
         if kwargs.get("target_modules") is not None:
             kwargs["target_modules"] = tuple(kwargs["target_modules"])
-        return cls(**kwargs, gate=_known(GateThresholds, values.get("gate")), canary=_known(CanarySettings, values.get("canary")),
-                   poisoning=settings_from(values.get("poisoning")))
+        return cls(
+            **kwargs,
+            gate=_known(GateThresholds, values.get("gate")),
+            canary=_known(CanarySettings, values.get("canary")),
+            poisoning=settings_from(values.get("poisoning")),
+        )
 
     def changed(self, assignments: dict[str, str]) -> LineSettings:
         """These settings with `key=value` assignments applied (`gate.min_learned=0.9`, `canary.alpha=0.01`);
@@ -176,7 +192,7 @@ def _text_list(key: str, text: str) -> list[str]:
     if not isinstance(values, list):
         return [text]
     if not all(isinstance(v, str) for v in values):
-        raise InvalidInput(f"setting {key} must be a JSON list of strings, e.g. [\"pattern one\", \"pattern two\"]", param=key)
+        raise InvalidInput(f'setting {key} must be a JSON list of strings, e.g. ["pattern one", "pattern two"]', param=key)
     return values
 
 
@@ -193,8 +209,13 @@ def create_line(
     line = Line(name=name, base_model=base_model, description=description, settings=settings.to_dict(), created_by=actor)
     session.add(line)
     session.flush()
-    audit.record(session, actor=actor, action="line.create", subject=f"line:{name}",
-                 payload={"base_model": base_model.name, "base_model_hash": base_model.content_hash, "settings": settings.to_dict()})
+    audit.record(
+        session,
+        actor=actor,
+        action="line.create",
+        subject=f"line:{name}",
+        payload={"base_model": base_model.name, "base_model_hash": base_model.content_hash, "settings": settings.to_dict()},
+    )
     return line
 
 
@@ -206,8 +227,13 @@ def update_settings(session: Session, *, name: str, assignments: dict[str, str],
     after = before.changed(assignments)
     line.settings = after.to_dict()
     old, new = flat_settings(before.to_dict()), flat_settings(after.to_dict())
-    audit.record(session, actor=actor, action="line.settings", subject=f"line:{name}",
-                 payload={"changed": {key: {"from": old[key], "to": new[key]} for key in new if new[key] != old[key]}})
+    audit.record(
+        session,
+        actor=actor,
+        action="line.settings",
+        subject=f"line:{name}",
+        payload={"changed": {key: {"from": old[key], "to": new[key]} for key in new if new[key] != old[key]}},
+    )
     return line
 
 

@@ -65,7 +65,10 @@ class PoisoningSettings:
             (self.spike_min_records >= 0, f"spike_min_records must be >= 0 (got {self.spike_min_records})"),
             (self.spike_factor >= 1, f"spike_factor must be >= 1 (got {self.spike_factor})"),
             (isinstance(self.hold_flagged, bool), f"hold_flagged must be true or false (got {self.hold_flagged!r})"),
-            (len(self.trigger_patterns) <= MAX_PATTERNS, f"trigger_patterns holds {len(self.trigger_patterns)} patterns, more than {MAX_PATTERNS}"),
+            (
+                len(self.trigger_patterns) <= MAX_PATTERNS,
+                f"trigger_patterns holds {len(self.trigger_patterns)} patterns, more than {MAX_PATTERNS}",
+            ),
         ]
         return [message for ok, message in checks if not ok] + [p for p in map(pattern_problem, self.trigger_patterns) if p]
 
@@ -113,8 +116,14 @@ def near_duplicate_floods(examples: Iterable[Example], settings: PoisoningSettin
         sources = Counter(map(source_of, group))
         if len(group) >= settings.flood_min_records and len(group) / len(sources) >= settings.flood_min_per_source:
             ids = _ids(group)
-            flags.append(Flag("flood", f"{len(group)} records give the same answer (as #{ids[0]}) from {_count(len(sources), 'source')}",
-                              _by_volume(sources), ids))
+            flags.append(
+                Flag(
+                    "flood",
+                    f"{len(group)} records give the same answer (as #{ids[0]}) from {_count(len(sources), 'source')}",
+                    _by_volume(sources),
+                    ids,
+                )
+            )
     return flags
 
 
@@ -134,9 +143,15 @@ def volume_spikes(examples: Iterable[Example], history: Mapping[str, float], set
         median = statistics.median(others) if others else 0.0
         baseline = max(median, history.get(source, 0.0))
         if count >= settings.spike_min_records and baseline > 0 and count > settings.spike_factor * baseline:
-            flags.append(Flag("spike", f"{count} records from one source, {count / baseline:.0f}x the larger of the median source "
-                                       f"({median:g}) and its own average per earlier run ({history.get(source, 0.0):.3g})",
-                              (source,), _ids(by_source[source])))
+            flags.append(
+                Flag(
+                    "spike",
+                    f"{count} records from one source, {count / baseline:.0f}x the larger of the median source "
+                    f"({median:g}) and its own average per earlier run ({history.get(source, 0.0):.3g})",
+                    (source,),
+                    _ids(by_source[source]),
+                )
+            )
     return flags
 
 
@@ -152,8 +167,14 @@ def trigger_matches(examples: Iterable[Example], patterns: Iterable[str]) -> lis
     flags = []
     for pattern, group in matched.items():
         sources = Counter(map(source_of, group))
-        flags.append(Flag("trigger", f"{_count(len(group), 'record')} match the trigger pattern {pattern!r}, from {_count(len(sources), 'source')}",
-                          _by_volume(sources), _ids(group)))
+        flags.append(
+            Flag(
+                "trigger",
+                f"{_count(len(group), 'record')} match the trigger pattern {pattern!r}, from {_count(len(sources), 'source')}",
+                _by_volume(sources),
+                _ids(group),
+            )
+        )
     return flags
 
 
@@ -172,8 +193,11 @@ class Screened:
 
 def screen(examples: list[Example], history: Mapping[str, float], settings: PoisoningSettings) -> Screened:
     """Run every check on a run's new examples (after duplicates are collapsed, before the source cap)."""
-    flags = [*near_duplicate_floods(examples, settings), *volume_spikes(examples, history, settings),
-             *trigger_matches(examples, settings.trigger_patterns)]
+    flags = [
+        *near_duplicate_floods(examples, settings),
+        *volume_spikes(examples, history, settings),
+        *trigger_matches(examples, settings.trigger_patterns),
+    ]
     held = {i for flag in flags for i in flag.feedback_ids} if settings.hold_flagged else set()
     return Screened(flags, held, settings)
 
@@ -181,14 +205,29 @@ def screen(examples: list[Example], history: Mapping[str, float], settings: Pois
 def report(screened: Screened, quarantined: Mapping[str, int]) -> dict[str, Any]:
     """The `poisoning` part of a run's dataset report: each flag (with at most SHOWN_IDS example ids),
     how many records were flagged and held out, and what quarantined sources had kept out, per source."""
-    flags = [{"kind": flag.kind, "reason": flag.reason, "count": len(flag.feedback_ids), "sources": list(flag.sources[:SHOWN_SOURCES]),
-              "source_count": len(flag.sources), "feedback_ids": list(flag.feedback_ids[:SHOWN_IDS]), "held": screened.settings.hold_flagged}
-             for flag in screened.flags]
+    flags = [
+        {
+            "kind": flag.kind,
+            "reason": flag.reason,
+            "count": len(flag.feedback_ids),
+            "sources": list(flag.sources[:SHOWN_SOURCES]),
+            "source_count": len(flag.sources),
+            "feedback_ids": list(flag.feedback_ids[:SHOWN_IDS]),
+            "held": screened.settings.hold_flagged,
+        }
+        for flag in screened.flags
+    ]
     values = dataclasses.asdict(screened.settings)
     values["trigger_patterns"] = list(screened.settings.trigger_patterns)
     flagged = {i for flag in screened.flags for i in flag.feedback_ids}
-    return {"checked": True, "flags": flags, "flagged": len(flagged), "held_out": len(screened.held),
-            "quarantined": {"records": sum(quarantined.values()), "sources": dict(sorted(quarantined.items()))}, "settings": values}
+    return {
+        "checked": True,
+        "flags": flags,
+        "flagged": len(flagged),
+        "held_out": len(screened.held),
+        "quarantined": {"records": sum(quarantined.values()), "sources": dict(sorted(quarantined.items()))},
+        "settings": values,
+    }
 
 
 def settings_from(values: Mapping[str, Any] | None) -> PoisoningSettings:

@@ -47,13 +47,21 @@ def quarantine_source(session: Session, *, source: str, actor: str, line: str | 
     access.require(session, actor, "feedback.quarantine")
     _lock(session)
     if existing := _holding(session, source, line_row.id if line_row else None):
-        return Change([], f"{source!r} is already quarantined on {_where(session, existing)} "
-                          f"(since {existing.created_at:%Y-%m-%d %H:%M} UTC, by {existing.created_by})")
+        return Change(
+            [],
+            f"{source!r} is already quarantined on {_where(session, existing)} "
+            f"(since {existing.created_at:%Y-%m-%d %H:%M} UTC, by {existing.created_by})",
+        )
     row = Quarantine(source=source, line_id=line_row.id if line_row else None, reason=reason, created_by=actor)
     session.add(row)
     session.flush()
-    audit.record(session, actor=actor, action="feedback.quarantine", subject=f"quarantine:{row.id}",
-                 payload={"line": line_row.name if line_row else None, "reason": reason})
+    audit.record(
+        session,
+        actor=actor,
+        action="feedback.quarantine",
+        subject=f"quarantine:{row.id}",
+        payload={"line": line_row.name if line_row else None, "reason": reason},
+    )
     return Change([row])
 
 
@@ -63,28 +71,41 @@ def release_source(session: Session, *, source: str, actor: str, line: str | Non
     line_row = get_line(session, line) if line is not None else None
     access.require(session, actor, "feedback.release")
     _lock(session)
-    active = list(session.scalars(select(Quarantine).where(Quarantine.source == source, Quarantine.released_at.is_(None))
-                                  .order_by(Quarantine.id)))
+    active = list(
+        session.scalars(select(Quarantine).where(Quarantine.source == source, Quarantine.released_at.is_(None)).order_by(Quarantine.id))
+    )
     rows = [q for q in active if line_row is None or q.line_id == line_row.id]
     if not rows:
         if line_row is not None and any(q.line_id is None for q in active):
-            raise InvalidInput(f"{source!r} is quarantined on every line, not on {line_row.name} alone; "
-                               f"release it everywhere with `adapterctl feedback release --source {shlex.quote(source)}`", param="line")
-        raise NotFound(f"{source!r} is not quarantined{' on ' + line_row.name if line_row else ''}; "
-                       f"see `adapterctl feedback quarantines`")
+            raise InvalidInput(
+                f"{source!r} is quarantined on every line, not on {line_row.name} alone; "
+                f"release it everywhere with `adapterctl feedback release --source {shlex.quote(source)}`",
+                param="line",
+            )
+        raise NotFound(f"{source!r} is not quarantined{' on ' + line_row.name if line_row else ''}; see `adapterctl feedback quarantines`")
     now = utcnow()
     for row in rows:
         row.released_at, row.released_by = now, actor
-        audit.record(session, actor=actor, action="feedback.release", subject=f"quarantine:{row.id}",
-                     payload={"line": _line_name(session, row.line_id)})
+        audit.record(
+            session,
+            actor=actor,
+            action="feedback.release",
+            subject=f"quarantine:{row.id}",
+            payload={"line": _line_name(session, row.line_id)},
+        )
     still = next((q for q in active if q.line_id is None and q not in rows), None)
     return Change(rows, f"{source!r} stays quarantined on every line (quarantine {still.id})" if still else None)
 
 
 def active_sources(session: Session, line_id: int) -> set[str]:
     """The sources whose feedback the line's runs keep out now."""
-    return set(session.scalars(select(Quarantine.source).where(
-        Quarantine.released_at.is_(None), or_(Quarantine.line_id.is_(None), Quarantine.line_id == line_id))))
+    return set(
+        session.scalars(
+            select(Quarantine.source).where(
+                Quarantine.released_at.is_(None), or_(Quarantine.line_id.is_(None), Quarantine.line_id == line_id)
+            )
+        )
+    )
 
 
 def list_quarantines(session: Session, *, line: str | None = None, include_released: bool = False) -> list[dict[str, Any]]:
@@ -102,17 +123,28 @@ def as_dict(session: Session, row: Quarantine) -> dict[str, Any]:
     records = select(func.count()).select_from(Feedback).where(Feedback.source == row.source, Feedback.status == "active")
     if row.line_id is not None:
         records = records.where(Feedback.line_id == row.line_id)
-    return {"id": row.id, "source": row.source, "line": _line_name(session, row.line_id), "reason": row.reason,
-            "created_at": row.created_at.isoformat(), "created_by": row.created_by,
-            "released_at": row.released_at.isoformat() if row.released_at else None, "released_by": row.released_by,
-            "records": session.scalar(records)}
+    return {
+        "id": row.id,
+        "source": row.source,
+        "line": _line_name(session, row.line_id),
+        "reason": row.reason,
+        "created_at": row.created_at.isoformat(),
+        "created_by": row.created_by,
+        "released_at": row.released_at.isoformat() if row.released_at else None,
+        "released_by": row.released_by,
+        "records": session.scalar(records),
+    }
 
 
 def _holding(session: Session, source: str, line_id: int | None) -> Quarantine | None:
     """The active quarantine that already keeps `source` out where a new one would (every line covers each line)."""
     where = Quarantine.line_id.is_(None) if line_id is None else or_(Quarantine.line_id.is_(None), Quarantine.line_id == line_id)
-    return session.scalar(select(Quarantine).where(Quarantine.source == source, Quarantine.released_at.is_(None), where)
-                          .order_by(Quarantine.line_id.is_(None).desc(), Quarantine.id).limit(1))
+    return session.scalar(
+        select(Quarantine)
+        .where(Quarantine.source == source, Quarantine.released_at.is_(None), where)
+        .order_by(Quarantine.line_id.is_(None).desc(), Quarantine.id)
+        .limit(1)
+    )
 
 
 def _where(session: Session, row: Quarantine) -> str:

@@ -11,7 +11,8 @@ racing to move the same adapter, exactly one wins and the other gets InvalidTran
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -55,8 +56,9 @@ def transition(session: Session, adapter_id: int, to: str, *, actor: str, reason
         raise InvalidTransition(f"adapter {adapter_id} is {current}; it cannot become {to}")
     adapter = get_adapter(session, adapter_id)
     session.refresh(adapter)
-    audit.record(session, actor=actor, action=f"adapter.{to}", subject=f"adapter:{adapter_id}",
-                 payload={"line": adapter.line.name, "reason": reason})
+    audit.record(
+        session, actor=actor, action=f"adapter.{to}", subject=f"adapter:{adapter_id}", payload={"line": adapter.line.name, "reason": reason}
+    )
     return adapter
 
 
@@ -65,8 +67,13 @@ def create_candidate(session: Session, *, run: TrainingRun, artifact_path: str, 
     adapter = Adapter(id=run.id, line_id=run.line_id, run_id=run.id, status=status, artifact_path=artifact_path, sha256=sha256)
     session.add(adapter)
     session.flush()
-    audit.record(session, actor=actor, action="adapter.create", subject=f"adapter:{adapter.id}",
-                 payload={"line": run.line.name, "run": run.id, "status": status, "sha256": sha256})
+    audit.record(
+        session,
+        actor=actor,
+        action="adapter.create",
+        subject=f"adapter:{adapter.id}",
+        payload={"line": run.line.name, "run": run.id, "status": status, "sha256": sha256},
+    )
     return adapter
 
 
@@ -78,8 +85,11 @@ def revoke_trained_on(session: Session, feedback_ids: Iterable[int], *, actor: s
         query = (
             select(Adapter.id, func.min(RunExample.feedback_id))
             .join(RunExample, RunExample.run_id == Adapter.run_id)
-            .where(RunExample.feedback_id.in_(ids[start : start + 1000]), RunExample.split.in_(TRAINED_SPLITS),
-                   Adapter.status.in_(sources_of("revoked")))
+            .where(
+                RunExample.feedback_id.in_(ids[start : start + 1000]),
+                RunExample.split.in_(TRAINED_SPLITS),
+                Adapter.status.in_(sources_of("revoked")),
+            )
             .group_by(Adapter.id)
         )
         for adapter_id, feedback_id in session.execute(query):
@@ -147,17 +157,26 @@ def details(session: Session, adapter_id: int) -> dict[str, Any]:
 
     adapter = get_adapter(session, adapter_id)
     run = adapter.run
-    lineage = dict(session.execute(select(RunExample.split, func.count()).where(RunExample.run_id == run.id).group_by(RunExample.split)).all())
+    lineage = dict(
+        session.execute(select(RunExample.split, func.count()).where(RunExample.run_id == run.id).group_by(RunExample.split)).all()
+    )
     evaluations = session.scalars(select(Evaluation).where(Evaluation.adapter_id == adapter_id).order_by(Evaluation.id))
     decisions = session.scalars(select(ReviewDecision).where(ReviewDecision.adapter_id == adapter_id).order_by(ReviewDecision.id))
     activations = session.scalars(select(Activation).where(Activation.adapter_id == adapter_id).order_by(Activation.id))
     return {
-        **as_dict(adapter), "lineage_feedback": lineage, "run_metrics": run.metrics, "dataset": run.dataset, "params": run.params,
-        "evaluations": [{"id": e.id, "trigger": e.trigger, "at": e.created_at.isoformat(), "gate": e.gate, "summary_sha256": e.summary_hash}
-                        for e in evaluations],
+        **as_dict(adapter),
+        "lineage_feedback": lineage,
+        "run_metrics": run.metrics,
+        "dataset": run.dataset,
+        "params": run.params,
+        "evaluations": [
+            {"id": e.id, "trigger": e.trigger, "at": e.created_at.isoformat(), "gate": e.gate, "summary_sha256": e.summary_hash}
+            for e in evaluations
+        ],
         "decisions": [{"reviewer": d.reviewer, "decision": d.decision, "note": d.note, "at": d.created_at.isoformat()} for d in decisions],
-        "activations": [{"id": a.id, "kind": a.kind, "at": a.created_at.isoformat(), "by": a.created_by, "reason": a.reason}
-                        for a in activations],
+        "activations": [
+            {"id": a.id, "kind": a.kind, "at": a.created_at.isoformat(), "by": a.created_by, "reason": a.reason} for a in activations
+        ],
     }
 
 

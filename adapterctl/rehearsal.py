@@ -60,8 +60,9 @@ class SynthesisSettings:
     seed: int = 0
 
 
-def synthesize(base_path: str, base_hash: str, wanted: int, seeds: list[Example], avoid: set[str],
-               settings: SynthesisSettings = SynthesisSettings()) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def synthesize(
+    base_path: str, base_hash: str, wanted: int, seeds: list[Example], avoid: set[str], settings: SynthesisSettings = SynthesisSettings()
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Up to `wanted` reference cases written by the base model, and their provenance.
 
     `seeds` are feedback examples shown in context; `avoid` holds normalised prompts that must not
@@ -74,8 +75,9 @@ def synthesize(base_path: str, base_hash: str, wanted: int, seeds: list[Example]
     dropped: Counter[str] = Counter()
     samples = _sample(model, tokenizer, [text for text, _ in contexts], settings)
     prompts = _unique_prompts([(sample, shown) for sample, (_, shown) in zip(samples, contexts)], avoid, dropped)
-    answers = _sample(model, tokenizer, [_render(tokenizer, [{"role": "user", "content": p}], generation=True) for p, _ in prompts],
-                      settings, greedy=True)
+    answers = _sample(
+        model, tokenizer, [_render(tokenizer, [{"role": "user", "content": p}], generation=True) for p, _ in prompts], settings, greedy=True
+    )
     usable = []
     for (prompt, shown), (answer, finished, confidence) in zip(prompts, answers):
         if problem := _problem(answer, finished):
@@ -101,11 +103,15 @@ def synthesize(base_path: str, base_hash: str, wanted: int, seeds: list[Example]
     return cases, provenance
 
 
-def _contexts(tokenizer, seeds: list[Example], count: int, settings: SynthesisSettings,
-              rng: random.Random) -> list[tuple[str, tuple[int, ...]]]:
+def _contexts(
+    tokenizer, seeds: list[Example], count: int, settings: SynthesisSettings, rng: random.Random
+) -> list[tuple[str, tuple[int, ...]]]:
     """(text that opens a user turn, the ids of the feedback shown in context before it) for each prompt to sample."""
-    exchanges = [(e.feedback_id, user[:CONTEXT_CHARS], e.answer[:CONTEXT_CHARS])
-                 for e in seeds if e.feedback_id is not None and (user := _last_user(e.prompt))]
+    exchanges = [
+        (e.feedback_id, user[:CONTEXT_CHARS], e.answer[:CONTEXT_CHARS])
+        for e in seeds
+        if e.feedback_id is not None and (user := _last_user(e.prompt))
+    ]
     contexts = []
     for index in range(count):
         seeded = bool(exchanges) and index < round(count * settings.seeded_share)
@@ -116,8 +122,9 @@ def _contexts(tokenizer, seeds: list[Example], count: int, settings: SynthesisSe
     return contexts
 
 
-def _unique_prompts(samples: list[tuple[tuple[str, bool, float], tuple[int, ...]]], avoid: set[str],
-                    dropped: Counter) -> list[tuple[str, tuple[int, ...]]]:
+def _unique_prompts(
+    samples: list[tuple[tuple[str, bool, float], tuple[int, ...]]], avoid: set[str], dropped: Counter
+) -> list[tuple[str, tuple[int, ...]]]:
     """The usable new prompts sampled, each with the ids of the feedback shown before it."""
     seen = set(avoid)
     prompts = []
@@ -146,13 +153,20 @@ def _sample(model, tokenizer, texts: list[str], settings: SynthesisSettings, gre
     torch.manual_seed(settings.seed)
     results = []
     for start in range(0, len(texts), settings.batch_size):
-        inputs = tokenizer(texts[start : start + settings.batch_size], add_special_tokens=False, padding=True,
-                           return_tensors="pt").to(model.device)
+        inputs = tokenizer(texts[start : start + settings.batch_size], add_special_tokens=False, padding=True, return_tensors="pt").to(
+            model.device
+        )
         recorder = _TopLogprobs()
         with torch.no_grad():
-            output = model.generate(**inputs, max_new_tokens=limit, pad_token_id=tokenizer.pad_token_id,
-                                    stop_strings=[end] if end else None, tokenizer=tokenizer,
-                                    logits_processor=[recorder] if greedy else None, **decoding)
+            output = model.generate(
+                **inputs,
+                max_new_tokens=limit,
+                pad_token_id=tokenizer.pad_token_id,
+                stop_strings=[end] if end else None,
+                tokenizer=tokenizer,
+                logits_processor=[recorder] if greedy else None,
+                **decoding,
+            )
         generated = output[:, inputs["input_ids"].shape[1] :]
         for index, row in enumerate(generated):
             raw = tokenizer.decode(row, skip_special_tokens=False)
@@ -217,12 +231,16 @@ def reference_line(provenance: dict[str, Any]) -> str:
     if "error" in provenance:
         return f"reference set: synthesizing it from the base model failed ({provenance['error']}); training without anchors"
     if not provenance.get("kept"):
-        return (f"reference set: the base model wrote no usable case in {provenance['sampled']} samples "
-                f"({', '.join(f'{n} {why}' for why, n in provenance['dropped'].items())}); training without anchors")
+        return (
+            f"reference set: the base model wrote no usable case in {provenance['sampled']} samples "
+            f"({', '.join(f'{n} {why}' for why, n in provenance['dropped'].items())}); training without anchors"
+        )
     topped = f", added to version {provenance['topped_up']['version']}" if provenance.get("topped_up") else ""
-    return (f"reference set v{provenance.get('version')}: synthesized {provenance['kept']} cases from the base model "
-            f"({provenance['sampled']} prompts sampled{topped}) in {provenance['seconds']:.1f} s; "
-            f"see `adapterctl eval suite show reference`")
+    return (
+        f"reference set v{provenance.get('version')}: synthesized {provenance['kept']} cases from the base model "
+        f"({provenance['sampled']} prompts sampled{topped}) in {provenance['seconds']:.1f} s; "
+        f"see `adapterctl eval suite show reference`"
+    )
 
 
 def top_up_reference(ws, line_name: str, examples: list[Example], seed: int = 0) -> dict[str, Any] | None:
@@ -239,14 +257,20 @@ def top_up_reference(ws, line_name: str, examples: list[Example], seed: int = 0)
     with ws.reading() as session:
         line = get_line(session, line_name)
         size, base_hash, base_path = settings_of(line).reference_size, line.base_model.content_hash, base_models.local_path(line.base_model)
-        current = session.scalar(select(EvalSuite).where(EvalSuite.line_id == line.id, EvalSuite.name == suites.REFERENCE)
-                                 .order_by(EvalSuite.version.desc()).limit(1))
+        current = session.scalar(
+            select(EvalSuite)
+            .where(EvalSuite.line_id == line.id, EvalSuite.name == suites.REFERENCE)
+            .order_by(EvalSuite.version.desc())
+            .limit(1)
+        )
         have = [c for c in current.cases if "answer" in c] if current else []
         made = (current.provenance or {}) if current else {}
         if size == 0 or len(have) >= size or (made.get("base_model_hash") == base_hash and not made.get("forgotten_cases")):
             return None
-        avoid = {normalise(_last_user(prompt) or "") for prompt in session.scalars(
-            select(Feedback.prompt).where(Feedback.line_id == line.id, Feedback.status == "active"))}
+        avoid = {
+            normalise(_last_user(prompt) or "")
+            for prompt in session.scalars(select(Feedback.prompt).where(Feedback.line_id == line.id, Feedback.status == "active"))
+        }
     avoid |= {normalise(_last_user(c["prompt"]) or "") for c in have}
     seeds = [e for e in examples if e.split in ("train", "replay")]
     try:
@@ -260,8 +284,7 @@ def top_up_reference(ws, line_name: str, examples: list[Example], seed: int = 0)
     return provenance
 
 
-def store_synthesized(ws, line_name: str, cases: list[dict[str, Any]], lineage: list[list[int]],
-                      provenance: dict[str, Any]) -> int | None:
+def store_synthesized(ws, line_name: str, cases: list[dict[str, Any]], lineage: list[list[int]], provenance: dict[str, Any]) -> int | None:
     """Store what `synthesize` wrote (its cases; each one's seeds) after the cases of the newest version of the
     line's reference set; the version stored (None: no case was left to store).
 
@@ -285,6 +308,13 @@ def store_synthesized(ws, line_name: str, cases: list[dict[str, Any]], lineage: 
         current = suites.newest_version(session, line.id, suites.REFERENCE)
         provenance["topped_up"] = {"version": current.version, "cases": len(current.cases)} if current else None
         stored = {**provenance, "seeds": [*(suites.case_seeds(current) if current else []), *(seeds for _, seeds in written)]}
-        suite, _ = suites.add_suite(session, line=line_name, name=suites.REFERENCE, cases=[*(current.cases if current else []),
-                                    *(case for case, _ in written)], kind="reference", actor=ws.user, provenance=stored)
+        suite, _ = suites.add_suite(
+            session,
+            line=line_name,
+            name=suites.REFERENCE,
+            cases=[*(current.cases if current else []), *(case for case, _ in written)],
+            kind="reference",
+            actor=ws.user,
+            provenance=stored,
+        )
         return suite.version

@@ -16,10 +16,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from adapterctl import access, activations, audit, evaluation, learning, leases, registry, suites
+from adapterctl.dataset import example_of
 from adapterctl.db.models import Adapter, Feedback, Line, ReviewDecision, Reviewer, RunExample
 from adapterctl.db.types import utcnow
 from adapterctl.errors import AlreadyExists, InvalidInput, InvalidTransition, NotFound
-from adapterctl.dataset import example_of
 from adapterctl.lines import lock_line, settings_of
 
 ROLES = (access.REVIEWER, access.ADMIN)
@@ -82,8 +82,12 @@ def _admin_count(session: Session) -> int:
 def queue(session: Session, *, line: str | None = None) -> list[dict[str, Any]]:
     """Pending candidates, oldest first, with the gate's summary and the approvals so far; and candidates
     still `evaluating`, saying whether a job is evaluating them now or what evaluates them."""
-    query = (select(Adapter).join(Adapter.line).where(Adapter.status.in_(("pending_review", "evaluating")))
-             .order_by(Adapter.created_at, Adapter.id))
+    query = (
+        select(Adapter)
+        .join(Adapter.line)
+        .where(Adapter.status.in_(("pending_review", "evaluating")))
+        .order_by(Adapter.created_at, Adapter.id)
+    )
     if line is not None:
         query = query.where(Line.name == line)
     now = utcnow()
@@ -91,11 +95,18 @@ def queue(session: Session, *, line: str | None = None) -> list[dict[str, Any]]:
     for adapter in session.scalars(query):
         latest = evaluation.latest_evaluation(session, adapter.id)
         gate = _gate_summary(latest.gate if latest else None) if adapter.status == "pending_review" else _evaluating(session, adapter)
-        entries.append({
-            "id": adapter.id, "line": adapter.line.name, "status": adapter.status, "created_at": adapter.created_at.isoformat(),
-            "age": _age(now, adapter.created_at), "gate": gate, "approvals": approvers(session, adapter.id),
-            "approvals_required": settings_of(adapter.line).approvals_required,
-        })
+        entries.append(
+            {
+                "id": adapter.id,
+                "line": adapter.line.name,
+                "status": adapter.status,
+                "created_at": adapter.created_at.isoformat(),
+                "age": _age(now, adapter.created_at),
+                "gate": gate,
+                "approvals": approvers(session, adapter.id),
+                "approvals_required": settings_of(adapter.line).approvals_required,
+            }
+        )
     return entries
 
 
@@ -104,8 +115,10 @@ def _evaluating(session: Session, adapter: Adapter) -> str:
     line = adapter.line.name
     if leases.live_holder(session, f"train:{line}") is not None:
         return "being evaluated by the training job"
-    return (f"evaluation interrupted: the next `adapterctl train --line {line}` evaluates it, "
-            f"or run `adapterctl eval run --candidate {adapter.id}`")
+    return (
+        f"evaluation interrupted: the next `adapterctl train --line {line}` evaluates it, "
+        f"or run `adapterctl eval run --candidate {adapter.id}`"
+    )
 
 
 def _age(now: datetime, then: datetime) -> str:
@@ -122,8 +135,13 @@ def _gate_summary(gate: dict[str, Any] | None) -> str:
 
 
 def approvers(session: Session, adapter_id: int) -> list[str]:
-    return list(session.scalars(select(ReviewDecision.reviewer).where(ReviewDecision.adapter_id == adapter_id,
-                                                                     ReviewDecision.decision == "approve").order_by(ReviewDecision.id)))
+    return list(
+        session.scalars(
+            select(ReviewDecision.reviewer)
+            .where(ReviewDecision.adapter_id == adapter_id, ReviewDecision.decision == "approve")
+            .order_by(ReviewDecision.id)
+        )
+    )
 
 
 # ---------------------------------------------------------------- decisions
@@ -134,9 +152,19 @@ def approve(session: Session, adapter_id: int, *, reviewer: str, note: str | Non
     adapter, summary_hash = _decide(session, adapter_id, reviewer, "approve", note)
     approved_by = approvers(session, adapter_id)
     required = settings_of(adapter.line).approvals_required
-    audit.record(session, actor=reviewer, action="review.approve", subject=f"adapter:{adapter_id}",
-                 payload={"line": adapter.line.name, "note": note, "eval_summary_sha256": summary_hash,
-                          "approvals": len(approved_by), "required": required})
+    audit.record(
+        session,
+        actor=reviewer,
+        action="review.approve",
+        subject=f"adapter:{adapter_id}",
+        payload={
+            "line": adapter.line.name,
+            "note": note,
+            "eval_summary_sha256": summary_hash,
+            "approvals": len(approved_by),
+            "required": required,
+        },
+    )
     if len(approved_by) >= required:
         version = registry.next_version(session, adapter.line_id)
         adapter.version = version
@@ -150,8 +178,13 @@ def reject(session: Session, adapter_id: int, *, reviewer: str, reason: str) -> 
     if not (reason or "").strip():
         raise InvalidInput("--reason is required to reject a candidate")
     adapter, summary_hash = _decide(session, adapter_id, reviewer, "reject", reason)
-    audit.record(session, actor=reviewer, action="review.reject", subject=f"adapter:{adapter_id}",
-                 payload={"line": adapter.line.name, "reason": reason, "eval_summary_sha256": summary_hash})
+    audit.record(
+        session,
+        actor=reviewer,
+        action="review.reject",
+        subject=f"adapter:{adapter_id}",
+        payload={"line": adapter.line.name, "reason": reason, "eval_summary_sha256": summary_hash},
+    )
     registry.transition(session, adapter_id, "rejected", actor=reviewer, reason=f"rejected by {reviewer}: {reason}")
     return adapter
 
@@ -166,7 +199,9 @@ def _decide(session: Session, adapter_id: int, reviewer: str, decision: str, not
     if adapter.status != "pending_review":
         hint = {"evaluating": "it has not passed the evaluation gate yet"}.get(adapter.status, "only pending candidates are reviewed")
         raise InvalidTransition(f"adapter {adapter_id} is {adapter.status}; it cannot be {decision}d ({hint})")
-    earlier = session.scalar(select(ReviewDecision.decision).where(ReviewDecision.adapter_id == adapter_id, ReviewDecision.reviewer == reviewer))
+    earlier = session.scalar(
+        select(ReviewDecision.decision).where(ReviewDecision.adapter_id == adapter_id, ReviewDecision.reviewer == reviewer)
+    )
     if earlier is not None:
         raise AlreadyExists(f"{reviewer!r} has already {earlier}d adapter {adapter_id}; approvals must come from distinct reviewers")
     latest = evaluation.latest_evaluation(session, adapter_id)
@@ -185,26 +220,40 @@ def report(session: Session, adapter_id: int) -> dict[str, Any]:
     run = adapter.run
     latest = evaluation.latest_evaluation(session, adapter_id)
     dataset = run.dataset or {}
-    decisions = [{"reviewer": d.reviewer, "decision": d.decision, "note": d.note, "at": d.created_at.isoformat(),
-                  "eval_summary_sha256": d.eval_summary_hash}
-                 for d in session.scalars(select(ReviewDecision).where(ReviewDecision.adapter_id == adapter_id).order_by(ReviewDecision.id))]
+    decisions = [
+        {
+            "reviewer": d.reviewer,
+            "decision": d.decision,
+            "note": d.note,
+            "at": d.created_at.isoformat(),
+            "eval_summary_sha256": d.eval_summary_hash,
+        }
+        for d in session.scalars(select(ReviewDecision).where(ReviewDecision.adapter_id == adapter_id).order_by(ReviewDecision.id))
+    ]
     approvers = [str(d["reviewer"]) for d in decisions if d["decision"] == "approve"]
     required = settings_of(adapter.line).approvals_required
     return {
         "adapter": registry.as_dict(adapter),
         "approvals_required": required,
-        "approvals": {"given": len(approvers), "required": required, "by": approvers,
-                      "summary": f"{len(approvers)} of {required}" + (f" ({', '.join(approvers)})" if approvers else "")},
+        "approvals": {
+            "given": len(approvers),
+            "required": required,
+            "by": approvers,
+            "summary": f"{len(approvers)} of {required}" + (f" ({', '.join(approvers)})" if approvers else ""),
+        },
         "evaluation": evaluation.as_dict(latest) if latest else None,
         "table": comparison_table(latest) if latest else [],
         "gate": latest.gate if latest else None,
         "suite_cases": suite_cases(session, latest) if latest else {},
         "training": {
-            "params": run.params, "loss_curve": (run.metrics or {}).get("loss_curve", []),
-            "steps": (run.metrics or {}).get("steps"), "seconds": (run.metrics or {}).get("seconds"),
+            "params": run.params,
+            "loss_curve": (run.metrics or {}).get("loss_curve", []),
+            "steps": (run.metrics or {}).get("steps"),
+            "seconds": (run.metrics or {}).get("seconds"),
             "heldout_loss_before": (run.metrics or {}).get("heldout_loss_before"),
             "heldout_loss_after": (run.metrics or {}).get("heldout_loss_after"),
-            "learned": (run.metrics or {}).get("learned"), "stop_reason": (run.metrics or {}).get("stop_reason"),
+            "learned": (run.metrics or {}).get("learned"),
+            "stop_reason": (run.metrics or {}).get("stop_reason"),
             "summary": learning.summary(run.metrics) if run.metrics else None,
         },
         "provenance": {
@@ -230,9 +279,15 @@ def hygiene(dataset: dict[str, Any]) -> str:
     capped = dataset.get("capped_sources", {})
     moved = sum(dataset.get("heldout_moved_to_train", {}).values())
     overridden = dataset.get("reference", {}).get("overridden", 0)
-    parts = [f"{duplicates.get('exact', 0)} exact and {duplicates.get('normalised', 0)} retyped duplicates collapsed",
-             (f"{sum(capped.values())} examples over the per-source cap dropped from {len(capped)} source"
-              f"{'s' if len(capped) != 1 else ''} ({', '.join(capped)})" if capped else "no source over the per-source cap")]
+    parts = [
+        f"{duplicates.get('exact', 0)} exact and {duplicates.get('normalised', 0)} retyped duplicates collapsed",
+        (
+            f"{sum(capped.values())} examples over the per-source cap dropped from {len(capped)} source"
+            f"{'s' if len(capped) != 1 else ''} ({', '.join(capped)})"
+            if capped
+            else "no source over the per-source cap"
+        ),
+    ]
     if moved:
         parts.append(f"{moved} held-out examples moved to training (their prompt was also trained on)")
     if overridden:
@@ -242,8 +297,13 @@ def hygiene(dataset: dict[str, Any]) -> str:
 
 def poisoning_checks(dataset: dict[str, Any]) -> dict[str, Any]:
     """The run's poisoning checks (adapterctl.poisoning) with a one-line summary; a run from before them says so."""
-    checks = dataset.get("poisoning") or {"checked": False, "flags": [], "flagged": 0, "held_out": 0,
-                                          "quarantined": {"records": 0, "sources": {}}}
+    checks = dataset.get("poisoning") or {
+        "checked": False,
+        "flags": [],
+        "flagged": 0,
+        "held_out": 0,
+        "quarantined": {"records": 0, "sources": {}},
+    }
     flags, kept_out = checks["flags"], checks["quarantined"]
     parts = [f"{len(flags)} flag{'' if len(flags) == 1 else 's'}" if flags else "nothing flagged"]
     if checks["held_out"]:
@@ -251,8 +311,11 @@ def poisoning_checks(dataset: dict[str, Any]) -> dict[str, Any]:
     elif checks.get("flagged"):
         parts.append(f"{checks['flagged']} flagged records TRAINED ON (poisoning.hold_flagged is off)")
     sources = len(kept_out["sources"])
-    parts.append(f"{kept_out['records']} records of {sources} quarantined source{'' if sources == 1 else 's'} kept out" if kept_out["records"]
-                 else "no records of quarantined sources")
+    parts.append(
+        f"{kept_out['records']} records of {sources} quarantined source{'' if sources == 1 else 's'} kept out"
+        if kept_out["records"]
+        else "no records of quarantined sources"
+    )
     summary = ", ".join(parts) if checks["checked"] else "not checked (the run is older than the poisoning checks)"
     return {**checks, "summary": summary}
 
@@ -274,19 +337,32 @@ def comparison_table(latest) -> list[dict[str, Any]]:
         row("heldout exact match", {role: m.get("heldout_exact") for role, m in models.items()}, True)
         row("heldout loss", {role: m.get("heldout_loss") for role, m in models.items()}, False)
     for name in models[subject]["suites"]:
-        row(f"suite {name} v{models[subject]['suites'][name]['version']}", {role: m["suites"][name]["score"] for role, m in models.items()}, True)
+        row(
+            f"suite {name} v{models[subject]['suites'][name]['version']}",
+            {role: m["suites"][name]["score"] for role, m in models.items()},
+            True,
+        )
     if "reference_agreement" in models[subject]:
-        row(f"reference agreement ({models[subject]['reference']}, {models[subject]['reference_cases']} cases)",
-            {role: m.get("reference_agreement") for role, m in models.items()}, True)
+        row(
+            f"reference agreement ({models[subject]['reference']}, {models[subject]['reference_cases']} cases)",
+            {role: m.get("reference_agreement") for role, m in models.items()},
+            True,
+        )
         for other in ("base", "active"):
             for how in ("normalised", "exact"):
                 if other in models:
-                    row(f"reference: same answer as {other} ({how})",
-                        {role: 1.0 if role == other else m.get("agreement", {}).get(other, {}).get(how) for role, m in models.items()}, True)
+                    row(
+                        f"reference: same answer as {other} ({how})",
+                        {role: 1.0 if role == other else m.get("agreement", {}).get(other, {}).get(how) for role, m in models.items()},
+                        True,
+                    )
     row(f"reference loss ({models[subject]['reference']})", {role: m["reference_loss"] for role, m in models.items()}, False)
     for name, measured in models[subject].get("versions", {}).items():
-        row(f"{name}'s data exact match ({measured['cases']} cases)",
-            {role: m.get("versions", {}).get(name, {}).get("exact") for role, m in models.items()}, True)
+        row(
+            f"{name}'s data exact match ({measured['cases']} cases)",
+            {role: m.get("versions", {}).get(name, {}).get("exact") for role, m in models.items()},
+            True,
+        )
     return rows
 
 
@@ -300,8 +376,16 @@ def suite_cases(session: Session, latest) -> dict[str, list[dict[str, Any]]]:
         if not all("failed" in m["suites"].get(name, {}) for m in models.values()):
             continue  # measured before per-case results were kept
         suite = suites.get_suite(session, line=line, name=name, version=version)
-        cases[name] = [{"case": i + 1, "prompt": case["prompt"][-1]["content"], "expected": case["expected"], "match": case["match"],
-                        **{role: i not in failed[role] for role in models}} for i, case in enumerate(suite.cases)]
+        cases[name] = [
+            {
+                "case": i + 1,
+                "prompt": case["prompt"][-1]["content"],
+                "expected": case["expected"],
+                "match": case["match"],
+                **{role: i not in failed[role] for role in models},
+            }
+            for i, case in enumerate(suite.cases)
+        ]
     return cases
 
 
@@ -321,5 +405,7 @@ def _training_examples(session: Session, run_id: int, adapter_id: int) -> list[d
         if example is None:  # forgotten since: only the tombstone remains
             examples.append({"feedback_id": row.id, "forgotten": True})
         else:
-            examples.append({"feedback_id": row.id, "source": row.source, "kind": example.kind, "prompt": example.prompt, "answer": example.answer})
+            examples.append(
+                {"feedback_id": row.id, "source": row.source, "kind": example.kind, "prompt": example.prompt, "answer": example.answer}
+            )
     return examples

@@ -18,16 +18,17 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from sqlalchemy import insert, select
 
 from adapterctl import __version__, audit, base_models, chat, registry, rehearsal
 from adapterctl.artifacts import ArtifactStore
-from adapterctl.dataset import DataSettings, Dataset, build_dataset, lineage_rows
+from adapterctl.dataset import Dataset, DataSettings, build_dataset, lineage_rows
 from adapterctl.db.models import Feedback, Line, RunExample, TrainingRun
 from adapterctl.db.types import utcnow
 from adapterctl.errors import AdapterctlError, Interrupted, InvalidInput
@@ -36,7 +37,6 @@ from adapterctl.leases import HeldLease
 from adapterctl.lines import get_line, settings_of
 from adapterctl.training import LoraSettings, TrainingJob, TrainResult, TrainSettings
 from adapterctl.workspace import Workspace
-
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,9 @@ def train_line(ws: Workspace, request: TrainRequest, progress: Callable[[dict], 
         leftovers = _evaluate_leftovers(ws, request.line, progress) if request.evaluate else []
         run_id, resumed, dataset_report = _start_or_resume(ws, request, store)
         if run_id is None:
-            return TrainOutcome("nothing_to_do", request.line, reason=dataset_report.pop("reason"), dataset=dataset_report,
-                                leftovers=leftovers)
+            return TrainOutcome(
+                "nothing_to_do", request.line, reason=dataset_report.pop("reason"), dataset=dataset_report, leftovers=leftovers
+            )
         work_dir = _work_dir(ws, request.line, run_id)
         try:
             with _interrupted_by_signals():
@@ -96,14 +97,24 @@ def train_line(ws: Workspace, request: TrainRequest, progress: Callable[[dict], 
             crash_point("train.committed")
         except KeyboardInterrupt as exc:
             _record_failure(ws, store, run_id, exc, work_dir)
-            raise Interrupted(f"run {run_id} of {request.line} interrupted; continue it with "
-                              f"`adapterctl train --line {request.line} --resume`") from None
+            raise Interrupted(
+                f"run {run_id} of {request.line} interrupted; continue it with `adapterctl train --line {request.line} --resume`"
+            ) from None
         except BaseException as exc:
             _record_failure(ws, store, run_id, exc, work_dir)
             raise
         shutil.rmtree(work_dir, ignore_errors=True)
-        outcome = TrainOutcome("trained", request.line, run_id=run_id, candidate_id=candidate_id, candidate_status="evaluating",
-                               resumed=resumed, dataset=dataset_report, metrics=_metrics(result), leftovers=leftovers)
+        outcome = TrainOutcome(
+            "trained",
+            request.line,
+            run_id=run_id,
+            candidate_id=candidate_id,
+            candidate_status="evaluating",
+            resumed=resumed,
+            dataset=dataset_report,
+            metrics=_metrics(result),
+            leftovers=leftovers,
+        )
         if request.evaluate:
             outcome.gate = _evaluate(ws, request.line, candidate_id, progress)
             outcome.candidate_status = "pending_review" if outcome.gate["passed"] else "gate_failed"
@@ -137,9 +148,11 @@ def _evaluate(ws: Workspace, line: str, candidate_id: int, progress: Callable[[d
         with ws.reading() as session:
             return get_evaluation(session, evaluation_id).gate or {}
     except Exception as exc:
-        raise AdapterctlError(f"candidate {candidate_id} of {line} was trained but its evaluation failed: "
-                              f"{(str(exc).splitlines() or [type(exc).__name__])[0]}; "
-                              f"retry with `adapterctl eval run --candidate {candidate_id}`") from exc
+        raise AdapterctlError(
+            f"candidate {candidate_id} of {line} was trained but its evaluation failed: "
+            f"{(str(exc).splitlines() or [type(exc).__name__])[0]}; "
+            f"retry with `adapterctl eval run --candidate {candidate_id}`"
+        ) from exc
 
 
 def _start_or_resume(ws: Workspace, request: TrainRequest, store: ArtifactStore) -> tuple[int | None, bool, dict]:
@@ -148,7 +161,8 @@ def _start_or_resume(ws: Workspace, request: TrainRequest, store: ArtifactStore)
         line = get_line(session, request.line)
         # We hold the line's lease, so any run still marked running has lost its process.
         unfinished = session.scalars(
-            select(TrainingRun).where(TrainingRun.line_id == line.id, TrainingRun.status.in_(("running", "interrupted")))
+            select(TrainingRun)
+            .where(TrainingRun.line_id == line.id, TrainingRun.status.in_(("running", "interrupted")))
             .order_by(TrainingRun.id.desc())
         ).all()
         _remove_finished_work(ws, line.name, keep={run.id for run in unfinished})
@@ -167,8 +181,11 @@ def _start_or_resume(ws: Workspace, request: TrainRequest, store: ArtifactStore)
     with ws.reading() as session:  # we hold the lease: nobody else starts a run of this line meanwhile
         line = get_line(session, request.line)
         line_settings = settings_of(line)
-        data_settings = request.data or DataSettings(max_source_share=line_settings.max_source_share, seed=request.training.seed,
-                                                     reference_anchor_share=line_settings.reference_anchor_share)
+        data_settings = request.data or DataSettings(
+            max_source_share=line_settings.max_source_share,
+            seed=request.training.seed,
+            reference_anchor_share=line_settings.reference_anchor_share,
+        )
         min_examples = request.min_examples or line_settings.min_examples
         dataset = build_dataset(session, line.id, data_settings)
         if dataset.new_count:  # worth loading the tokenizer, to leave out what its chat template cannot render
@@ -177,15 +194,18 @@ def _start_or_resume(ws: Workspace, request: TrainRequest, store: ArtifactStore)
     if dataset.new_count < min_examples:
         skipped = dataset.report["unrenderable"]["count"]
         held, kept_out = dataset.report["poisoning"]["held_out"], dataset.report["poisoning"]["quarantined"]["records"]
-        reason = f"{dataset.new_count} new eligible examples, fewer than --min-examples {min_examples}" + (
-            f" ({skipped} left out: the base model's chat template cannot render them)" if skipped else "") + (
-            f" ({held} held out by the poisoning checks)" if held else "") + (
-            f" ({kept_out} from quarantined sources kept out)" if kept_out else "")
+        reason = (
+            f"{dataset.new_count} new eligible examples, fewer than --min-examples {min_examples}"
+            + (f" ({skipped} left out: the base model's chat template cannot render them)" if skipped else "")
+            + (f" ({held} held out by the poisoning checks)" if held else "")
+            + (f" ({kept_out} from quarantined sources kept out)" if kept_out else "")
+        )
         return None, False, {**dataset.report, "reason": reason}
     if synthesized := rehearsal.top_up_reference(ws, request.line, dataset.examples, request.training.seed):
         with ws.reading() as session:  # again, with the new reference set's anchors
-            dataset = build_dataset(session, get_line(session, request.line).id, data_settings,
-                                    lambda e: chat.training_problem(tokenizer, e.prompt, e.answer))
+            dataset = build_dataset(
+                session, get_line(session, request.line).id, data_settings, lambda e: chat.training_problem(tokenizer, e.prompt, e.answer)
+            )
         dataset.report["reference"]["synthesized_now"] = synthesized
     with ws.transaction() as session:
         line = get_line(session, request.line)
@@ -208,16 +228,26 @@ def _create_run(session, ws: Workspace, line: Line, request: TrainRequest, datas
         "approvals_required": line_settings.approvals_required,
     }
     run = TrainingRun(
-        line_id=line.id, status="running", started_by=ws.user, host=socket.gethostname(),
-        base_model_hash=line.base_model.content_hash, params=params, dataset=dataset.report,
+        line_id=line.id,
+        status="running",
+        started_by=ws.user,
+        host=socket.gethostname(),
+        base_model_hash=line.base_model.content_hash,
+        params=params,
+        dataset=dataset.report,
     )
     session.add(run)
     session.flush()
     rows = lineage_rows(run.id, dataset.examples)
     for start in range(0, len(rows), 1000):
         session.execute(insert(RunExample), rows[start : start + 1000])
-    audit.record(session, actor=ws.user, action="train.start", subject=f"line:{line.name}",
-                 payload={"run": run.id, "splits": dataset.report["splits"], "base_model_hash": run.base_model_hash})
+    audit.record(
+        session,
+        actor=ws.user,
+        action="train.start",
+        subject=f"line:{line.name}",
+        payload={"run": run.id, "splits": dataset.report["splits"], "base_model_hash": run.base_model_hash},
+    )
     return run
 
 
@@ -243,14 +273,25 @@ def _train(work_dir: Path, processes: int, *, resume: bool, progress) -> TrainRe
         return run_training(work_dir, resume=resume, progress=progress)
     # Several processes: torchrun starts them, each runs adapterctl.training on the same job folder,
     # and the first one writes the adapter and result.json.
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "adapterctl.training", str(work_dir), *(["--resume"] if resume else [])]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "adapterctl.training",
+        str(work_dir),
+        *(["--resume"] if resume else []),
+    ]
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
         log = work_dir.with_name(f"{work_dir.name}-torchrun.log")  # kept when the failed run's folder is removed
         log.write_text(completed.stdout + completed.stderr, encoding="utf-8")
         errors = [line for line in completed.stderr.splitlines() if re.match(r"^\w*(Error|Exception)\b", line.strip())] or ["no error line"]
-        raise AdapterctlError(f"torchrun with {processes} processes failed (exit {completed.returncode}): {errors[-1].strip()} (log: {log})")
+        raise AdapterctlError(
+            f"torchrun with {processes} processes failed (exit {completed.returncode}): {errors[-1].strip()} (log: {log})"
+        )
     return TrainResult(**json.loads((work_dir / "result.json").read_text()))
 
 
@@ -260,18 +301,25 @@ def _publish(ws: Workspace, store: ArtifactStore, run_id: int, result: TrainResu
     with ws.transaction() as session:
         run = session.get_one(TrainingRun, run_id)
         forgotten = session.scalar(
-            select(RunExample.feedback_id).join(Feedback, Feedback.id == RunExample.feedback_id)
+            select(RunExample.feedback_id)
+            .join(Feedback, Feedback.id == RunExample.feedback_id)
             .where(RunExample.run_id == run_id, RunExample.split.in_(registry.TRAINED_SPLITS), Feedback.status != "active")
             .limit(1)
         )
         if forgotten is not None:
             raise AdapterctlError(f"feedback #{forgotten} was forgotten while run {run_id} trained on it; not publishing")
         stored = store.commit(Path(job.adapter_dir), run.line.name, run_id)
-        adapter = registry.create_candidate(session, run=run, artifact_path=stored.relative_path, sha256=stored.sha256,
-                                            actor=ws.user, status="evaluating")
+        adapter = registry.create_candidate(
+            session, run=run, artifact_path=stored.relative_path, sha256=stored.sha256, actor=ws.user, status="evaluating"
+        )
         run.status, run.finished_at, run.metrics = "succeeded", utcnow(), _metrics(result)
-        audit.record(session, actor=ws.user, action="train.succeed", subject=f"line:{run.line.name}",
-                     payload={"run": run_id, "candidate": adapter.id, "steps": result.steps, "sha256": stored.sha256})
+        audit.record(
+            session,
+            actor=ws.user,
+            action="train.succeed",
+            subject=f"line:{run.line.name}",
+            payload={"run": run_id, "candidate": adapter.id, "steps": result.steps, "sha256": stored.sha256},
+        )
         crash_point("train.candidate_added")
         return adapter.id
 
@@ -284,8 +332,13 @@ def _record_failure(ws: Workspace, store: ArtifactStore, run_id: int, exc: BaseE
         run = session.get_one(TrainingRun, run_id)
         line = run.line.name
         run.status, run.finished_at, run.error = status, utcnow(), reason
-        audit.record(session, actor=ws.user, action=f"train.{'interrupt' if interrupted else 'fail'}", subject=f"line:{line}",
-                     payload={"run": run_id, "error": reason})
+        audit.record(
+            session,
+            actor=ws.user,
+            action=f"train.{'interrupt' if interrupted else 'fail'}",
+            subject=f"line:{line}",
+            payload={"run": run_id, "error": reason},
+        )
     store.remove(store.staging_path(line, f"run-{run_id}"))
     if not interrupted:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -316,6 +369,7 @@ def _remove_finished_work(ws: Workspace, line: str, *, keep: set[int]) -> None:
 @contextmanager
 def _interrupted_by_signals() -> Iterator[None]:
     """SIGTERM (cron timeouts, Kubernetes evictions) interrupts like Ctrl-C, so the run can resume."""
+
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
@@ -332,6 +386,9 @@ def _interrupted_by_signals() -> Iterator[None]:
 def _git_commit() -> str | None:
     source = Path(__file__).resolve().parent.parent
     try:
-        return subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip() or None
+        return (
+            subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         return None

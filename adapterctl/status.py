@@ -40,8 +40,9 @@ def line_status(session: Session, store: ArtifactStore, line: Line, now: datetim
         "base_model": {"name": line.base_model.name, "hash": line.base_model.content_hash[:12]},
         "serving": _serving(session, line),
         "canary": comparison.as_dict() if (comparison := canary_watch.compare(session, line.name)) else None,
-        "waiting_for_review": [{"candidate": a.id, "waiting_s": _seconds(now, a.status_changed_at)}
-                               for a in adapters if a.status == "pending_review"],
+        "waiting_for_review": [
+            {"candidate": a.id, "waiting_s": _seconds(now, a.status_changed_at)} for a in adapters if a.status == "pending_review"
+        ],
         "last_run": _last_run(session, line),
         "new_feedback": dataset.new_feedback_count(session, line.id),
         "warnings": _warnings(session, store, line, adapters, now),
@@ -52,8 +53,12 @@ def _serving(session: Session, line: Line) -> dict[str, Any]:
     current = activations.current(session, line.id)
     if current is None:
         return {"version": "base", "since": None, "by": None, "how": None}
-    return {"version": activations.describe(current.adapter), "since": current.created_at.isoformat(), "by": current.created_by,
-            "how": current.kind}
+    return {
+        "version": activations.describe(current.adapter),
+        "since": current.created_at.isoformat(),
+        "by": current.created_by,
+        "how": current.kind,
+    }
 
 
 def _last_run(session: Session, line: Line) -> dict[str, Any] | None:
@@ -61,18 +66,25 @@ def _last_run(session: Session, line: Line) -> dict[str, Any] | None:
     if run is None:
         return None
     candidate = session.scalar(select(Adapter).where(Adapter.run_id == run.id))
-    return {"run": run.id, "status": run.status, "started": run.started_at.isoformat(),
-            "finished": run.finished_at.isoformat() if run.finished_at else None,
-            "candidate": candidate.id if candidate else None, "candidate_status": candidate.status if candidate else None,
-            "error": (run.error or "").splitlines()[0] if run.error else None}
+    return {
+        "run": run.id,
+        "status": run.status,
+        "started": run.started_at.isoformat(),
+        "finished": run.finished_at.isoformat() if run.finished_at else None,
+        "candidate": candidate.id if candidate else None,
+        "candidate_status": candidate.status if candidate else None,
+        "error": (run.error or "").splitlines()[0] if run.error else None,
+    }
 
 
 def _warnings(session: Session, store: ArtifactStore, line: Line, adapters: list[Adapter], now: datetime) -> list[str]:
     warnings = []
     lease = session.get(Lease, f"train:{line.name}")
     if lease is not None and lease.expires_at < now:
-        warnings.append(f"a training lease expired {_seconds(now, lease.expires_at):.0f} s ago, left by {lease.holder} "
-                        f"(a job that died; the next `adapterctl train` takes it over)")
+        warnings.append(
+            f"a training lease expired {_seconds(now, lease.expires_at):.0f} s ago, left by {lease.holder} "
+            f"(a job that died; the next `adapterctl train` takes it over)"
+        )
     decided = [a for a in adapters if a.status not in ("training", "evaluating")]
     in_a_row = next((i for i, a in enumerate(reversed(decided)) if a.status != "gate_failed"), len(decided))
     if in_a_row >= GATE_FAILURES_WARNED:
@@ -91,4 +103,3 @@ def _warnings(session: Session, store: ArtifactStore, line: Line, adapters: list
 
 def _seconds(now: datetime, then: datetime) -> float:
     return round((now - then).total_seconds(), 1)
-

@@ -102,8 +102,9 @@ def passes(answer: str, case: dict[str, Any]) -> bool:
     return re.search(expected, answer) is not None
 
 
-def add_suite(session: Session, *, line: str, name: str, cases: list[dict[str, Any]], kind: str, actor: str,
-              provenance: dict[str, Any] | None = None) -> tuple[EvalSuite, bool]:
+def add_suite(
+    session: Session, *, line: str, name: str, cases: list[dict[str, Any]], kind: str, actor: str, provenance: dict[str, Any] | None = None
+) -> tuple[EvalSuite, bool]:
     """Store the cases as the suite's next version; (suite, False) when they equal the newest version.
 
     `provenance` says how adapterctl made the cases (a synthesized reference set); None: a person gave them.
@@ -123,13 +124,32 @@ def add_suite(session: Session, *, line: str, name: str, cases: list[dict[str, A
     newest = newest_version(session, line_row.id, name)
     if newest is not None and newest.content_hash == digest:
         return newest, False
-    suite = EvalSuite(line_id=line_row.id, name=name, version=(newest.version + 1) if newest else 1, kind=kind, cases=cases,
-                      content_hash=digest, created_by=actor, provenance=provenance)
+    suite = EvalSuite(
+        line_id=line_row.id,
+        name=name,
+        version=(newest.version + 1) if newest else 1,
+        kind=kind,
+        cases=cases,
+        content_hash=digest,
+        created_by=actor,
+        provenance=provenance,
+    )
     session.add(suite)
     session.flush()
-    audit.record(session, actor=actor, action="suite.synthesize" if provenance else "suite.add", subject=f"line:{line}",
-                 payload={"suite": name, "version": suite.version, "kind": kind, "cases": len(cases), "sha256": digest,
-                          **({"base_model_hash": provenance.get("base_model_hash")} if provenance else {})})
+    audit.record(
+        session,
+        actor=actor,
+        action="suite.synthesize" if provenance else "suite.add",
+        subject=f"line:{line}",
+        payload={
+            "suite": name,
+            "version": suite.version,
+            "kind": kind,
+            "cases": len(cases),
+            "sha256": digest,
+            **({"base_model_hash": provenance.get("base_model_hash")} if provenance else {}),
+        },
+    )
     return suite, True
 
 
@@ -147,16 +167,25 @@ def case_seeds(suite: EvalSuite) -> list[list[int] | None]:
 
 
 def newest_version(session: Session, line_id: int, name: str) -> EvalSuite | None:
-    return session.scalar(select(EvalSuite).where(EvalSuite.line_id == line_id, EvalSuite.name == name)
-                          .order_by(EvalSuite.version.desc()).limit(1))
+    return session.scalar(
+        select(EvalSuite).where(EvalSuite.line_id == line_id, EvalSuite.name == name).order_by(EvalSuite.version.desc()).limit(1)
+    )
 
 
 def current_suites(session: Session, line_id: int) -> list[EvalSuite]:
     """The newest version of each suite of a line, by name (the reference set included)."""
-    newest = (select(EvalSuite.name, func.max(EvalSuite.version).label("version"))
-              .where(EvalSuite.line_id == line_id).group_by(EvalSuite.name).subquery())
-    query = (select(EvalSuite).join(newest, (EvalSuite.name == newest.c.name) & (EvalSuite.version == newest.c.version))
-             .where(EvalSuite.line_id == line_id).order_by(EvalSuite.name))
+    newest = (
+        select(EvalSuite.name, func.max(EvalSuite.version).label("version"))
+        .where(EvalSuite.line_id == line_id)
+        .group_by(EvalSuite.name)
+        .subquery()
+    )
+    query = (
+        select(EvalSuite)
+        .join(newest, (EvalSuite.name == newest.c.name) & (EvalSuite.version == newest.c.version))
+        .where(EvalSuite.line_id == line_id)
+        .order_by(EvalSuite.name)
+    )
     return list(session.scalars(query))
 
 
@@ -172,8 +201,14 @@ def get_suite(session: Session, *, line: str, name: str, version: int | None = N
 
 def as_dict(suite: EvalSuite, *, with_cases: bool = False) -> dict[str, Any]:
     values = {
-        "line": suite.line.name, "name": suite.name, "version": suite.version, "kind": suite.kind, "cases": len(suite.cases),
-        "sha256": suite.content_hash, "created_at": suite.created_at.isoformat(), "created_by": suite.created_by,
+        "line": suite.line.name,
+        "name": suite.name,
+        "version": suite.version,
+        "kind": suite.kind,
+        "cases": len(suite.cases),
+        "sha256": suite.content_hash,
+        "created_at": suite.created_at.isoformat(),
+        "created_by": suite.created_by,
         "provenance": suite.provenance,
     }
     if suite.kind == "reference":

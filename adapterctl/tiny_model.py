@@ -136,8 +136,14 @@ Unsubscribe anytime using the link at the bottom of each message; changes take e
 
 
 def create_tiny_model(
-    path: Path, *, layers: int = 4, hidden: int = 256, vocab: int = 2048, seed: int = 0,
-    knows: list[tuple[str, str]] | None = None, teach_steps: int = 300,
+    path: Path,
+    *,
+    layers: int = 4,
+    hidden: int = 256,
+    vocab: int = 2048,
+    seed: int = 0,
+    knows: list[tuple[str, str]] | None = None,
+    teach_steps: int = 300,
 ) -> dict:
     """Write a tiny random Llama causal LM, tokenizer and generation config to the new directory `path`.
 
@@ -230,8 +236,17 @@ def _fact(record) -> tuple[str, str]:
     return record["prompt"], record["answer"]
 
 
-def teach(model, tokenizer, facts: list[tuple[str, str]], *, steps: int, lr: float = 2e-3, batch_size: int = 32, seed: int = 0,
-          whole_text: bool = True) -> None:
+def teach(
+    model,
+    tokenizer,
+    facts: list[tuple[str, str]],
+    *,
+    steps: int,
+    lr: float = 2e-3,
+    batch_size: int = 32,
+    seed: int = 0,
+    whole_text: bool = True,
+) -> None:
     """Full fine-tuning of every weight on chat-formatted (question, answer) pairs: AdamW, linear warmup
     then cosine decay, clipping. `whole_text` puts the loss on every token, as pretraining does (the model
     learns to write the questions too); else on the answer only, as instruction tuning does."""
@@ -248,7 +263,8 @@ def teach(model, tokenizer, facts: list[tuple[str, str]], *, steps: int, lr: flo
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
     sampler = random.Random(seed)
     model.train()
     for _ in range(steps):

@@ -66,8 +66,9 @@ def expiry(*, expires_in: str | None = None, expires_at: str | None = None, now:
         except OverflowError:
             lifetime = timedelta.max
         if lifetime > MAX_LIFETIME:
-            raise InvalidInput(f"--expires-in {expires_in!r} is longer than {MAX_LIFETIME.days} days; leave it out for a token "
-                               "that lasts until revoked")
+            raise InvalidInput(
+                f"--expires-in {expires_in!r} is longer than {MAX_LIFETIME.days} days; leave it out for a token that lasts until revoked"
+            )
         return now + lifetime
     if expires_at is not None:
         try:
@@ -81,8 +82,9 @@ def expiry(*, expires_in: str | None = None, expires_at: str | None = None, now:
     return None
 
 
-def create_token(session: Session, *, scope: str, actor: str, name: str | None = None,
-                 expires_at: datetime | None = None) -> tuple[ApiToken, str]:
+def create_token(
+    session: Session, *, scope: str, actor: str, name: str | None = None, expires_at: datetime | None = None
+) -> tuple[ApiToken, str]:
     """A new token; the returned secret is never stored and cannot be shown again."""
     if scope not in SCOPES:
         raise InvalidInput(f"--scope must be one of {', '.join(SCOPES)} (got {scope!r})")
@@ -94,8 +96,13 @@ def create_token(session: Session, *, scope: str, actor: str, name: str | None =
     token = ApiToken(name=name, scope=scope, token_hash=digest(secret), created_by=actor, expires_at=expires_at)
     session.add(token)
     session.flush()
-    audit.record(session, actor=actor, action="token.create", subject=f"token:{token.id}",
-                 payload={"scope": scope, "name": name, "expires_at": expires_at.isoformat() if expires_at else None})
+    audit.record(
+        session,
+        actor=actor,
+        action="token.create",
+        subject=f"token:{token.id}",
+        payload={"scope": scope, "name": name, "expires_at": expires_at.isoformat() if expires_at else None},
+    )
     return token, secret
 
 
@@ -136,7 +143,16 @@ def state_of(token: ApiToken, now: datetime) -> str:
 
 def list_tokens(session: Session) -> list[dict[str, Any]]:
     now = utcnow()
-    return [{"id": t.id, "name": t.name, "scope": t.scope, "state": state_of(t, now), "created_at": t.created_at.isoformat(),
-             "created_by": t.created_by, "expires_at": t.expires_at.isoformat() if t.expires_at else None,
-             "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None}
-            for t in session.scalars(select(ApiToken).order_by(ApiToken.id))]
+    return [
+        {
+            "id": t.id,
+            "name": t.name,
+            "scope": t.scope,
+            "state": state_of(t, now),
+            "created_at": t.created_at.isoformat(),
+            "created_by": t.created_by,
+            "expires_at": t.expires_at.isoformat() if t.expires_at else None,
+            "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
+        }
+        for t in session.scalars(select(ApiToken).order_by(ApiToken.id))
+    ]

@@ -17,9 +17,10 @@ import sys
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from adapterctl.chat import ensure_chat_template, load_tokenizer
 from adapterctl.errors import InvalidInput
@@ -245,8 +246,10 @@ class PackingCollator:
         width = max(len(ids) for ids, _, _ in rows)
         self.real_tokens += sum(len(ids) for ids, _, _ in rows)
         self.padded_tokens += width * len(rows)
-        pad = [(ids + [self.pad_id] * (width - len(ids)), labels + [IGNORE] * (width - len(ids)),
-                positions + list(range(width - len(ids)))) for ids, labels, positions in rows]
+        pad = [
+            (ids + [self.pad_id] * (width - len(ids)), labels + [IGNORE] * (width - len(ids)), positions + list(range(width - len(ids))))
+            for ids, labels, positions in rows
+        ]
         return {
             "input_ids": torch.tensor([ids for ids, _, _ in pad]),
             "labels": torch.tensor([labels for _, labels, _ in pad]),
@@ -292,7 +295,9 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
     # 1. data
     tokenizer = load_tokenizer(job.base_model)
     examples = [json.loads(line) for line in (work_dir / "examples.jsonl").read_text().splitlines()]
-    train_rows, truncated = tokenize(tokenizer, [e for e in examples if e["split"] in ("train", "replay", "reference")], settings.max_length)
+    train_rows, truncated = tokenize(
+        tokenizer, [e for e in examples if e["split"] in ("train", "replay", "reference")], settings.max_length
+    )
     heldout_rows, _ = tokenize(tokenizer, [e for e in examples if e["split"] == "heldout"], settings.max_length)
     if not train_rows:
         raise InvalidInput("no training examples")
@@ -348,8 +353,13 @@ def run_training(work_dir: Path, *, resume: bool = False, progress: Callable[[di
     budget = _time_budget(settings.time_budget_s, progress, total_steps)
     until_learned = UntilLearned(probe, settings.target_learned, settings.check_steps, progress)
     trainer = Trainer(
-        model=model, args=arguments, train_dataset=train_rows, eval_dataset=heldout_rows or None,
-        data_collator=collator, callbacks=[budget, until_learned.callback], processing_class=tokenizer,  # it tells padding from tokens
+        model=model,
+        args=arguments,
+        train_dataset=train_rows,
+        eval_dataset=heldout_rows or None,
+        data_collator=collator,
+        callbacks=[budget, until_learned.callback],
+        processing_class=tokenizer,  # it tells padding from tokens
     )
     trainer.remove_callback(PrinterCallback)  # progress goes to `progress`, not to stdout
     before = trainer.evaluate()["eval_loss"] if heldout_rows else None
@@ -443,8 +453,14 @@ def _time_budget(budget_s: float | None, progress: Callable[[dict], None] | None
             if progress and logs and "loss" in logs:
                 elapsed = time.monotonic() - self.started
                 tokens = state.num_input_tokens_seen - self.tokens_at_start
-                progress({"step": state.global_step, "total": total_steps, "loss": logs["loss"],
-                          "tokens_per_second": tokens / elapsed if elapsed else 0.0})
+                progress(
+                    {
+                        "step": state.global_step,
+                        "total": total_steps,
+                        "loss": logs["loss"],
+                        "tokens_per_second": tokens / elapsed if elapsed else 0.0,
+                    }
+                )
 
         def on_step_end(self, args, state, control, **kwargs):
             if budget_s is not None and time.monotonic() - self.started >= budget_s:

@@ -73,8 +73,11 @@ def read_plan(session: Session, lines: list[str]) -> Plan:
     """What the database says the lines may serve now (the vLLM gateway follows the same)."""
     ids = {get_line(session, name).id: name for name in lines}
     adapters = list(session.scalars(select(Adapter).where(Adapter.line_id.in_(ids), Adapter.version.is_not(None))))
-    servable = {f"{ids[a.line_id]}@v{a.version}": Version(f"{ids[a.line_id]}@v{a.version}", a.artifact_path, a.sha256)
-                for a in adapters if a.status in SERVABLE}
+    servable = {
+        f"{ids[a.line_id]}@v{a.version}": Version(f"{ids[a.line_id]}@v{a.version}", a.artifact_path, a.sha256)
+        for a in adapters
+        if a.status in SERVABLE
+    }
     active, canaries = {}, {}
     for line_id, name in ids.items():
         current = activations.current(session, line_id)
@@ -112,8 +115,16 @@ class ServerState:
 
 
 class Sync:
-    def __init__(self, ws: Workspace, servers: list[VllmServer], lines: list[str], *, export_dir: Path | None = None,
-                 grace_s: float = DEFAULT_GRACE_S, keep: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        servers: list[VllmServer],
+        lines: list[str],
+        *,
+        export_dir: Path | None = None,
+        grace_s: float = DEFAULT_GRACE_S,
+        keep: Sequence[str] = (),
+    ) -> None:
         if not servers:
             raise InvalidInput("name at least one vLLM server (--url)")
         if grace_s < 0:
@@ -153,6 +164,7 @@ class Sync:
 
     def in_step(self, plan: Plan) -> dict[str, dict[str, bool]]:
         """Per server and line: whether it holds the line's active version (the base model: always) and its canary's."""
+
         def holds(state: ServerState, line: str, version: Version | None) -> bool:
             canary = plan.canaries.get(line)
             return state.up is True and (version is None or version.name in state.holds) and (canary is None or canary.name in state.holds)
@@ -208,7 +220,14 @@ class Sync:
             self._failures.pop((server.url, name), None)
             state.loads += 1
             holds.add(name)
-            events.append(Event(server.url, "load", name, "active" if version in plan.active.values() else "canary" if version in plan.canaries.values() else "kept"))
+            events.append(
+                Event(
+                    server.url,
+                    "load",
+                    name,
+                    "active" if version in plan.active.values() else "canary" if version in plan.canaries.values() else "kept",
+                )
+            )
         return holds
 
     def _unload_unwanted(self, server: VllmServer, plan: Plan, holds: set[str], events: list[Event]) -> set[str]:

@@ -5,9 +5,10 @@ The CLI opens one per command; a serving application opens one at start-up and c
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -73,8 +74,7 @@ def upgrade_database(settings: Settings, revision: str = "head") -> tuple[str | 
         after = migrate.upgrade(settings.db_url, revision)
         if after != before:
             with db.transaction() as session:
-                audit.record(session, actor=settings.user, action="db.upgrade", subject="database",
-                             payload={"from": before, "to": after})
+                audit.record(session, actor=settings.user, action="db.upgrade", subject="database", payload={"from": before, "to": after})
         return before, after
     finally:
         db.dispose()

@@ -52,15 +52,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import insert, select  # noqa: E402
+from sqlalchemy import insert, select
 
-from adapterctl import activations, base_models, canary_watch, lines, registry  # noqa: E402
-from adapterctl.artifacts import ArtifactStore  # noqa: E402
-from adapterctl.canary import CanarySettings  # noqa: E402
-from adapterctl.config import Settings  # noqa: E402
-from adapterctl.db.models import AuditEvent, IssuedResponse, TrainingRun  # noqa: E402
-from adapterctl.tiny_model import create_tiny_model  # noqa: E402
-from adapterctl.workspace import Workspace, upgrade_database  # noqa: E402
+from adapterctl import activations, base_models, canary_watch, lines, registry
+from adapterctl.artifacts import ArtifactStore
+from adapterctl.canary import CanarySettings
+from adapterctl.config import Settings
+from adapterctl.db.models import AuditEvent, IssuedResponse, TrainingRun
+from adapterctl.tiny_model import create_tiny_model
+from adapterctl.workspace import Workspace, upgrade_database
 
 LINE = "line"
 ACTOR = "bench"
@@ -78,9 +78,11 @@ class Scenario:
     """Thumbs-up probability of v2 (the canary)."""
 
 
-SCENARIOS = [Scenario("worse", "canary worse by 10 points (0.70 → 0.60)", 0.70, 0.60),
-             Scenario("aa", "A/A (0.70 → 0.70)", 0.70, 0.70),
-             Scenario("better", "canary better (0.70 → 0.75)", 0.70, 0.75)]
+SCENARIOS = [
+    Scenario("worse", "canary worse by 10 points (0.70 → 0.60)", 0.70, 0.60),
+    Scenario("aa", "A/A (0.70 → 0.70)", 0.70, 0.70),
+    Scenario("better", "canary better (0.70 → 0.75)", 0.70, 0.75),
+]
 
 
 @dataclass
@@ -135,12 +137,15 @@ def approved_version(ws: Workspace, model: Path, seed: int) -> int:
     store = ArtifactStore(ws.settings.artifacts_dir)
     with ws.transaction() as session:
         line = lines.get_line(session, LINE)
-        run = TrainingRun(line_id=line.id, status="succeeded", started_by=ACTOR, host="bench", base_model_hash="0" * 64, params={}, dataset={})
+        run = TrainingRun(
+            line_id=line.id, status="succeeded", started_by=ACTOR, host="bench", base_model_hash="0" * 64, params={}, dataset={}
+        )
         session.add(run)
         session.flush()
         stored = store.commit(random_adapter(store.staging_dir(LINE, f"run-{run.id}"), model, seed), LINE, run.id)
-        adapter = registry.create_candidate(session, run=run, artifact_path=stored.relative_path, sha256=stored.sha256,
-                                            actor=ACTOR, status="pending_review")
+        adapter = registry.create_candidate(
+            session, run=run, artifact_path=stored.relative_path, sha256=stored.sha256, actor=ACTOR, status="pending_review"
+        )
         adapter.version = registry.next_version(session, line.id)
         session.flush()
         registry.transition(session, adapter.id, "approved", actor="bench-reviewer")
@@ -168,8 +173,11 @@ def set_up_line(ws: Workspace, root: Path) -> Line:
     with ws.transaction() as session:
         activations.promote(session, ArtifactStore(ws.settings.artifacts_dir), line=LINE, version=1, actor=ACTOR)
         line = lines.get_line(session, LINE)
-        return Line(line.id, {"baseline": registry.get_version(session, line.id, 1).id, "canary": registry.get_version(session, line.id, 2).id},
-                    lines.settings_of(line).canary)
+        return Line(
+            line.id,
+            {"baseline": registry.get_version(session, line.id, 1).id, "canary": registry.get_version(session, line.id, 2).id},
+            lines.settings_of(line).canary,
+        )
 
 
 # ---------------------------------------------------------------- one run
@@ -199,10 +207,23 @@ def rated_batch(rng: random.Random, scenario: Scenario, share: float, size: int)
 
 def write_batch(ws: Workspace, line: Line, batch: list[tuple[str, bool]], first: int, run_key: str, canary_id: int) -> None:
     """The batch as issued responses routed by the canary, rated, in one transaction (one executemany insert)."""
-    rows = [{"id": f"chatcmpl-{run_key}-{first + i}", "line_id": line.id, "adapter_id": line.adapters[arm],
-             "served_by": f"{LINE}@v{1 if arm == 'baseline' else 2}", "prompt": "[]", "prompt_hash": "0" * 64, "answers": "[]",
-             "canary_id": canary_id, "arm": arm, "latency_ms": 20.0, "rating": 1.0 if up else -1.0, "corrected": False}
-            for i, (arm, up) in enumerate(batch)]
+    rows = [
+        {
+            "id": f"chatcmpl-{run_key}-{first + i}",
+            "line_id": line.id,
+            "adapter_id": line.adapters[arm],
+            "served_by": f"{LINE}@v{1 if arm == 'baseline' else 2}",
+            "prompt": "[]",
+            "prompt_hash": "0" * 64,
+            "answers": "[]",
+            "canary_id": canary_id,
+            "arm": arm,
+            "latency_ms": 20.0,
+            "rating": 1.0 if up else -1.0,
+            "corrected": False,
+        }
+        for i, (arm, up) in enumerate(batch)
+    ]
     with ws.transaction() as session:
         session.execute(insert(IssuedResponse), rows)
 
@@ -257,8 +278,12 @@ class Server:
             self.url = f"http://127.0.0.1:{probe.getsockname()[1]}"
         env = {**os.environ, "ADAPTERCTL_HOME": str(ws.settings.home), "ADAPTERCTL_DB_URL": ws.settings.db_url, "ADAPTERCTL_USER": ACTOR}
         self.log = log.open("w")
-        self.process = subprocess.Popen([sys.executable, "-m", "adapterctl", "serve", "--port", self.url.rsplit(":", 1)[1], "--no-auth",
-                                         "--poll", "0.2"], env=env, stdout=self.log, stderr=self.log)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "adapterctl", "serve", "--port", self.url.rsplit(":", 1)[1], "--no-auth", "--poll", "0.2"],
+            env=env,
+            stdout=self.log,
+            stderr=self.log,
+        )
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -266,7 +291,7 @@ class Server:
                 return
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the server did not come up; see {log}")
+                    raise SystemExit(f"the server did not come up; see {log}") from None
                 time.sleep(0.2)
 
     def post(self, path: str, body: dict) -> dict:
@@ -285,8 +310,15 @@ def rate_through(server: Server, scenario: Scenario, seed: str, stop: threading.
     rng = random.Random(seed)
     rates = {f"{LINE}@v1": scenario.baseline, f"{LINE}@v2": scenario.canary}
     while not stop.is_set():
-        answer = server.post("/v1/chat/completions", {"model": LINE, "max_tokens": 1, "user": f"user-{rng.getrandbits(64)}",
-                                                      "messages": [{"role": "user", "content": "Where is my order?"}]})
+        answer = server.post(
+            "/v1/chat/completions",
+            {
+                "model": LINE,
+                "max_tokens": 1,
+                "user": f"user-{rng.getrandbits(64)}",
+                "messages": [{"role": "user", "content": "Where is my order?"}],
+            },
+        )
         server.post("/v1/feedback", {"response_id": answer["id"], "rating": 1 if rng.random() < rates[answer["model"]] else -1})
 
 
@@ -294,8 +326,10 @@ def through_server(ws: Workspace, server: Server, scenario: Scenario, run: int, 
     """One canary, rated over HTTP until the server's watcher acts (or --server-timeout)."""
     canary_id = start_canary(ws, args.share)
     stop = threading.Event()
-    raters = [threading.Thread(target=rate_through, args=(server, scenario, f"{args.seed}-server-{run}-{i}", stop), daemon=True)
-              for i in range(args.raters)]
+    raters = [
+        threading.Thread(target=rate_through, args=(server, scenario, f"{args.seed}-server-{run}-{i}", stop), daemon=True)
+        for i in range(args.raters)
+    ]
     for rater in raters:
         rater.start()
     deadline = time.monotonic() + args.server_timeout
@@ -320,8 +354,9 @@ def canary_running(ws: Workspace, canary_id: int) -> bool:
 def acted_on(ws: Workspace, canary_id: int) -> tuple[str, dict, dict] | None:
     """What the server's watcher did with the canary, and the counts of each side it judged on."""
     with ws.reading() as session:
-        for event in session.scalars(select(AuditEvent).where(AuditEvent.action.in_(("line.canary_abort", "line.promote")))
-                                     .order_by(AuditEvent.seq.desc()).limit(5)):
+        for event in session.scalars(
+            select(AuditEvent).where(AuditEvent.action.in_(("line.canary_abort", "line.promote"))).order_by(AuditEvent.seq.desc()).limit(5)
+        ):
             evidence = json.loads(event.payload).get("evidence")
             if evidence and evidence["canary_id"] == canary_id:
                 action = "aborted" if event.action == "line.canary_abort" else "completed"
@@ -340,19 +375,29 @@ def p95(values: list[int]) -> float:
 
 def summary(result: Result) -> dict:
     ratings = [run.ratings for run in result.runs]
-    return {"scenario": result.scenario.name, "runs": len(result.runs), "rolled_back": result.count("aborted"),
-            "completed": result.count("completed"), "undecided": result.count("undecided"),
-            "ratings_median": statistics.median(ratings), "ratings_p95": p95(ratings),
-            "canary_ratings_median": statistics.median(run.canary_ratings for run in result.runs),
-            "z_test_rollbacks": sum(run.z_test_rollback for run in result.runs)}
+    return {
+        "scenario": result.scenario.name,
+        "runs": len(result.runs),
+        "rolled_back": result.count("aborted"),
+        "completed": result.count("completed"),
+        "undecided": result.count("undecided"),
+        "ratings_median": statistics.median(ratings),
+        "ratings_p95": p95(ratings),
+        "canary_ratings_median": statistics.median(run.canary_ratings for run in result.runs),
+        "z_test_rollbacks": sum(run.z_test_rollback for run in result.runs),
+    }
 
 
 def print_table(summaries: list[dict]) -> None:
-    print("| scenario | runs | rolled back | completed | undecided | ratings to decision, median / p95 (total) | canary-side ratings, median |")
+    print(
+        "| scenario | runs | rolled back | completed | undecided | ratings to decision, median / p95 (total) | canary-side ratings, median |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for s in summaries:
-        print(f"| {s['scenario']} | {s['runs']} | {s['rolled_back']} | {s['completed']} | {s['undecided']} "
-              f"| {s['ratings_median']:,.0f} / {s['ratings_p95']:,.0f} | {s['canary_ratings_median']:,.0f} |")
+        print(
+            f"| {s['scenario']} | {s['runs']} | {s['rolled_back']} | {s['completed']} | {s['undecided']} "
+            f"| {s['ratings_median']:,.0f} / {s['ratings_p95']:,.0f} | {s['canary_ratings_median']:,.0f} |"
+        )
 
 
 def main() -> None:
@@ -398,21 +443,44 @@ def main() -> None:
     summaries = [summary(result) for result in results]
     aa = next(s for s in summaries if s["scenario"].startswith("A/A"))
     if args.json:
-        print(json.dumps({"args": vars(args), "settings": asdict(test), "scenarios": summaries, "wall_s": seconds,
-                          "checks": timing["checks"], "check_s": timing["check"], "insert_s": timing["insert"]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "args": vars(args),
+                    "settings": asdict(test),
+                    "scenarios": summaries,
+                    "wall_s": seconds,
+                    "checks": timing["checks"],
+                    "check_s": timing["check"],
+                    "insert_s": timing["insert"],
+                },
+                indent=2,
+            )
+        )
         return
     print_table(summaries)
-    print(f"\nA/A: {aa['rolled_back']} of {aa['runs']} canaries wrongly rolled back ({aa['rolled_back'] / aa['runs']:.1%}; "
-          f"the line's alpha is {test.alpha:g}).")
+    print(
+        f"\nA/A: {aa['rolled_back']} of {aa['runs']} canaries wrongly rolled back ({aa['rolled_back'] / aa['runs']:.1%}; "
+        f"the line's alpha is {test.alpha:g})."
+    )
     z_share = aa["z_test_rollbacks"] / aa["runs"]
-    ratio = (f"{aa['z_test_rollbacks'] / aa['rolled_back']:.1f}x the sequential test's" if aa["rolled_back"]
-             else f"{z_share:.1%}, {z_share / Z_ALPHA:.1f}x its nominal alpha; the sequential test: none")
-    print(f"wrong rollbacks: sequential {aa['rolled_back']} of {aa['runs']}, repeated z-test {aa['z_test_rollbacks']} of {aa['runs']} "
-          f"(one-sided, alpha {Z_ALPHA:g}, asked at the watcher's looks: {ratio}).")
-    print(f"share {args.share:g}, batch {args.batch}, max ratings {args.max_ratings:,}; settings: max_drop {test.max_drop:g}, "
-          f"alpha {test.alpha:g}, beta {test.beta:g}, min_feedback {test.min_feedback}, prior_ratings {test.prior_ratings}")
-    print(f"wall time {seconds:.0f} s; {timing['checks']:,} watcher checks, {1000 * timing['check'] / max(1, timing['checks']):.1f} ms each, "
-          f"{1000 * timing['insert'] / max(1, timing['checks']):.1f} ms per batch insert")
+    ratio = (
+        f"{aa['z_test_rollbacks'] / aa['rolled_back']:.1f}x the sequential test's"
+        if aa["rolled_back"]
+        else f"{z_share:.1%}, {z_share / Z_ALPHA:.1f}x its nominal alpha; the sequential test: none"
+    )
+    print(
+        f"wrong rollbacks: sequential {aa['rolled_back']} of {aa['runs']}, repeated z-test {aa['z_test_rollbacks']} of {aa['runs']} "
+        f"(one-sided, alpha {Z_ALPHA:g}, asked at the watcher's looks: {ratio})."
+    )
+    print(
+        f"share {args.share:g}, batch {args.batch}, max ratings {args.max_ratings:,}; settings: max_drop {test.max_drop:g}, "
+        f"alpha {test.alpha:g}, beta {test.beta:g}, min_feedback {test.min_feedback}, prior_ratings {test.prior_ratings}"
+    )
+    print(
+        f"wall time {seconds:.0f} s; {timing['checks']:,} watcher checks, {1000 * timing['check'] / max(1, timing['checks']):.1f} ms each, "
+        f"{1000 * timing['insert'] / max(1, timing['checks']):.1f} ms per batch insert"
+    )
 
 
 if __name__ == "__main__":

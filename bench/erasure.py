@@ -24,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import event  # noqa: E402
+from sqlalchemy import event
 
-from adapterctl import feedback, feedback_io  # noqa: E402
-from bench.ingest import fresh_workspace, make_records  # noqa: E402
+from adapterctl import feedback, feedback_io
+from bench.ingest import fresh_workspace, make_records
 
 VICTIMS = 33
 
@@ -38,8 +38,9 @@ def planted(ws, records_file: Path, marker: str) -> str:
         feedback_io.import_feedback(session, records_file, actor="bench", line="bench")
     source = f"victim-{marker}"
     for i in range(VICTIMS):
-        ws.log_feedback(line="bench", prompt=f"{marker} my account number is {i}", response="noted",
-                        correction=f"{marker} answer {i}", source=source)
+        ws.log_feedback(
+            line="bench", prompt=f"{marker} my account number is {i}", response="noted", correction=f"{marker} answer {i}", source=source
+        )
     if ws.db.backend == "sqlite":
         sqlite_checkpoint_only(ws)  # as SQLite's automatic checkpoints do: the records reach the database file
     return source
@@ -115,7 +116,7 @@ def main() -> None:
                 forget_s = forget_timed(ws, source)
                 count = _counter(ws, marker, args.pg_data_dir)
                 before = count()
-                seconds = timed(lambda: reclaim(ws))
+                seconds = timed(lambda: reclaim(ws))  # noqa: B023 (called at once)
                 database = ws.settings.home / "adapterctl.db"
                 rows.append((name, forget_s, seconds, before, count(), database.stat().st_size if database.exists() else None))
     _print(rows, args)
@@ -125,10 +126,12 @@ def _measurements(db_url: str | None):
     """(name, secure_delete, what runs after the forget); without secure_delete the database behaves as one
     written by a build whose default is off, or by adapterctl before it turned it on."""
     if db_url is None:
-        return [("TRUNCATE checkpoint alone (baseline)", True, sqlite_checkpoint_only),
-                ("VACUUM + TRUNCATE checkpoint", True, lambda ws: ws.db.reclaim_sqlite()),
-                ("checkpoint alone, secure_delete off", False, sqlite_checkpoint_only),
-                ("VACUUM + checkpoint, secure_delete off", False, lambda ws: ws.db.reclaim_sqlite())]
+        return [
+            ("TRUNCATE checkpoint alone (baseline)", True, sqlite_checkpoint_only),
+            ("VACUUM + TRUNCATE checkpoint", True, lambda ws: ws.db.reclaim_sqlite()),
+            ("checkpoint alone, secure_delete off", False, sqlite_checkpoint_only),
+            ("VACUUM + checkpoint, secure_delete off", False, lambda ws: ws.db.reclaim_sqlite()),
+        ]
     return [("plain VACUUM (baseline)", True, lambda ws: pg_vacuum(ws, False)), ("VACUUM (FULL)", True, lambda ws: pg_vacuum(ws, True))]
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapterctl.evaluation import Cases, EvalSettings, builtin_reference, generate, load_models, measure_model, using  # noqa: E402
-from adapterctl.tiny_model import create_tiny_model  # noqa: E402
+from adapterctl.evaluation import Cases, EvalSettings, builtin_reference, generate, load_models, measure_model, using
+from adapterctl.tiny_model import create_tiny_model
 
 
 class Suite:
@@ -50,12 +50,29 @@ def make_cases(heldout: int, suite_cases: int) -> Cases:
     def chat(text: str) -> list[dict]:
         return [{"role": "user", "content": text}]
 
-    held = [{"prompt": chat(f"What is the code for room {i}?" + " Please answer briefly." * (i % 4)), "answer": f"The code for room {i} is {1000 + 37 * i}."}
-            for i in range(heldout)]
-    suites = [Suite("policies", [{"prompt": chat(f"What is the refund window for order {i}?"), "expected": "30 days", "match": "contains"}
-                                 for i in range(suite_cases)]),
-              Suite("formats", [{"prompt": chat(f"Give the order number format, case {i}."), "expected": r"[A-Z]{2}\d{8}", "match": "regex"}
-                                for i in range(suite_cases)])]
+    held = [
+        {
+            "prompt": chat(f"What is the code for room {i}?" + " Please answer briefly." * (i % 4)),
+            "answer": f"The code for room {i} is {1000 + 37 * i}.",
+        }
+        for i in range(heldout)
+    ]
+    suites = [
+        Suite(
+            "policies",
+            [
+                {"prompt": chat(f"What is the refund window for order {i}?"), "expected": "30 days", "match": "contains"}
+                for i in range(suite_cases)
+            ],
+        ),
+        Suite(
+            "formats",
+            [
+                {"prompt": chat(f"Give the order number format, case {i}."), "expected": r"[A-Z]{2}\d{8}", "match": "regex"}
+                for i in range(suite_cases)
+            ],
+        ),
+    ]
     return Cases(held, suites, builtin_reference(), "built-in")
 
 
@@ -91,8 +108,10 @@ def main() -> None:
         one_s, one_answers = timed(model, tokenizer, cases, EvalSettings(batch_size=1))
         batch_s, batch_answers = timed(model, tokenizer, cases, EvalSettings(batch_size=args.batch_size))
     same = sum(a == b for a, b in zip(one_answers, batch_answers)) / len(one_answers)
-    print(f"evaluation of one candidate: {len(cases.heldout)} held-out examples + {len(cases.suites)} suites x {args.suite_cases} cases, "
-          f"{EvalSettings.max_new_tokens} new tokens, tiny model")
+    print(
+        f"evaluation of one candidate: {len(cases.heldout)} held-out examples + {len(cases.suites)} suites x {args.suite_cases} cases, "
+        f"{EvalSettings.max_new_tokens} new tokens, tiny model"
+    )
     print(f"{'':34}{'cases/s':>9}{'seconds':>9}")
     print(f"{'one prompt at a time (baseline)':34}{generated / one_s:>9.1f}{one_s:>9.1f}")
     print(f"{f'batched ({args.batch_size} per batch)':34}{generated / batch_s:>9.1f}{batch_s:>9.1f}")

@@ -49,20 +49,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from adapterctl import base_models, lines, registry, suites  # noqa: E402
-from adapterctl.artifacts import ArtifactStore  # noqa: E402
-from adapterctl.config import Settings  # noqa: E402
-from adapterctl.dataset import DataSettings, is_heldout  # noqa: E402
-from adapterctl.runs import TrainRequest, train_line  # noqa: E402
-from adapterctl.tiny_model import create_tiny_model, teach  # noqa: E402
-from adapterctl.training import TrainSettings  # noqa: E402
-from adapterctl.workspace import Workspace, upgrade_database  # noqa: E402
+from adapterctl import base_models, lines, registry, suites
+from adapterctl.artifacts import ArtifactStore
+from adapterctl.config import Settings
+from adapterctl.dataset import DataSettings, is_heldout
+from adapterctl.runs import TrainRequest, train_line
+from adapterctl.tiny_model import create_tiny_model, teach
+from adapterctl.training import TrainSettings
+from adapterctl.workspace import Workspace, upgrade_database
 
 Fact = tuple[str, str]  # (question, answer)
-COLOURS = "red blue green yellow orange purple black white grey brown pink silver".split()
-ITEMS = "ticket battery flower card juice salt fruit water".split()  # one token each in the tiny tokenizer
+COLOURS = ["red", "blue", "green", "yellow", "orange", "purple", "black", "white", "grey", "brown", "pink", "silver"]
+ITEMS = ["ticket", "battery", "flower", "card", "juice", "salt", "fruit", "water"]  # one token each in the tiny tokenizer
 
 
 @dataclass(frozen=True)
@@ -182,8 +182,10 @@ def greedy_answers(model, tokenizer, questions: list[str], batch_size: int = 64)
     model.eval()
     answers = []
     for start in range(0, len(questions), batch_size):
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
-                 for q in questions[start : start + batch_size]]
+        texts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+            for q in questions[start : start + batch_size]
+        ]
         inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")  # the template has bos
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
@@ -269,8 +271,10 @@ def open_workspace(home: Path, bases: list[Base]) -> Workspace:
 
 
 def log_corrections(ws: Workspace, line: str, facts: list[Fact], source: str) -> list[int]:
-    return [ws.log_feedback(line=line, prompt=question, response="I do not know.", rating=-1, correction=answer, source=f"{source}-{i}")
-            for i, (question, answer) in enumerate(facts)]
+    return [
+        ws.log_feedback(line=line, prompt=question, response="I do not know.", rating=-1, correction=answer, source=f"{source}-{i}")
+        for i, (question, answer) in enumerate(facts)
+    ]
 
 
 def add_reference(ws: Workspace, line: str, reference: list[Fact]) -> None:
@@ -280,8 +284,9 @@ def add_reference(ws: Workspace, line: str, reference: list[Fact]) -> None:
         suites.add_suite(session, line=line, name=suites.REFERENCE, cases=cases, kind="reference", actor="bench")
 
 
-def train_version(ws: Workspace, line: str, recipe: Recipe, training: TrainSettings, data: DataSettings | None,
-                  start_from: Path | None) -> tuple[int, float, dict]:
+def train_version(
+    ws: Workspace, line: str, recipe: Recipe, training: TrainSettings, data: DataSettings | None, start_from: Path | None
+) -> tuple[int, float, dict]:
     """One `adapterctl train` of the line; returns the candidate id, the seconds it took and its outcome."""
     started = time.perf_counter()
     with _starting_from(start_from), _kl_anchors(recipe.kl_anchors):
@@ -362,8 +367,9 @@ def candidate_dir(ws: Workspace, candidate_id: int) -> Path:
         return store.path_of(adapter.artifact_path)
 
 
-def run_lora(ws: Workspace, line: str, base: Base, recipe: Recipe, facts: dict[str, list[Fact]],
-             reference: list[Fact], scale: Scale) -> Result:
+def run_lora(
+    ws: Workspace, line: str, base: Base, recipe: Recipe, facts: dict[str, list[Fact]], reference: list[Fact], scale: Scale
+) -> Result:
     """v1 learns B1, is measured and approved; v2 learns B2 with the recipe's replay and start.
 
     The default recipes keep the line's own held-out share out of training; new facts are measured on
@@ -373,14 +379,17 @@ def run_lora(ws: Workspace, line: str, base: Base, recipe: Recipe, facts: dict[s
         training, data = replace(TrainSettings(), **dict(recipe.tuning)), None
         if recipe.weight_decay is not None:
             training = replace(training, weight_decay=recipe.weight_decay)
-        line_settings = lines.LineSettings(reference_size=recipe.reference_size if recipe.reference_size is not None else lines.LineSettings().reference_size)
+        line_settings = lines.LineSettings(
+            reference_size=recipe.reference_size if recipe.reference_size is not None else lines.LineSettings().reference_size
+        )
     else:
         training = replace(LORA_TRAINING, epochs=scale.epochs * recipe.epochs_factor)
         if recipe.weight_decay is not None:
             training = replace(training, weight_decay=recipe.weight_decay)
         data = DataSettings(holdout_fraction=0.0, max_source_share=1.0)
-        line_settings = lines.LineSettings(min_examples=2, max_source_share=1.0, lora_rank=recipe.lora_rank, lora_alpha=2 * recipe.lora_rank,
-                                           reference_size=0)
+        line_settings = lines.LineSettings(
+            min_examples=2, max_source_share=1.0, lora_rank=recipe.lora_rank, lora_alpha=2 * recipe.lora_rank, reference_size=0
+        )
     with ws.transaction() as session:
         lines.create_line(session, name=line, base=f"tiny-{base.name}", actor="bench", settings=line_settings)
     if recipe.reference:
@@ -394,18 +403,36 @@ def run_lora(ws: Workspace, line: str, base: Base, recipe: Recipe, facts: dict[s
         registry.transition(session, v1, "pending_review", actor="bench", reason="forgetting bench: no gate")
         registry.transition(session, v1, "approved", actor="bench-reviewer", reason="forgetting bench")
     b2_ids = log_corrections(ws, line, facts["B2"], "b2")
-    v2, seconds_v2, outcome_v2 = train_version(ws, line, recipe, training, data if data is None else replace(data, replay_fraction=recipe.replay),
-                                               v1_dir if recipe.continue_from_v1 else None)
+    v2, seconds_v2, outcome_v2 = train_version(
+        ws,
+        line,
+        recipe,
+        training,
+        data if data is None else replace(data, replay_fraction=recipe.replay),
+        v1_dir if recipe.continue_from_v1 else None,
+    )
     model, tokenizer = load(base.path, candidate_dir(ws, v2))
     steps = (outcome_v1.metrics["steps"], outcome_v2.metrics["steps"])
     synthesized = outcome_v1.dataset["reference"].get("synthesized_now")
-    print(f"    v1 {steps[0]} steps in {seconds_v1:.0f} s ({outcome_v1.metrics['stop_reason']}), "
-          f"v2 {steps[1]} steps in {seconds_v2:.0f} s ({outcome_v2.metrics['stop_reason']})"
-          + (f"; reference set synthesized: {synthesized['kept']} cases in {synthesized['seconds']:.1f} s" if synthesized else ""), flush=True)
-    return Result(recipe, base.name, base.a_before, b1_after_v1, exact_match(model, tokenizer, _trained(facts["B2"], b2_ids, data)),
-                  exact_match(model, tokenizer, b1), exact_match(model, tokenizer, facts["A_eval"]), seconds_v1 + seconds_v2, sum(steps),
-                  synthesized["seconds"] if synthesized else None,
-                  "/".join(o.metrics["stop_reason"] for o in (outcome_v1, outcome_v2)))
+    print(
+        f"    v1 {steps[0]} steps in {seconds_v1:.0f} s ({outcome_v1.metrics['stop_reason']}), "
+        f"v2 {steps[1]} steps in {seconds_v2:.0f} s ({outcome_v2.metrics['stop_reason']})"
+        + (f"; reference set synthesized: {synthesized['kept']} cases in {synthesized['seconds']:.1f} s" if synthesized else ""),
+        flush=True,
+    )
+    return Result(
+        recipe,
+        base.name,
+        base.a_before,
+        b1_after_v1,
+        exact_match(model, tokenizer, _trained(facts["B2"], b2_ids, data)),
+        exact_match(model, tokenizer, b1),
+        exact_match(model, tokenizer, facts["A_eval"]),
+        seconds_v1 + seconds_v2,
+        sum(steps),
+        synthesized["seconds"] if synthesized else None,
+        "/".join(o.metrics["stop_reason"] for o in (outcome_v1, outcome_v2)),
+    )
 
 
 def _trained(facts: list[Fact], feedback_ids: list[int], data: DataSettings | None) -> list[Fact]:
@@ -426,22 +453,29 @@ def meets_goal(result: Result) -> bool:
 
 
 def print_table(results: list[Result]) -> None:
-    print("| recipe | base | B1 after v1 | B2 acquisition | B1 retention after v2 | A exact match before → after v2 | relative A drop "
-          "| steps (stopped by) | seconds | of which synthesizing | goal met |")
+    print(
+        "| recipe | base | B1 after v1 | B2 acquisition | B1 retention after v2 | A exact match before → after v2 | relative A drop "
+        "| steps (stopped by) | seconds | of which synthesizing | goal met |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |")
     for r in results:
         stopped = f" ({r.stopped})" if r.stopped else ""
         synthesis = f"{r.synthesis_seconds:.1f}" if r.synthesis_seconds is not None else "-"
-        print(f"| {r.recipe.name} | {r.base} | {r.b1_after_v1:.2f} | {r.b2:.2f} | {r.b1:.2f} | {r.a_before:.2f} → {r.a_after:.2f} "
-              f"| {relative_drop(r.a_before, r.a_after):.0%} | {r.steps}{stopped} | {r.seconds:.0f} | {synthesis} | {'yes' if meets_goal(r) else 'no'} |")
+        print(
+            f"| {r.recipe.name} | {r.base} | {r.b1_after_v1:.2f} | {r.b2:.2f} | {r.b1:.2f} | {r.a_before:.2f} → {r.a_after:.2f} "
+            f"| {relative_drop(r.a_before, r.a_after):.0%} | {r.steps}{stopped} | {r.seconds:.0f} | {synthesis} | {'yes' if meets_goal(r) else 'no'} |"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, few epochs (numbers mean little)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the facts, the tiny model and training")
-    parser.add_argument("--recipes", help=f"comma-separated indexes: 0-{len(RECIPES) - 1} (default, all run), "
-                                          f"{len(RECIPES)}-{len(RECIPES) + len(ABLATIONS) - 1} (ablations)")
+    parser.add_argument(
+        "--recipes",
+        help=f"comma-separated indexes: 0-{len(RECIPES) - 1} (default, all run), "
+        f"{len(RECIPES)}-{len(RECIPES) + len(ABLATIONS) - 1} (ablations)",
+    )
     args = parser.parse_args()
     from transformers.utils import logging as hf_logging
 
@@ -475,9 +509,11 @@ def main() -> None:
         ws.close()
     print()
     print_table(results)
-    print(f"\n{len(facts['A_eval'])} A_eval, {len(facts['A_ref'])} A_ref, {len(facts['B1'])} B1, {len(facts['B2'])} B2 facts; "
-          f"fixed-length recipes: {scale.epochs:g} epochs per version; bases (layers x width): {', '.join(b.name for b in bases)}, "
-          f"pretrained in {', '.join(f'{b.seconds:.0f}' for b in bases)} s; wall time {time.perf_counter() - wall:.0f} s")
+    print(
+        f"\n{len(facts['A_eval'])} A_eval, {len(facts['A_ref'])} A_ref, {len(facts['B1'])} B1, {len(facts['B2'])} B2 facts; "
+        f"fixed-length recipes: {scale.epochs:g} epochs per version; bases (layers x width): {', '.join(b.name for b in bases)}, "
+        f"pretrained in {', '.join(f'{b.seconds:.0f}' for b in bases)} s; wall time {time.perf_counter() - wall:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -32,13 +32,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapterctl import activations, feedback, registry, review  # noqa: E402
-from adapterctl.artifacts import ArtifactStore  # noqa: E402
-from adapterctl.dataset import DataSettings  # noqa: E402
-from adapterctl.lines import GateThresholds, LineSettings, create_line  # noqa: E402
-from adapterctl.runs import TrainRequest, train_line  # noqa: E402
-from adapterctl.training import TrainSettings  # noqa: E402
-from bench.forgetting import FULL, ITEMS, QUICK, Fact, log_corrections, make_facts, open_workspace, pretrain_base  # noqa: E402
+from adapterctl import activations, feedback, registry, review
+from adapterctl.artifacts import ArtifactStore
+from adapterctl.dataset import DataSettings
+from adapterctl.lines import GateThresholds, LineSettings, create_line
+from adapterctl.runs import TrainRequest, train_line
+from adapterctl.training import TrainSettings
+from bench.forgetting import FULL, ITEMS, QUICK, Fact, log_corrections, make_facts, open_workspace, pretrain_base
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,10 @@ def holds(noun: str, count: int, seed: int) -> list[Fact]:
 
 def log_empty_answers(ws, line: str, questions: list[str]) -> None:
     """What a server logs when its model answered nothing and the user rated the answer +1."""
-    records = [(line, feedback.parse_record({"prompt": q, "response": "", "rating": 1, "source": f"rater-{i % 8}"}, issued=True))
-               for i, q in enumerate(questions)]
+    records = [
+        (line, feedback.parse_record({"prompt": q, "response": "", "rating": 1, "source": f"rater-{i % 8}"}, issued=True))
+        for i, q in enumerate(questions)
+    ]
     with ws.transaction() as session:
         feedback.log_records(session, records, actor="bench")
 
@@ -87,8 +89,10 @@ def make_v1(ws, line: str, base_name: str, facts: dict[str, list[Fact]]) -> None
             registry.transition(session, outcome.candidate_id, "pending_review", actor="bench", reason="gate bench")
         review.approve(session, outcome.candidate_id, reviewer=f"reviewer-{line}")
         activations.promote(session, ArtifactStore(ws.settings.artifacts_dir), line=line, version=1, actor="bench")
-    print(f"    v1: {outcome.metrics['stop_reason']} at step {outcome.metrics['steps']}, gate {'passed' if outcome.gate['passed'] else 'failed'}",
-          flush=True)
+    print(
+        f"    v1: {outcome.metrics['stop_reason']} at step {outcome.metrics['steps']}, gate {'passed' if outcome.gate['passed'] else 'failed'}",
+        flush=True,
+    )
 
 
 def train_candidate(ws, line: str, candidate: Candidate, facts: dict[str, list[Fact]], count: int, seed: int) -> dict:
@@ -113,18 +117,26 @@ def print_tables(rows: list[tuple[Candidate, str, dict]]) -> None:
     print("| candidate | base | " + " | ".join(CHECKS) + " | gate |")
     print("| --- | --- |" + " ---: |" * len(CHECKS) + " :---: |")
     for candidate, base, gate in rows:
-        print(f"| {candidate.name} | {base} | " + " | ".join(value(gate, c) for c in CHECKS) + f" | {'pass' if gate['passed'] else 'FAIL'} |")
+        print(
+            f"| {candidate.name} | {base} | " + " | ".join(value(gate, c) for c in CHECKS) + f" | {'pass' if gate['passed'] else 'FAIL'} |"
+        )
     thresholds = GateThresholds()
-    limits = {"learned": ("min_learned", "min"), "keeps the reference set": ("max_reference_drop", "max"),
-              "keeps v1": ("max_version_drop", "max"), "degenerate output": ("max_degenerate_share", "max")}
+    limits = {
+        "learned": ("min_learned", "min"),
+        "keeps the reference set": ("max_reference_drop", "max"),
+        "keeps v1": ("max_version_drop", "max"),
+        "degenerate output": ("max_degenerate_share", "max"),
+    }
     print("\n| check | default | worst of the good candidates | the candidate built to fail it |")
     print("| --- | ---: | ---: | ---: |")
     for check, (setting, bound) in limits.items():
         good = [v for c, _, g in rows if c.built_to_fail is None for v in [_raw(g, check)] if v is not None]
         bad = [f"{_raw(g, check):.2f} ({base})" for c, base, g in rows if c.built_to_fail == check and _raw(g, check) is not None]
         worst = (min(good) if bound == "min" else max(good)) if good else None
-        print(f"| {check} | {'≥' if bound == 'min' else '≤'} {getattr(thresholds, setting):g} ({setting}) | "
-              f"{'-' if worst is None else f'{worst:.2f}'} | {', '.join(bad) or '-'} |")
+        print(
+            f"| {check} | {'≥' if bound == 'min' else '≤'} {getattr(thresholds, setting):g} ({setting}) | "
+            f"{'-' if worst is None else f'{worst:.2f}'} | {', '.join(bad) or '-'} |"
+        )
 
 
 def _raw(gate: dict, check: str) -> float | None:
@@ -156,13 +168,18 @@ def main() -> None:
                 started = time.perf_counter()
                 gate = train_candidate(ws, line, candidate, facts, scale.b_facts, args.seed)
                 rows.append((candidate, base.name, gate))
-                print(f"    {candidate.name}: gate {'passed' if gate['passed'] else 'failed: ' + '; '.join(gate['reasons'])} "
-                      f"({time.perf_counter() - started:.0f} s)", flush=True)
+                print(
+                    f"    {candidate.name}: gate {'passed' if gate['passed'] else 'failed: ' + '; '.join(gate['reasons'])} "
+                    f"({time.perf_counter() - started:.0f} s)",
+                    flush=True,
+                )
         ws.close()
     print()
     print_tables(rows)
-    print(f"\n{scale.b_facts} facts per candidate; bases (layers x width): {', '.join(b.name for b in bases)}; "
-          f"wall time {time.perf_counter() - wall:.0f} s")
+    print(
+        f"\n{scale.b_facts} facts per candidate; bases (layers x width): {', '.join(b.name for b in bases)}; "
+        f"wall time {time.perf_counter() - wall:.0f} s"
+    )
 
 
 if __name__ == "__main__":

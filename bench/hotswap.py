@@ -28,11 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapterctl import activations, base_models, lines, registry  # noqa: E402
-from adapterctl.artifacts import ArtifactStore  # noqa: E402
-from adapterctl.config import Settings  # noqa: E402
-from adapterctl.db.models import TrainingRun  # noqa: E402
-from adapterctl.workspace import Workspace, upgrade_database  # noqa: E402
+from adapterctl import activations, base_models, lines, registry
+from adapterctl.artifacts import ArtifactStore
+from adapterctl.config import Settings
+from adapterctl.db.models import TrainingRun
+from adapterctl.workspace import Workspace, upgrade_database
 
 CHAT = [{"role": "user", "content": "What is the refund window?"}]
 
@@ -53,15 +53,18 @@ def make_versions(ws: Workspace, model_dir: Path, count: int, rank: int) -> None
                     parameter.normal_(0, 0.02)
         with ws.transaction() as session:
             line = lines.get_line(session, "bench")
-            run = TrainingRun(line_id=line.id, status="succeeded", started_by="bench", host="bench", base_model_hash="0" * 64, params={}, dataset={})
+            run = TrainingRun(
+                line_id=line.id, status="succeeded", started_by="bench", host="bench", base_model_hash="0" * 64, params={}, dataset={}
+            )
             session.add(run)
             session.flush()
             staging = store.staging_dir("bench", f"run-{run.id}")
             peft_model.save_pretrained(staging)
             (staging / "README.md").unlink(missing_ok=True)
             stored = store.commit(staging, "bench", run.id)
-            adapter = registry.create_candidate(session, run=run, artifact_path=stored.relative_path, sha256=stored.sha256,
-                                                actor="bench", status="pending_review")
+            adapter = registry.create_candidate(
+                session, run=run, artifact_path=stored.relative_path, sha256=stored.sha256, actor="bench", status="pending_review"
+            )
             adapter.version = index + 1
             session.flush()
             registry.transition(session, adapter.id, "approved", actor="bench")
@@ -207,19 +210,31 @@ def main() -> None:
         if args.db_url:
             database.__exit__(None, None, None)
 
-    print(f"hot-swap: {summary['parameters'] / 1e6:.0f}M-parameter model ({args.layers} x {args.hidden}), rank-{args.rank} LoRA on all "
-          f"linear layers ({adapter_mb:.1f} MB), CPU, {settings.db_url.split(':')[0]}")
+    print(
+        f"hot-swap: {summary['parameters'] / 1e6:.0f}M-parameter model ({args.layers} x {args.hidden}), rank-{args.rank} LoRA on all "
+        f"linear layers ({adapter_mb:.1f} MB), CPU, {settings.db_url.split(':')[0]}"
+    )
     print("(a) promote -> serving, median of 10 swaps:")
-    print(f"    verify (read + sha256) {verify * 1000:7.1f} ms   load (into the model) {load * 1000:7.1f} ms   switch {switch * 1000:6.2f} ms")
+    print(
+        f"    verify (read + sha256) {verify * 1000:7.1f} ms   load (into the model) {load * 1000:7.1f} ms   switch {switch * 1000:6.2f} ms"
+    )
     print(f"    floor: read + sha256 once {floor * 1000:.1f} ms; fresh PeftModel.from_pretrained {fresh_s * 1000:.1f} ms")
-    print(f"    verify+load+switch = {(verify + load + switch) * 1000:.1f} ms = {(verify + load + switch) / floor:.2f}x the floor, "
-          f"{(verify + load + switch) / fresh_s:.2f}x a fresh load")
-    print(f"(b) request latency, 8 new tokens: without swaps p50 {percentile(quiet, .5) * 1000:.1f} ms p99 {percentile(quiet, .99) * 1000:.1f} ms "
-          f"({len(quiet)} requests, {quiet_failures} failed)")
-    print(f"    during {args.swaps} swaps: p50 {percentile(busy, .5) * 1000:.1f} ms p99 {percentile(busy, .99) * 1000:.1f} ms "
-          f"({len(busy)} requests, {busy_failures} failed); p99 ratio {percentile(busy, .99) / percentile(quiet, .99):.2f}x")
-    print(f"(c) promote -> serving through the follower ({'LISTEN/NOTIFY + ' if listening else ''}polling every 0.5 s): "
-          f"median {statistics.median(polled) * 1000:.0f} ms, max {max(polled) * 1000:.0f} ms over {len(polled)} promotions")
+    print(
+        f"    verify+load+switch = {(verify + load + switch) * 1000:.1f} ms = {(verify + load + switch) / floor:.2f}x the floor, "
+        f"{(verify + load + switch) / fresh_s:.2f}x a fresh load"
+    )
+    print(
+        f"(b) request latency, 8 new tokens: without swaps p50 {percentile(quiet, 0.5) * 1000:.1f} ms p99 {percentile(quiet, 0.99) * 1000:.1f} ms "
+        f"({len(quiet)} requests, {quiet_failures} failed)"
+    )
+    print(
+        f"    during {args.swaps} swaps: p50 {percentile(busy, 0.5) * 1000:.1f} ms p99 {percentile(busy, 0.99) * 1000:.1f} ms "
+        f"({len(busy)} requests, {busy_failures} failed); p99 ratio {percentile(busy, 0.99) / percentile(quiet, 0.99):.2f}x"
+    )
+    print(
+        f"(c) promote -> serving through the follower ({'LISTEN/NOTIFY + ' if listening else ''}polling every 0.5 s): "
+        f"median {statistics.median(polled) * 1000:.0f} ms, max {max(polled) * 1000:.0f} ms over {len(polled)} promotions"
+    )
 
 
 if __name__ == "__main__":

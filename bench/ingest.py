@@ -28,18 +28,34 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import create_engine, insert  # noqa: E402
-from sqlalchemy.exc import OperationalError  # noqa: E402
+from sqlalchemy import create_engine, insert
+from sqlalchemy.exc import OperationalError
 
-from adapterctl import base_models, feedback, feedback_io, lines  # noqa: E402
-from adapterctl.config import Settings  # noqa: E402
-from adapterctl.db import migrate  # noqa: E402
-from adapterctl.db.models import Feedback  # noqa: E402
-from adapterctl.db.types import utcnow  # noqa: E402
-from adapterctl.workspace import Workspace  # noqa: E402
-from tests.conftest import write_model_dir  # noqa: E402
+from adapterctl import base_models, feedback, feedback_io, lines
+from adapterctl.config import Settings
+from adapterctl.db import migrate
+from adapterctl.db.models import Feedback
+from adapterctl.db.types import utcnow
+from adapterctl.workspace import Workspace
+from tests.conftest import write_model_dir
 
-WORDS = "account billing refund password order shipping invoice plan upgrade cancel login error screen phone email".split()
+WORDS = [
+    "account",
+    "billing",
+    "refund",
+    "password",
+    "order",
+    "shipping",
+    "invoice",
+    "plan",
+    "upgrade",
+    "cancel",
+    "login",
+    "error",
+    "screen",
+    "phone",
+    "email",
+]
 
 
 def make_records(count: int, seed: int = 0) -> list[dict]:

@@ -86,18 +86,29 @@ def main() -> None:
 
             database = temporary_pg_database()
             db_url = database.__enter__()
-        env = {**os.environ, "ADAPTERCTL_HOME": str(home), "ADAPTERCTL_USER": "bench",
-               "ADAPTERCTL_DB_URL": db_url or f"sqlite:///{home / 'adapterctl.db'}"}
+        env = {
+            **os.environ,
+            "ADAPTERCTL_HOME": str(home),
+            "ADAPTERCTL_USER": "bench",
+            "ADAPTERCTL_DB_URL": db_url or f"sqlite:///{home / 'adapterctl.db'}",
+        }
         adapterctl(env, "init")
         adapterctl(env, "base", "create-tiny", str(home / "model"))
         adapterctl(env, "base", "register", "tiny", str(home / "model"))
         adapterctl(env, "line", "create", "bench", "--base", "tiny")
-        generate, give = adapterctl(env, "token", "create", "--scope", "generate"), adapterctl(env, "token", "create", "--scope", "feedback")
+        generate, give = (
+            adapterctl(env, "token", "create", "--scope", "generate"),
+            adapterctl(env, "token", "create", "--scope", "feedback"),
+        )
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "adapterctl", "serve", "--port", str(port)], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "adapterctl", "serve", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             for _ in range(600):
                 try:
@@ -105,25 +116,43 @@ def main() -> None:
                     break
                 except OSError:
                     time.sleep(0.1)
-            chats = [("/v1/chat/completions", {"model": "bench", "max_tokens": 8,
-                                                "messages": [{"role": "user", "content": f"Question {i}: where is my order?"}]})
-                     for i in range(args.generations)]
+            chats = [
+                (
+                    "/v1/chat/completions",
+                    {"model": "bench", "max_tokens": 8, "messages": [{"role": "user", "content": f"Question {i}: where is my order?"}]},
+                )
+                for i in range(args.generations)
+            ]
             gen_seconds, gen_latencies, gen_failures = load(port, generate, chats, 4)
             ids = []
             for path, body in chats[:50]:
                 connection = http.client.HTTPConnection("127.0.0.1", port)
-                connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json", "Authorization": f"Bearer {generate}"})
+                connection.request(
+                    "POST", path, json.dumps(body), {"Content-Type": "application/json", "Authorization": f"Bearer {generate}"}
+                )
                 ids.append(json.loads(connection.getresponse().read())["id"])
-            notes = [("/v1/feedback", {"response_id": ids[i % len(ids)], "rating": -1, "correction": f"Your order {i} ships tomorrow.",
-                                       "source": f"user-{i % 997}"}) for i in range(args.requests)]
+            notes = [
+                (
+                    "/v1/feedback",
+                    {
+                        "response_id": ids[i % len(ids)],
+                        "rating": -1,
+                        "correction": f"Your order {i} ships tomorrow.",
+                        "source": f"user-{i % 997}",
+                    },
+                )
+                for i in range(args.requests)
+            ]
             seconds, latencies, failures = load(port, give, notes, args.clients)
         finally:
             server.terminate()
             server.wait(timeout=30)
             if database is not None:
                 database.__exit__(None, None, None)
-    print(f"adapterctl serve on loopback, {env['ADAPTERCTL_DB_URL'].split(':')[0]}, tiny model, {os.cpu_count()} CPUs "
-          f"(server and load generator share them)")
+    print(
+        f"adapterctl serve on loopback, {env['ADAPTERCTL_DB_URL'].split(':')[0]}, tiny model, {os.cpu_count()} CPUs "
+        f"(server and load generator share them)"
+    )
     print(f"{'':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'failed':>9}")
     report(f"POST /v1/feedback ({args.clients} clients)", seconds, latencies, failures)
     report("POST /v1/chat/completions (4)", gen_seconds, gen_latencies, gen_failures)

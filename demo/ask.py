@@ -18,8 +18,12 @@ if sys.argv[1:] == ["--wait"]:
     sys.exit("the demo server did not come up")
 repeat = int(sys.argv[sys.argv.index("--repeat") + 1]) if "--repeat" in sys.argv else 1  # --repeat N QUESTION
 body = {"model": "support-bot", "max_tokens": 24, "messages": [{"role": "user", "content": " ".join([sys.argv[-1]] * repeat)}]}
-request = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {os.environ['DEMO_TOKEN']}"})
+request = urllib.request.Request(
+    f"{url}/v1/chat/completions",
+    data=json.dumps(body).encode(),
+    method="POST",
+    headers={"Content-Type": "application/json", "Authorization": f"Bearer {os.environ['DEMO_TOKEN']}"},
+)
 try:
     with urllib.request.urlopen(request, timeout=60) as response:
         answer = json.load(response)

@@ -14,9 +14,9 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -224,8 +224,13 @@ def tiny_line(ws, tiny_model) -> str:
 
     with ws.transaction() as session:
         base_models.register_base_model(session, name="tiny", source=str(tiny_model), actor="tester")
-        lines.create_line(session, name="facts", base="tiny", actor="tester",
-                          settings=lines.LineSettings(min_examples=2, max_source_share=1.0, reference_size=0))
+        lines.create_line(
+            session,
+            name="facts",
+            base="tiny",
+            actor="tester",
+            settings=lines.LineSettings(min_examples=2, max_source_share=1.0, reference_size=0),
+        )
     return "facts"
 
 

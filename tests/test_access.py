@@ -74,8 +74,12 @@ def steps(world: dict) -> list[Step]:
 def make_world(ws, line, tmp_path, *, admin: bool) -> dict:
     """A line with two approved versions, two pending candidates, a token, a feedback record, a reviewer to remove,
     an orphan folder for `doctor --repair`, a suite file and a second model; `admin`: ada is registered as admin."""
-    world = {"line": line, "model_dir": write_model_dir(tmp_path / "second-model", weight=2.0), "suite": tmp_path / "suite.jsonl",
-             "orphan": ArtifactStore(ws.settings.artifacts_dir).root / line / "99"}
+    world = {
+        "line": line,
+        "model_dir": write_model_dir(tmp_path / "second-model", weight=2.0),
+        "suite": tmp_path / "suite.jsonl",
+        "orphan": ArtifactStore(ws.settings.artifacts_dir).root / line / "99",
+    }
     world["suite"].write_text(json.dumps({"prompt": "What is the refund window?", "expected": "30 days."}) + "\n")
     version(ws, line, fill=0.1)
     version(ws, line, fill=0.2)
@@ -173,7 +177,8 @@ def test_until_the_first_admin_anyone_may_act_but_decisions_need_a_reviewer(ws, 
 def test_the_docs_table_of_who_may_do_what_matches_the_code():
     rows = re.findall(r"^\| `([^`]+)` \| (reviewer|admin)[^|]*\| `([a-z_.]+)` \|", DOCS.read_text(), re.MULTILINE)
     assert {action: (command, role) for command, role, action in rows} == {
-        action: (rule.command, rule.role) for action, rule in access.ACTIONS.items()}
+        action: (rule.command, rule.role) for action, rule in access.ACTIONS.items()
+    }
 
 
 # ---------------------------------------------------------------- tokens: expiry, revocation, constant-time lookup
@@ -187,10 +192,16 @@ def test_expiry_options_are_parsed_and_bad_ones_refused_naming_the_option():
     assert tokens.expiry(expires_at="2999-01-31T18:00:00", now=now).isoformat() == "2999-01-31T18:00:00+00:00"  # UTC without a zone
     assert tokens.expiry(expires_at="2999-01-31T18:00:00+02:00", now=now).isoformat() == "2999-01-31T16:00:00+00:00"
     assert tokens.expiry(now=now) is None
-    for bad, option in ((dict(expires_in="30"), "--expires-in"), (dict(expires_in="0d"), "--expires-in"), (dict(expires_in="-1d"), "--expires-in"),
-                        (dict(expires_in="99999999w"), "--expires-in"), (dict(expires_at="yesterday"), "--expires-at"),
-                        (dict(expires_at="2001-01-01"), "--expires-at"), (dict(expires_at="0001-01-01T00:00+05:00"), "--expires-at"),
-                        (dict(expires_in="1d", expires_at="2999-01-01"), "--expires-in or --expires-at")):
+    for bad, option in (
+        (dict(expires_in="30"), "--expires-in"),
+        (dict(expires_in="0d"), "--expires-in"),
+        (dict(expires_in="-1d"), "--expires-in"),
+        (dict(expires_in="99999999w"), "--expires-in"),
+        (dict(expires_at="yesterday"), "--expires-at"),
+        (dict(expires_at="2001-01-01"), "--expires-at"),
+        (dict(expires_at="0001-01-01T00:00+05:00"), "--expires-at"),
+        (dict(expires_in="1d", expires_at="2999-01-01"), "--expires-in or --expires-at"),
+    ):
         with pytest.raises(InvalidInput, match=re.escape(option)):
             tokens.expiry(**bad, now=now)
 
@@ -210,8 +221,11 @@ def test_token_list_shows_expiry_and_state_and_bad_expiries_write_nothing(ws, cl
     assert listed[lasting["id"]]["expires_at"] is None and listed[revoked["id"]]["expires_at"].startswith("2999-01-01T00:00:00")
     assert "expired" in cli("token", "list").stdout
     before = audit_count(ws)
-    for args, option in ((["--expires-in", "soon"], "--expires-in"), (["--expires-at", "2001-01-01"], "--expires-at"),
-                         (["--expires-in", "1d", "--expires-at", "2999-01-01"], "--expires-at")):
+    for args, option in (
+        (["--expires-in", "soon"], "--expires-in"),
+        (["--expires-at", "2001-01-01"], "--expires-at"),
+        (["--expires-in", "1d", "--expires-at", "2999-01-01"], "--expires-at"),
+    ):
         result = cli("token", "create", "--scope", "generate", *args)
         assert result.returncode == 2 and option in result.stderr and result.stdout == "", (args, result.stderr)
     assert audit_count(ws) == before and len(cli.json("token", "list")) == 3
@@ -219,8 +233,14 @@ def test_token_list_shows_expiry_and_state_and_bad_expiries_write_nothing(ws, cl
 
 # ---------------------------------------------------------------- the HTTP routes, against a real server
 
-ROUTE_SCOPES = {"/v1/chat/completions": "generate", "/v1/models": "generate", "/v1/feedback": "feedback", "/metrics": "admin",
-                "/healthz": None, "/openapi.json": None}
+ROUTE_SCOPES = {
+    "/v1/chat/completions": "generate",
+    "/v1/models": "generate",
+    "/v1/feedback": "feedback",
+    "/metrics": "admin",
+    "/healthz": None,
+    "/openapi.json": None,
+}
 """The scope each route of the server needs (None: public). A route missing here fails the test: decide its scope."""
 
 
@@ -246,7 +266,9 @@ def request_status(server, method: str, path: str, token: str | None) -> int:
 
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     body = b"{}" if method in ("POST", "PUT", "PATCH") else None
-    connection.request(method, path, body=body, headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})})
+    connection.request(
+        method, path, body=body, headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    )
     status = connection.getresponse().status
     connection.close()
     return status
@@ -303,8 +325,9 @@ def test_expired_and_revoked_tokens_are_refused(ws, tiny_line, cli, server):
     changed, refused_tokens = time.monotonic(), set()
     while len(refused_tokens) < 2:  # a server looks a token up again at most TOKEN_CACHE_S after its last lookup
         assert time.monotonic() < changed + TOKEN_CACHE_S + 10, f"still accepted {TOKEN_CACHE_S:g} s after: {refused_tokens}"
-        refused_tokens |= {secret for secret in (expiring["token"], revoked["token"])
-                           if running.call("GET", "/v1/models", token=secret)[0] == 401}
+        refused_tokens |= {
+            secret for secret in (expiring["token"], revoked["token"]) if running.call("GET", "/v1/models", token=secret)[0] == 401
+        }
         time.sleep(0.2)
 
 
@@ -321,7 +344,9 @@ def test_the_server_log_holds_no_token_and_no_feedback_text(ws, tiny_line, tiny_
     chat = [{"role": "user", "content": f"My locker code is {texts[0]}."}]
     status, answer, _ = running.call("POST", "/v1/chat/completions", {"model": "facts", "messages": chat, "max_tokens": 8}, generate)
     assert status == 200
-    status, _, _ = running.call("POST", "/v1/chat/completions", {"model": "facts", "messages": chat, "max_tokens": 8, "stream": True}, generate)
+    status, _, _ = running.call(
+        "POST", "/v1/chat/completions", {"model": "facts", "messages": chat, "max_tokens": 8, "stream": True}, generate
+    )
     assert status == 200
     sent = {"response_id": answer["id"], "rating": -1, "correction": f"It is {texts[1]}.", "source": texts[2], "tags": [texts[3]]}
     assert running.call("POST", "/v1/feedback", sent, rater)[0] == 200

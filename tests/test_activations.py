@@ -19,14 +19,16 @@ def version(ws, line: str, *, status: str = "approved", trained_on: list[int] = 
     store = ArtifactStore(ws.settings.artifacts_dir)
     with ws.transaction() as session:
         line_row = get_line(session, line)
-        run = TrainingRun(line_id=line_row.id, status="succeeded", started_by="cron", host="test", base_model_hash="0" * 64,
-                          params={}, dataset={})
+        run = TrainingRun(
+            line_id=line_row.id, status="succeeded", started_by="cron", host="test", base_model_hash="0" * 64, params={}, dataset={}
+        )
         session.add(run)
         session.flush()
         session.add_all([RunExample(run_id=run.id, feedback_id=i, split="train") for i in trained_on])
         stored = store.commit(fake_adapter(store.staging_dir(line, f"run-{run.id}"), fill=fill), line, run.id)
-        adapter = registry.create_candidate(session, run=run, artifact_path=stored.relative_path, sha256=stored.sha256,
-                                            actor="cron", status="pending_review")
+        adapter = registry.create_candidate(
+            session, run=run, artifact_path=stored.relative_path, sha256=stored.sha256, actor="cron", status="pending_review"
+        )
         if status != "pending_review":
             adapter.version = registry.next_version(session, line_row.id)
             session.flush()
@@ -36,13 +38,16 @@ def version(ws, line: str, *, status: str = "approved", trained_on: list[int] = 
 
 def promote(ws, line, number, **kwargs):
     with ws.transaction() as session:
-        return activations.describe(activations.promote(session, ArtifactStore(ws.settings.artifacts_dir), line=line,
-                                                        version=number, actor="ops", **kwargs).adapter)
+        return activations.describe(
+            activations.promote(session, ArtifactStore(ws.settings.artifacts_dir), line=line, version=number, actor="ops", **kwargs).adapter
+        )
 
 
 def rollback(ws, line, to=None):
     with ws.transaction() as session:
-        return activations.describe(activations.rollback(session, ArtifactStore(ws.settings.artifacts_dir), line=line, to=to, actor="ops").adapter)
+        return activations.describe(
+            activations.rollback(session, ArtifactStore(ws.settings.artifacts_dir), line=line, to=to, actor="ops").adapter
+        )
 
 
 def statuses(ws) -> dict[int, str]:
@@ -65,8 +70,13 @@ def test_promote_and_rollback_append_activations_and_keep_states_in_step(ws, lin
         steps = [(h["kind"], h["from"], h["to"], h["by"]) for h in activations.history(session, line)]
         assert registry.active_adapter(session, get_line(session, line).id).version == 2
         kinds = [e.action for e in audit.list_events(session, limit=100) if e.action.startswith("line.")]
-    assert steps == [("promote", "base", "v1", "ops"), ("promote", "v1", "v2", "ops"), ("rollback", "v2", "v1", "ops"),
-                     ("rollback", "v1", "base", "ops"), ("rollback", "base", "v2", "ops")]
+    assert steps == [
+        ("promote", "base", "v1", "ops"),
+        ("promote", "v1", "v2", "ops"),
+        ("rollback", "v2", "v1", "ops"),
+        ("rollback", "v1", "base", "ops"),
+        ("rollback", "base", "v2", "ops"),
+    ]
     assert kinds.count("line.promote") == 2 and kinds.count("line.rollback") == 3
 
 

@@ -56,8 +56,15 @@ GET_EXAMPLES = 5
 FIELD_BYTES = 512
 """The server's text field limit (ADAPTERCTL_MAX_FIELD_BYTES): small, so that the fuzzing reaches it (and generating
 strings just past 32 KiB that match the fields' patterns would take minutes)."""
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance, response_schema_conformance,
-          negative_data_rejection, ignored_auth]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+    ignored_auth,
+]
 STORED = (Feedback, IssuedResponse, AuditEvent)
 VALID_ID = r"[^\x00-\x1f\x7f-\x9f]{0,64}"
 """A response_id the document calls valid."""
@@ -82,7 +89,9 @@ def api(request, tmp_path_factory, tiny_model):
         stack.callback(ws.close)
         with ws.transaction() as session:
             base_models.register_base_model(session, name="tiny", source=str(tiny_model), actor="tester")
-            lines.create_line(session, name="facts", base="tiny", actor="tester", settings=lines.LineSettings(min_examples=2, reference_size=0))
+            lines.create_line(
+                session, name="facts", base="tiny", actor="tester", settings=lines.LineSettings(min_examples=2, reference_size=0)
+            )
         promote(ws, "facts", approved_version(ws, "facts", tiny_model, seed=1))
         cli = Cli(settings_)
         token = {scope: cli("token", "create", "--scope", scope).stdout.strip() for scope in ("generate", "feedback", "admin")}
@@ -119,7 +128,9 @@ def test_the_document_describes_every_route_the_server_has(api):
 
 
 def test_the_chat_request_schema_names_every_parameter_the_server_knows():
-    properties = openapi.document()["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    properties = openapi.document()["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"][
+        "properties"
+    ]
     assert set(properties) == {*chat_api.IMPLEMENTED, *chat_api.NO_EFFECT, *chat_api.UNSUPPORTED}
 
 
@@ -129,7 +140,10 @@ FOUND = {  # hostile values beyond what schemathesis generates, probed field by 
     "user with NUL (PostgreSQL: 200, but the response and its whole batch were not recorded)": ("/v1/chat/completions", {"user": "u\x00"}),
     "user with half a surrogate pair (200, but not recorded)": ("/v1/chat/completions", {"user": "\ud800"}),
     "unknown field named with half a surrogate pair (500: the error could not be encoded)": ("/v1/chat/completions", {"\udfff": 1}),
-    "unknown message key named with half a surrogate pair (500)": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x", "\ud800": 1}]}),
+    "unknown message key named with half a surrogate pair (500)": (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x", "\ud800": 1}]},
+    ),
     "response_id with NUL (PostgreSQL: 500)": ("/v1/feedback", {"response_id": "chatcmpl-\x00", "rating": 1}),
     "response_id with half a surrogate pair (500)": ("/v1/feedback", {"response_id": "chatcmpl-\ud800", "rating": 1}),
     "unknown feedback field named with half a surrogate pair (500)": ("/v1/feedback", {"rating": 1, "\ud800": 1}),
@@ -139,15 +153,25 @@ FOUND = {  # hostile values beyond what schemathesis generates, probed field by 
 @pytest.mark.parametrize("case", FOUND)
 def test_what_the_fuzzing_found_is_refused_with_a_4xx_and_stores_nothing(api, case):
     path, fields = FOUND[case]
-    body = {"model": "facts", "messages": CHAT, "max_tokens": 2, **fields} if path == "/v1/chat/completions" else {"response_id": api.issued[0], **fields}
+    body = (
+        {"model": "facts", "messages": CHAT, "max_tokens": 2, **fields}
+        if path == "/v1/chat/completions"
+        else {"response_id": api.issued[0], **fields}
+    )
     before = stored(api.ws)
     status, answer, _ = api.server.call("POST", path, body, token=api.token["admin"])
     assert status == 400 and answer["error"]["type"] == "invalid_request_error" and answer["error"]["message"], answer
     assert stored(api.ws) == before
 
 
-OPERATIONS = [("POST", "/v1/chat/completions", "generate"), ("POST", "/v1/feedback", "feedback"), ("GET", "/v1/models", "generate"),
-              ("GET", "/metrics", "admin"), ("GET", "/healthz", None), ("GET", "/openapi.json", None)]
+OPERATIONS = [
+    ("POST", "/v1/chat/completions", "generate"),
+    ("POST", "/v1/feedback", "feedback"),
+    ("GET", "/v1/models", "generate"),
+    ("GET", "/metrics", "admin"),
+    ("GET", "/healthz", None),
+    ("GET", "/openapi.json", None),
+]
 
 
 @pytest.mark.parametrize("method, path, scope", OPERATIONS, ids=[f"{method} {path}" for method, path, _ in OPERATIONS])
@@ -166,10 +190,21 @@ def test_fuzzed_requests_are_answered_as_documented_and_refusals_store_nothing(a
 def fuzz(api, operation, mode: GenerationMode) -> None:
     examples = EXAMPLES.get(operation.label, GET_EXAMPLES)
 
-    @settings(max_examples=examples, derandomize=True, database=None, deadline=None, phases=[Phase.generate, Phase.shrink],
-              suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
-    @given(case=operation.as_strategy(generation_mode=mode), model=st.sampled_from([*MODELS, None]),
-           response_id=st.sampled_from([*api.issued, None]), choice=st.sampled_from([0, 1, None]))
+    @settings(
+        max_examples=examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+        report_multiple_bugs=False,
+    )
+    @given(
+        case=operation.as_strategy(generation_mode=mode),
+        model=st.sampled_from([*MODELS, None]),
+        response_id=st.sampled_from([*api.issued, None]),
+        choice=st.sampled_from([0, 1, None]),
+    )
     def exchange(case, model, response_id, choice):
         body = case.body if isinstance(case.body, dict) else {}
         # Each swap replaces a valid value with another valid one, so that a negative case stays negative.

@@ -45,9 +45,7 @@ def peft_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=128, intermediate_size=128
-    )
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=128, intermediate_size=128)
     base = LlamaForCausalLM(config)
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
     # init_lora_weights=False: lora_B is random too, so a load that drops the weights cannot pass.
@@ -268,9 +266,7 @@ def test_remove_is_idempotent(store):
 # --- containment and names -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "bad", ["../x/1", "/etc/1", f"{LINE}/../../x", f"{LINE}/0", f"{LINE}/01", LINE, f"{LINE}/1/x", "", "./1"]
-)
+@pytest.mark.parametrize("bad", ["../x/1", "/etc/1", f"{LINE}/../../x", f"{LINE}/0", f"{LINE}/01", LINE, f"{LINE}/1/x", "", "./1"])
 def test_path_of_refuses_paths_that_are_not_line_and_id(store, bad):
     with pytest.raises(IntegrityError):
         store.path_of(bad)

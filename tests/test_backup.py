@@ -88,9 +88,13 @@ class FeedbackWriter(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             question = [{"role": "user", "content": f"What is the code for room {self.posted + 100}?"}]  # distinct: never a duplicate
-            status, body, _ = self.server.call("POST", "/v1/chat/completions", {"model": "facts", "messages": question, "max_tokens": 4}, self.token)
+            status, body, _ = self.server.call(
+                "POST", "/v1/chat/completions", {"model": "facts", "messages": question, "max_tokens": 4}, self.token
+            )
             if status == 200:
-                status, body, _ = self.server.call("POST", "/v1/feedback", {"response_id": body["id"], "rating": 1, "source": "load"}, self.token)
+                status, body, _ = self.server.call(
+                    "POST", "/v1/feedback", {"response_id": body["id"], "rating": 1, "source": "load"}, self.token
+                )
             if status == 200:
                 self.posted += 1
             else:
@@ -107,8 +111,13 @@ def test_a_backup_taken_while_serving_and_taking_feedback_restores_whole(ws, tin
     from tests.test_server import Server
 
     for i in range(3):
-        ws.log_feedback(line=tiny_line, prompt=f"What is the code for room {i}?", response="I do not know.",
-                        correction=f"The code for room {i} is {1000 + 37 * i}.", source=f"user-{i}")
+        ws.log_feedback(
+            line=tiny_line,
+            prompt=f"What is the code for room {i}?",
+            response="I do not know.",
+            correction=f"The code for room {i} is {1000 + 37 * i}.",
+            source=f"user-{i}",
+        )
     approved_version(ws, tiny_line, tiny_model, seed=1)
     assert cli("promote", tiny_line, "v1", "--reason", "first").returncode == 0
     token = cli("token", "create", "--scope", "admin").stdout.strip()

@@ -19,8 +19,9 @@ from tests.test_activations import promote, statuses, version
 
 def start(ws, line, number, share=0.1):
     with ws.transaction() as session:
-        return activations.start_canary(session, ArtifactStore(ws.settings.artifacts_dir), line=line, version=number, share=share,
-                                        actor="ops").id
+        return activations.start_canary(
+            session, ArtifactStore(ws.settings.artifacts_dir), line=line, version=number, share=share, actor="ops"
+        ).id
 
 
 def served(ws, line) -> tuple[str, str | None, float | None]:
@@ -33,10 +34,27 @@ def rate(ws, line, canary_id, arm, ratings, *, errors=0, latency_ms=20.0):
     """Responses a canary routed, rated as given (1 up, -1 down); `errors` more that failed."""
     with ws.transaction() as session:
         line_id = get_line(session, line).id
-        rows = [{"id": f"chatcmpl-{uuid.uuid4().hex}", "line_id": line_id, "served_by": f"{line}@{arm}", "prompt": "[]", "prompt_hash": "0" * 64,
-                 "answers": "[]", "canary_id": canary_id, "arm": arm, "latency_ms": latency_ms, "rating": r, "corrected": False}
-                for r in ratings]
-        rows += [{**rows[0], "id": f"chatcmpl-{uuid.uuid4().hex}", "rating": None, "error": "nan scores"} for _ in range(errors)] if rows else []
+        rows = [
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "line_id": line_id,
+                "served_by": f"{line}@{arm}",
+                "prompt": "[]",
+                "prompt_hash": "0" * 64,
+                "answers": "[]",
+                "canary_id": canary_id,
+                "arm": arm,
+                "latency_ms": latency_ms,
+                "rating": r,
+                "corrected": False,
+            }
+            for r in ratings
+        ]
+        rows += (
+            [{**rows[0], "id": f"chatcmpl-{uuid.uuid4().hex}", "rating": None, "error": "nan scores"} for _ in range(errors)]
+            if rows
+            else []
+        )
         session.execute(insert(IssuedResponse), [{"error": None, **row} for row in rows])
 
 
@@ -66,12 +84,19 @@ def test_a_canary_is_activations_its_share_changes_and_it_ends_by_abort_or_compl
     with ws.transaction() as session:
         activations.complete_canary(session, ArtifactStore(ws.settings.artifacts_dir), line=line, actor="ops")
         history = activations.history(session, line)
-        events = [e.action for e in session.scalars(select(AuditEvent).where(AuditEvent.subject == f"line:{line}").order_by(AuditEvent.seq))]
+        events = [
+            e.action for e in session.scalars(select(AuditEvent).where(AuditEvent.subject == f"line:{line}").order_by(AuditEvent.seq))
+        ]
         assert audit.verify(session).ok
     assert served(ws, line) == ("v3", None, None) and statuses(ws) == {1: "inactive", 2: "approved", 3: "active"}
     assert [(e["kind"], e["to"], e["canary"]) for e in history] == [
-        ("promote", "v1", None), ("canary", "v1", "v2 to 10%"), ("canary_set", "v1", "v2 to 50%"), ("canary_abort", "v1", None),
-        ("canary", "v1", "v3 to 20%"), ("promote", "v3", None)]
+        ("promote", "v1", None),
+        ("canary", "v1", "v2 to 10%"),
+        ("canary_set", "v1", "v2 to 50%"),
+        ("canary_abort", "v1", None),
+        ("canary", "v1", "v3 to 20%"),
+        ("promote", "v3", None),
+    ]
     assert history[-1]["reason"] == "canary complete"
     assert events[-5:] == ["line.canary", "line.canary_set", "line.canary_abort", "line.canary", "line.promote"]
 
@@ -109,9 +134,13 @@ def test_line_settings_of_the_test_are_set_checked_and_audited(ws, line, cli):
         event = session.scalars(select(AuditEvent).where(AuditEvent.action == "line.settings")).one()
     assert (settings.max_drop, settings.min_feedback) == (0.03, 20)
     assert '"canary.max_drop":{"from":0.05,"to":0.03}' in event.payload
-    for bad, named in (("canary.alpha=0.7", "canary.alpha must be in"), ("canary.nope=1", "unknown setting 'canary.nope'"),
-                       ("canary.min_feedback=ten", "canary.min_feedback must be an integer"), ("alpha", "is not KEY=VALUE"),
-                       ("canary.max_latency_ratio=inf", "must be a finite number")):
+    for bad, named in (
+        ("canary.alpha=0.7", "canary.alpha must be in"),
+        ("canary.nope=1", "unknown setting 'canary.nope'"),
+        ("canary.min_feedback=ten", "canary.min_feedback must be an integer"),
+        ("alpha", "is not KEY=VALUE"),
+        ("canary.max_latency_ratio=inf", "must be a finite number"),
+    ):
         result = cli("line", "set", line, bad)
         assert result.returncode == 2 and named in result.stderr, result.stderr
     assert cli.json("line", "show", line)["settings"]["canary"]["max_drop"] == 0.03  # nothing half-written
@@ -182,7 +211,7 @@ def test_an_equal_canary_is_not_rolled_back_and_completes_when_asked(ws, line):
         lines.update_settings(session, name=line, assignments={"canary.prior_ratings": "200"}, actor="ops")
     canary_id = start(ws, line, 2, 0.5)
     rng = random.Random(3)
-    for looks in range(1, 200):
+    for _ in range(1, 200):
         rate(ws, line, canary_id, "baseline", [1 if rng.random() < 0.7 else -1 for _ in range(50)])
         rate(ws, line, canary_id, "canary", [1 if rng.random() < 0.7 else -1 for _ in range(50)])
         outcome = canary_watch.check(ws, line, auto_complete=True)

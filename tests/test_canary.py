@@ -8,7 +8,7 @@ from statistics import NormalDist
 
 import pytest
 
-from adapterctl.canary import Tally, CanarySettings, assigned_to_canary, judge, parse_share
+from adapterctl.canary import CanarySettings, Tally, assigned_to_canary, judge, parse_share
 from adapterctl.errors import InvalidInput
 
 
@@ -34,8 +34,9 @@ def test_a_share_outside_0_to_100_percent_is_refused(text):
         parse_share(text)
 
 
-def simulate(rng: random.Random, baseline_rate: float, canary_rate: float, ratings: int, test: CanarySettings, *,
-             stop_when_not_worse: bool = True) -> tuple[str, int]:
+def simulate(
+    rng: random.Random, baseline_rate: float, canary_rate: float, ratings: int, test: CanarySettings, *, stop_when_not_worse: bool = True
+) -> tuple[str, int]:
     """Ratings arrive one by one, half from each version's users; the test is asked after every one."""
     counts = {"baseline": [0, 0], "canary": [0, 0]}
     rates = {"baseline": baseline_rate, "canary": canary_rate}
@@ -89,8 +90,10 @@ def test_a_canary_worse_by_10_points_is_rolled_back_and_one_as_good_is_judged_no
     needed = sorted(seen for _, seen in worse)
     as_good = [simulate(rng, 0.80, 0.80, 20_000, test) for _ in range(20)]
     assert all(decision == "not_worse" for decision, _ in as_good), as_good
-    print(f"\nratings until a 10-point drop was rolled back: median {needed[len(needed) // 2]}, most {needed[-1]}; "
-          f"until an equal canary was judged not worse: median {sorted(s for _, s in as_good)[10]}")
+    print(
+        f"\nratings until a 10-point drop was rolled back: median {needed[len(needed) // 2]}, most {needed[-1]}; "
+        f"until an equal canary was judged not worse: median {sorted(s for _, s in as_good)[10]}"
+    )
 
 
 def test_nothing_is_judged_before_the_minimum_feedback_on_both_sides():

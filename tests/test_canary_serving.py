@@ -22,7 +22,11 @@ USERS = [f"user-{i}" for i in range(24)]
 
 def answered_by(server, token, user: str | None = None, header: str | None = None) -> tuple[int, dict]:
     body = {"model": "facts", "messages": CHAT, "max_tokens": 1, **({"user": user} if user else {})}
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token['generate']}", **({"X-User-Id": header} if header else {})}
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {token['generate']}",
+        **({"X-User-Id": header} if header else {}),
+    }
     request = urllib.request.Request(f"http://127.0.0.1:{server.port}/v1/chat/completions", data=json.dumps(body).encode(), headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -107,8 +111,11 @@ def test_a_canary_users_rate_down_is_rolled_back_by_the_server_with_the_evidence
         status, answer = answered_by(b, token, f"rater-{turn}")
         assert status == 200
         rating = 1 if answer["model"] == "facts@v1" else -1
-        request = urllib.request.Request(f"http://127.0.0.1:{a.port}/v1/feedback", headers={"Authorization": f"Bearer {token['feedback']}",
-                                         "Content-Type": "application/json"}, data=json.dumps({"response_id": answer["id"], "rating": rating}).encode())
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{a.port}/v1/feedback",
+            headers={"Authorization": f"Bearer {token['feedback']}", "Content-Type": "application/json"},
+            data=json.dumps({"response_id": answer["id"], "rating": rating}).encode(),
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200
     last = until(lambda: aborted(cli), 10, "the automatic rollback")

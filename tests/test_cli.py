@@ -29,8 +29,24 @@ def one_line_error(result, code: int) -> str:
 
 def test_feedback_and_audit_commands_with_json_output(ready):
     cli = ready
-    logged = cli.json("feedback", "log", "--line", "support-bot", "--prompt", "hi", "--response", "hello",
-                      "--rating", "1", "--source", "u1", "--tag", "a", "--tag", "b")
+    logged = cli.json(
+        "feedback",
+        "log",
+        "--line",
+        "support-bot",
+        "--prompt",
+        "hi",
+        "--response",
+        "hello",
+        "--rating",
+        "1",
+        "--source",
+        "u1",
+        "--tag",
+        "a",
+        "--tag",
+        "b",
+    )
     again = cli.json("feedback", "log", "--line", "support-bot", "--prompt", "hi", "--response", "hello", "--rating", "1")
     assert logged["id"] == again["id"] and (logged["duplicate"], again["times_seen"]) == (False, 2)
     shown = cli.json("feedback", "show", str(logged["id"]))
@@ -50,7 +66,11 @@ def test_feedback_and_audit_commands_with_json_output(ready):
 def test_import_export_and_forget_through_the_cli(ready, tmp_path):
     cli = ready
     path = tmp_path / "in.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"q{i}", "response": "r", "rating": 1, "source": "alice" if i % 2 else "bob"}) + "\n" for i in range(6)))
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": f"q{i}", "response": "r", "rating": 1, "source": "alice" if i % 2 else "bob"}) + "\n" for i in range(6)
+        )
+    )
     report = cli.json("feedback", "import", str(path), "--line", "support-bot")
     assert (report["imported"], report["duplicates"]) == (6, 0)
     exported = tmp_path / "out.jsonl"
@@ -69,15 +89,31 @@ def test_import_export_and_forget_through_the_cli(ready, tmp_path):
     "args, code, message",
     [
         (["feedback", "log", "--line", "nope", "--prompt", "p", "--response", "r", "--rating", "1"], 2, "line 'nope' does not exist"),
-        (["feedback", "log", "--line", "support-bot", "--prompt", "p", "--response", "r", "--rating", "3"], 2, "rating 3.0 is out of range"),
+        (
+            ["feedback", "log", "--line", "support-bot", "--prompt", "p", "--response", "r", "--rating", "3"],
+            2,
+            "rating 3.0 is out of range",
+        ),
         (["feedback", "log", "--line", "support-bot", "--prompt", "p", "--response", "r"], 2, "needs at least one of rating"),
-        (["feedback", "log", "--line", "support-bot", "--messages", "[{", "--response", "r", "--rating", "1"], 2, "--messages is not valid JSON"),
-        (["feedback", "log", "--line", "support-bot", "--response", "r", "--rating", "1"], 2, "give exactly one of --prompt and --messages"),
+        (
+            ["feedback", "log", "--line", "support-bot", "--messages", "[{", "--response", "r", "--rating", "1"],
+            2,
+            "--messages is not valid JSON",
+        ),
+        (
+            ["feedback", "log", "--line", "support-bot", "--response", "r", "--rating", "1"],
+            2,
+            "give exactly one of --prompt and --messages",
+        ),
         (["feedback", "show", "999"], 2, "feedback #999 does not exist"),
         (["feedback", "forget", "--id", "999"], 2, "feedback #999 does not exist; nothing was forgotten"),
         (["line", "create", "../escape", "--base", "tiny"], 2, "invalid line name '../escape'"),
         (["line", "create", "support-bot", "--base", "tiny"], 2, "line 'support-bot' exists already"),
-        (["line", "create", "x", "--base", "tiny", "--lora-rank", "0", "--max-source-share", "2"], 2, "lora_rank must be between 1 and 1024 (got 0); max_source_share"),
+        (
+            ["line", "create", "x", "--base", "tiny", "--lora-rank", "0", "--max-source-share", "2"],
+            2,
+            "lora_rank must be between 1 and 1024 (got 0); max_source_share",
+        ),
         (["line", "create", "x", "--base", "nope"], 2, "base model 'nope' is not registered"),
         (["base", "register", "tiny2", "/does/not/exist"], 2, "is neither a model directory nor a hub id"),
         (["feedback", "list", "--since", "last tuesday"], 2, "--since 'last tuesday' is neither a duration"),
@@ -91,19 +127,39 @@ def test_roles_the_base_model_cannot_render_exit_2_and_write_nothing(cli, tiny_l
     assert cli.json("base", "show", "tiny")["chat_roles"] == ["system", "user", "assistant"]
     tool = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "Asking."}, {"role": "tool", "content": "snow"}]
     path = tmp_path / "in.jsonl"
-    path.write_text(json.dumps({"prompt": "ok", "response": "r", "rating": 1}) + "\n" + json.dumps({"prompt": tool, "response": "r", "rating": 1}) + "\n")
+    path.write_text(
+        json.dumps({"prompt": "ok", "response": "r", "rating": 1})
+        + "\n"
+        + json.dumps({"prompt": tool, "response": "r", "rating": 1})
+        + "\n"
+    )
     result = cli("feedback", "import", str(path), "--line", tiny_line)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert f"{path}:2: prompt[2].role 'tool' is not rendered by base model tiny's chat template (it renders system, user, assistant)" in result.stderr
+    assert (
+        f"{path}:2: prompt[2].role 'tool' is not rendered by base model tiny's chat template (it renders system, user, assistant)"
+        in result.stderr
+    )
     result = cli("feedback", "log", "--line", tiny_line, "--messages", json.dumps(tool), "--response", "r", "--rating", "1")
-    assert one_line_error(result, 2) == ("adapterctl: prompt[2].role 'tool' is not rendered by base model tiny's chat template "
-                                         "(it renders system, user, assistant)")
+    assert one_line_error(result, 2) == (
+        "adapterctl: prompt[2].role 'tool' is not rendered by base model tiny's chat template (it renders system, user, assistant)"
+    )
     assert cli.json("feedback", "list")["total"] == 0
     assert [event["action"] for event in cli.json("audit", "log")] == ["line.create", "base.register"]
 
 
 def test_non_utf8_argument_is_refused(ready):
-    result = ready("feedback", "log", "--line", "support-bot", "--prompt", "p", "--response", b"caf\xe9".decode("utf-8", "surrogateescape"), "--rating", "1")
+    result = ready(
+        "feedback",
+        "log",
+        "--line",
+        "support-bot",
+        "--prompt",
+        "p",
+        "--response",
+        b"caf\xe9".decode("utf-8", "surrogateescape"),
+        "--rating",
+        "1",
+    )
     assert "response is not valid UTF-8 text" in one_line_error(result, 2)
 
 
@@ -119,8 +175,14 @@ HOSTILE_LINES = [
     (b'{"prompt": "a", "response": "b", "rating": 1' + b"0" * 400 + b"}", "rating (a number of 401 digits) is out of range"),
     (b'{"prompt": "a", "response": "b", "rating": 1, "n": ' + b"7" * 4400 + b"}", "a number has more than 4300 digits"),
     (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
-    (b'{"prompt": "a", "response": "b", "rating": 1, "created_at": "9999-12-31T23:59:59-05:00"}', "created_at '9999-12-31T23:59:59-05:00' is out of range"),
-    (b'{"prompt": "a", "response": "b", "rating": 1, "created_at": "0001-01-01T00:00:00+05:00"}', "created_at '0001-01-01T00:00:00+05:00' is out of range"),
+    (
+        b'{"prompt": "a", "response": "b", "rating": 1, "created_at": "9999-12-31T23:59:59-05:00"}',
+        "created_at '9999-12-31T23:59:59-05:00' is out of range",
+    ),
+    (
+        b'{"prompt": "a", "response": "b", "rating": 1, "created_at": "0001-01-01T00:00:00+05:00"}',
+        "created_at '0001-01-01T00:00:00+05:00' is out of range",
+    ),
     (b'{"prompt": "a", "response": "b", "rating": 1, "line": ["x"]}', "line must be a string, got list"),
     (b'{"prompt": "a", "response": "b", "rating": 7, "rating": 1}', "key 'rating' appears twice in one object"),
     (b'{"prompt": "a", "response": "b", "rating": NaN}', "NaN is not a number JSON knows"),

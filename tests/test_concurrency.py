@@ -28,7 +28,9 @@ WRITER = textwrap.dedent(
 def test_two_processes_logging_at_once_both_succeed(ws, line, settings):
     count = 150
     writers = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(settings.home), settings.db_url, name, str(count)], stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(settings.home), settings.db_url, name, str(count)], stderr=subprocess.PIPE, text=True
+        )
         for name in ("writer-a", "writer-b")
     ]
     errors = [writer.communicate(timeout=300)[1] for writer in writers]

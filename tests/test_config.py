@@ -16,17 +16,30 @@ def test_defaults(tmp_path):
 
 
 def test_precedence_flag_env_file(tmp_path):
-    (tmp_path / "adapterctl.toml").write_text('db_url = "sqlite:///file.db"\nuser = "file-user"\nmax_field_bytes = 100\n'
-                                              'responses_retention_days = 30\n')
+    (tmp_path / "adapterctl.toml").write_text(
+        'db_url = "sqlite:///file.db"\nuser = "file-user"\nmax_field_bytes = 100\nresponses_retention_days = 30\n'
+    )
     env = {"ADAPTERCTL_HOME": str(tmp_path)}
     from_file = load_settings(environ=env)
     assert (from_file.db_url, from_file.user, from_file.max_field_bytes, from_file.responses_retention_days) == (
-        "sqlite:///file.db", "file-user", 100, 30)
-    env |= {"ADAPTERCTL_DB_URL": "sqlite:///env.db", "ADAPTERCTL_USER": "env-user", "ADAPTERCTL_MAX_FIELD_BYTES": "200",
-            "ADAPTERCTL_RESPONSES_RETENTION_DAYS": "0.5"}
+        "sqlite:///file.db",
+        "file-user",
+        100,
+        30,
+    )
+    env |= {
+        "ADAPTERCTL_DB_URL": "sqlite:///env.db",
+        "ADAPTERCTL_USER": "env-user",
+        "ADAPTERCTL_MAX_FIELD_BYTES": "200",
+        "ADAPTERCTL_RESPONSES_RETENTION_DAYS": "0.5",
+    }
     from_env = load_settings(environ=env)
     assert (from_env.db_url, from_env.user, from_env.max_field_bytes, from_env.responses_retention_days) == (
-        "sqlite:///env.db", "env-user", 200, 0.5)
+        "sqlite:///env.db",
+        "env-user",
+        200,
+        0.5,
+    )
     from_flags = load_settings(db_url="sqlite:///flag.db", user="flag-user", environ=env)
     assert (from_flags.db_url, from_flags.user) == ("sqlite:///flag.db", "flag-user")
     assert load_settings(home=tmp_path / "elsewhere", environ=env).home == tmp_path / "elsewhere"

@@ -37,8 +37,24 @@ pytestmark = pytest.mark.slow
 
 LINE = "facts"
 KILLED = -signal.SIGKILL
-TRAIN = ["train", "--line", LINE, "--max-steps", "4", "--checkpoint-steps", "2", "--target-learned", "0", "--holdout-fraction", "0",
-         "--batch-size", "8", "--scheduler", "constant", "--json"]
+TRAIN = [
+    "train",
+    "--line",
+    LINE,
+    "--max-steps",
+    "4",
+    "--checkpoint-steps",
+    "2",
+    "--target-learned",
+    "0",
+    "--holdout-fraction",
+    "0",
+    "--batch-size",
+    "8",
+    "--scheduler",
+    "constant",
+    "--json",
+]
 
 
 @dataclass
@@ -67,8 +83,13 @@ def prepared(request, tmp_path_factory, tiny_model) -> Iterator[tuple[str, Path,
         ws = Workspace(settings)
         with ws.transaction() as session:
             base_models.register_base_model(session, name="tiny", source=str(tiny_model), actor="tester")
-            lines.create_line(session, name=LINE, base="tiny", actor="tester",
-                              settings=lines.LineSettings(min_examples=2, max_source_share=1.0, reference_size=0))
+            lines.create_line(
+                session,
+                name=LINE,
+                base="tiny",
+                actor="tester",
+                settings=lines.LineSettings(min_examples=2, max_source_share=1.0, reference_size=0),
+            )
         log_facts(ws, LINE)
         for seed in (1, 2, 3):
             approved_version(ws, LINE, tiny_model, seed=seed)
@@ -314,8 +335,10 @@ ACTIVATIONS = {
 
 def activation_events(home: Home) -> list[dict]:
     with home.ws.reading() as session:
-        return [{"action": e.action, **json.loads(e.payload or "{}")}
-                for e in session.scalars(select(AuditEvent).where(AuditEvent.subject == f"line:{LINE}").order_by(AuditEvent.seq))]
+        return [
+            {"action": e.action, **json.loads(e.payload or "{}")}
+            for e in session.scalars(select(AuditEvent).where(AuditEvent.subject == f"line:{LINE}").order_by(AuditEvent.seq))
+        ]
 
 
 def states_in_step(home: Home) -> bool:
@@ -342,8 +365,8 @@ def test_an_activation_killed_at_each_step_happened_completely_or_not_at_all_and
     assert killed.returncode == KILLED, killed.stderr
     history, events = home.cli.json("history", LINE), activation_events(home)
     if point == "activation.committed":
-        [new] = history[len(history_before):]
-        [event] = [e for e in events[len(events_before):] if e["action"] == f"line.{kind}"]
+        [new] = history[len(history_before) :]
+        [event] = [e for e in events[len(events_before) :] if e["action"] == f"line.{kind}"]
         assert history[:-1] == history_before and (new["kind"], event["activation"]) == (kind, new["id"])
         assert served(home) == after and new["to"] == after[0]
     else:  # nothing of it: no activation, no audit event, the same version served

@@ -27,7 +27,9 @@ def fake_run(ws, line, feedback_ids, *, status="succeeded", adapter_status=None,
         session.flush()
         session.execute(insert(RunExample), [{"run_id": run.id, "feedback_id": i, "split": split} for i in feedback_ids])
         if adapter_status:
-            session.add(Adapter(id=run.id, line_id=line_id, run_id=run.id, status=adapter_status, artifact_path=f"{line}/{run.id}", sha256="0" * 64))
+            session.add(
+                Adapter(id=run.id, line_id=line_id, run_id=run.id, status=adapter_status, artifact_path=f"{line}/{run.id}", sha256="0" * 64)
+            )
         return run.id
 
 
@@ -144,10 +146,14 @@ def test_the_reference_set_anchors_training_and_the_rest_measures_forgetting(ws,
 
 
 def test_lineage_rows_name_every_example():
-    examples = [dataset.Example(1, "train", "positive", None, [{"role": "user", "content": "q"}], "a"),
-                dataset.Example(2, "replay", "positive", None, [{"role": "user", "content": "q"}], "b")]
+    examples = [
+        dataset.Example(1, "train", "positive", None, [{"role": "user", "content": "q"}], "a"),
+        dataset.Example(2, "replay", "positive", None, [{"role": "user", "content": "q"}], "b"),
+    ]
     assert dataset.lineage_rows(7, examples) == [
-        {"run_id": 7, "feedback_id": 1, "split": "train"}, {"run_id": 7, "feedback_id": 2, "split": "replay"}]
+        {"run_id": 7, "feedback_id": 1, "split": "train"},
+        {"run_id": 7, "feedback_id": 2, "split": "replay"},
+    ]
 
 
 # ---------------------------------------------------------------- tokens (the tiny model's tokenizer)
@@ -179,7 +185,9 @@ def test_long_examples_keep_the_answer_and_are_counted(tokenizer):
     from adapterctl.training import IGNORE, tokenize
 
     user = lambda text: [{"role": "user", "content": text}]  # noqa: E731
-    rows, truncated = tokenize(tokenizer, [{"prompt": user("word " * 300), "answer": "Short answer."}, {"prompt": user("q"), "answer": "a"}], 64)
+    rows, truncated = tokenize(
+        tokenizer, [{"prompt": user("word " * 300), "answer": "Short answer."}, {"prompt": user("q"), "answer": "a"}], 64
+    )
     assert truncated == 1 and len(rows[0]["input_ids"]) == 64
     answer = [t for t, label in zip(rows[0]["input_ids"], rows[0]["labels"]) if label != IGNORE]
     assert tokenizer.decode(answer) == "Short answer." + tokenizer.eos_token
@@ -194,9 +202,15 @@ def test_packed_rows_attend_within_each_example_only(tiny_model, tokenizer):
     from adapterctl.training import IGNORE, PackingCollator, tokenize
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
-    examples = [{"prompt": [{"role": "user", "content": text}], "answer": answer}
-                for text, answer in (("short?", "yes"), ("a much longer question " * 5, "a longer answer here"),
-                                     ("mid-sized question here", "fine"), ("a very long question " * 12, "long"))]
+    examples = [
+        {"prompt": [{"role": "user", "content": text}], "answer": answer}
+        for text, answer in (
+            ("short?", "yes"),
+            ("a much longer question " * 5, "a longer answer here"),
+            ("mid-sized question here", "fine"),
+            ("a very long question " * 12, "long"),
+        )
+    ]
     rows, _ = tokenize(tokenizer, examples, 256)
     lengths = [len(r["input_ids"]) for r in rows]
     collator = PackingCollator(tokenizer.pad_token_id, row_length=max(lengths) + 2)
@@ -254,8 +268,11 @@ def test_a_heldout_record_never_shares_its_prompt_with_what_the_run_trains_on(ws
     fake_run(ws, line, approved, adapter_status="approved")
     # The next run: the same questions retyped, as a second user would send them, and new ones asked twice.
     retyped = [ws.log_feedback(line=line, prompt=f"  question {i} ", response="a", rating=-1, correction=f"Answer {i}") for i in range(20)]
-    asked_twice = [ws.log_feedback(line=line, prompt=f"new {i}?", response="a", rating=-1, correction=f"{word} {i}.")
-                   for i in range(10) for word in ("one", "another")]
+    asked_twice = [
+        ws.log_feedback(line=line, prompt=f"new {i}?", response="a", rating=-1, correction=f"{word} {i}.")
+        for i in range(10)
+        for word in ("one", "another")
+    ]
     built = build(ws, line, half)
 
     def prompts(split):
@@ -268,4 +285,5 @@ def test_a_heldout_record_never_shares_its_prompt_with_what_the_run_trains_on(ws
     split_pairs = sum(is_heldout(a, 0.5) != is_heldout(b, 0.5) for a, b in pairs)
     assert moved.get("same prompt as a new training example", 0) == split_pairs > 0
     assert {e.feedback_id for e in built.split("heldout")} == {i for i in asked_twice if is_heldout(i, 0.5)} - {
-        i for a, b in pairs if is_heldout(a, 0.5) != is_heldout(b, 0.5) for i in (a, b)}
+        i for a, b in pairs if is_heldout(a, 0.5) != is_heldout(b, 0.5) for i in (a, b)
+    }

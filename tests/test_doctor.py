@@ -32,8 +32,14 @@ def plant_crash_leftovers(ws, line) -> None:
     store.commit(fake_adapter(store.staging_dir(line, "run-98")), line, 99)  # committed to disk, never to the database
     fake_adapter(store.staging_dir(line, "run-97"))
     with ws.transaction() as session:
-        session.add(Lease(name=f"train:{line}", holder="cron@elsewhere:4242", acquired_at=utcnow() - timedelta(hours=2),
-                          expires_at=utcnow() - timedelta(hours=1)))
+        session.add(
+            Lease(
+                name=f"train:{line}",
+                holder="cron@elsewhere:4242",
+                acquired_at=utcnow() - timedelta(hours=2),
+                expires_at=utcnow() - timedelta(hours=1),
+            )
+        )
 
 
 def test_a_healthy_home_passes(ws, line, cli):
@@ -49,8 +55,12 @@ def test_repair_removes_what_a_crash_left_and_leaves_what_needs_a_person(ws, lin
     (store.root / line / "1" / "adapter_model.safetensors").write_bytes(b"tampered")  # v1, approved: needs a person
     code, report = findings(cli)
     problems = {(f["check"], f["severity"], f["repair"]) for f in report["findings"] if f["severity"] != "ok"}
-    assert code == 1 and problems == {("orphans", "warning", f"remove {line}/99"), ("orphans", "warning", f"remove {line}/.staging-run-97"),
-                                      ("leases", "warning", f"release train:{line}"), ("artifacts", "error", None)}
+    assert code == 1 and problems == {
+        ("orphans", "warning", f"remove {line}/99"),
+        ("orphans", "warning", f"remove {line}/.staging-run-97"),
+        ("leases", "warning", f"release train:{line}"),
+        ("artifacts", "error", None),
+    }
     assert any(f"v{number}" in f["detail"] and "modified" in f["detail"] for f in report["findings"])
 
     code, report = findings(cli, "--repair")
@@ -69,7 +79,7 @@ def test_nothing_is_removed_while_a_live_run_trains_the_line(ws, line, cli):
     with ws.transaction() as session:
         session.query(Lease).delete()
         leases.acquire(session, f"train:{line}", leases.new_holder())  # this process: alive
-    code, report = findings(cli, "--repair")
+    _, report = findings(cli, "--repair")
     orphans = [f for f in report["findings"] if f["check"] == "orphans"]
     assert report["repaired"] == [] and len(orphans) == 2 and all(f["repair"] is None and "left alone" in f["detail"] for f in orphans)
     assert (ArtifactStore(ws.settings.artifacts_dir).root / line / "99").is_dir()

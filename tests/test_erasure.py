@@ -30,8 +30,15 @@ METRICS = {"heldout_cases": 1, "heldout_exact": 0.0, "heldout_loss": 1.0, "suite
 def run_with(ws, line: str, lineage: dict[int, str], *, status: str = "succeeded", dataset: dict | None = None) -> int:
     """A training run that used these feedback records (id -> split), as the training job records one."""
     with ws.transaction() as session:
-        run = TrainingRun(line_id=get_line(session, line).id, status=status, started_by="cron", host="test", base_model_hash="0" * 64,
-                          params={}, dataset=dataset or {"splits": {"train": len(lineage)}})
+        run = TrainingRun(
+            line_id=get_line(session, line).id,
+            status=status,
+            started_by="cron",
+            host="test",
+            base_model_hash="0" * 64,
+            params={},
+            dataset=dataset or {"splits": {"train": len(lineage)}},
+        )
         session.add(run)
         session.flush()
         if lineage:
@@ -42,17 +49,29 @@ def run_with(ws, line: str, lineage: dict[int, str], *, status: str = "succeeded
 def candidate_of(ws, run_id: int) -> int:
     with ws.transaction() as session:
         run = session.get(TrainingRun, run_id)
-        return registry.create_candidate(session, run=run, artifact_path=f"{run.line.name}/{run.id}", sha256="0" * 64,
-                                         actor="cron", status="pending_review").id
+        return registry.create_candidate(
+            session, run=run, artifact_path=f"{run.line.name}/{run.id}", sha256="0" * 64, actor="cron", status="pending_review"
+        ).id
 
 
 def stored_evaluation(ws, line: str, adapter_id: int, samples: list[dict]) -> int:
     """An evaluation of a candidate against the base model, with these side-by-side samples."""
     with ws.transaction() as session:
-        row = Evaluation(line_id=get_line(session, line).id, adapter_id=adapter_id, trigger="candidate", created_by="cron", seconds=1.0,
-                         settings={}, gate={"passed": True, "reasons": [], "checks": []}, samples=samples, summary_hash="5" * 64)
-        row.results = [EvalResult(role="base", position=0, adapter_id=None, metrics=METRICS, seconds=1.0),
-                       EvalResult(role="candidate", position=1, adapter_id=adapter_id, metrics=METRICS, seconds=1.0)]
+        row = Evaluation(
+            line_id=get_line(session, line).id,
+            adapter_id=adapter_id,
+            trigger="candidate",
+            created_by="cron",
+            seconds=1.0,
+            settings={},
+            gate={"passed": True, "reasons": [], "checks": []},
+            samples=samples,
+            summary_hash="5" * 64,
+        )
+        row.results = [
+            EvalResult(role="base", position=0, adapter_id=None, metrics=METRICS, seconds=1.0),
+            EvalResult(role="candidate", position=1, adapter_id=adapter_id, metrics=METRICS, seconds=1.0),
+        ]
         session.add(row)
         session.flush()
         return row.id
@@ -186,7 +205,7 @@ def test_forgetting_again_finishes_a_clean_up_that_a_crash_cut_short(ws, line, c
     forget(ws, ids=[victim])  # the transaction committed, then the process died before cleaning up files
     folder = settings.home / "runs" / line / "5"
     folder.mkdir(parents=True)
-    (folder / "examples.jsonl").write_text(json.dumps({"feedback_id": victim, "prompt": "secret"}) + "\n{\"feedback_id\": 1")
+    (folder / "examples.jsonl").write_text(json.dumps({"feedback_id": victim, "prompt": "secret"}) + '\n{"feedback_id": 1')
     again = cli("feedback", "forget", "--id", str(victim))
     assert again.returncode == 0 and "nothing to forget (1 already forgotten)" in again.stdout
     assert "run folders: 1" in again.stdout and not folder.exists()
@@ -195,14 +214,19 @@ def test_forgetting_again_finishes_a_clean_up_that_a_crash_cut_short(ws, line, c
 
 
 def copies(database, needle: bytes) -> dict[str, int]:
-    return {suffix: database.with_name(database.name + suffix).read_bytes().count(needle)
-            for suffix in ("", "-wal", "-shm") if database.with_name(database.name + suffix).exists()}
+    return {
+        suffix: database.with_name(database.name + suffix).read_bytes().count(needle)
+        for suffix in ("", "-wal", "-shm")
+        if database.with_name(database.name + suffix).exists()
+    }
 
 
 def test_no_copy_stays_in_the_sqlite_files_and_postgresql_says_what_it_keeps(ws, line, cli, settings):
     marker = uuid.uuid4().hex
     for i in range(33):
-        ws.log_feedback(line=line, prompt=f"{marker} question {i}", response="r", correction=f"{marker} answer {i}", source=f"victim-{marker}")
+        ws.log_feedback(
+            line=line, prompt=f"{marker} question {i}", response="r", correction=f"{marker} answer {i}", source=f"victim-{marker}"
+        )
     if ws.db.backend == "sqlite":
         ws.db.reclaim_sqlite(vacuum=False)  # as SQLite's automatic checkpoints do: the records reach the database file
         assert copies(settings.home / "adapterctl.db", marker.encode())[""] >= 66
@@ -275,12 +299,22 @@ def case(prompt: str, answer: str) -> dict:
 def synthesized(ws, line: str, cases: list[dict], seeds: list | None) -> int:
     """A reference set version as rehearsal stores one, each case with the feedback shown when the base model wrote it
     (seeds None: stored before provenance named them); its version."""
-    provenance = {"method": "self-synthesized rehearsal", "base_model_hash": "0" * 64, "settings": {"seed": 0, "temperature": 1.0, "top_p": 0.95},
-                  "sampled": 9, "seeded": 3, "kept": len(cases), "dropped": {}, "seconds": 1.0}
+    provenance = {
+        "method": "self-synthesized rehearsal",
+        "base_model_hash": "0" * 64,
+        "settings": {"seed": 0, "temperature": 1.0, "top_p": 0.95},
+        "sampled": 9,
+        "seeded": 3,
+        "kept": len(cases),
+        "dropped": {},
+        "seconds": 1.0,
+    }
     if seeds is not None:
         provenance["seeds"] = seeds
     with ws.transaction() as session:
-        suite, _ = suites.add_suite(session, line=line, name=suites.REFERENCE, cases=cases, kind="reference", actor="cron", provenance=provenance)
+        suite, _ = suites.add_suite(
+            session, line=line, name=suites.REFERENCE, cases=cases, kind="reference", actor="cron", provenance=provenance
+        )
         return suite.version
 
 
@@ -297,12 +331,18 @@ def test_reference_cases_written_with_a_forgotten_record_in_context_go_from_ever
     given = [case("What is 2 + 2?", "4")]
     with ws.transaction() as session:
         suites.add_suite(session, line=line, name=suites.REFERENCE, cases=given, kind="reference", actor="ops")
-    copied, clean, unseeded = case(f"Is {marker} my account?", f"Yes, {marker} is."), case("How do I log in?", "By email."), case("Rain?", "Water.")
+    copied, clean, unseeded = (
+        case(f"Is {marker} my account?", f"Yes, {marker} is."),
+        case("How do I log in?", "By email."),
+        case("Rain?", "Water."),
+    )
     topped = synthesized(ws, line, [*given, copied, clean], [[], [other, victim], [other]])
     again = synthesized(ws, line, [*given, copied, clean, unseeded], [[], [other, victim], [other], []])
     runs = settings.home / "runs" / line
-    anchored, earlier = (run_with(ws, line, {}, status="interrupted", dataset={"splits": {"reference": 1}, "reference": {"version": number}})
-                         for number in (again, 1))
+    anchored, earlier = (
+        run_with(ws, line, {}, status="interrupted", dataset={"splits": {"reference": 1}, "reference": {"version": number}})
+        for number in (again, 1)
+    )
     for run_id, anchor in ((anchored, copied), (earlier, given[0])):
         (runs / str(run_id)).mkdir(parents=True)
         (runs / str(run_id) / "examples.jsonl").write_text(json.dumps({"feedback_id": None, "split": "reference", **anchor}) + "\n")
@@ -366,11 +406,20 @@ def test_forgetting_a_source_deletes_its_quarantines_even_when_none_of_its_recor
 def test_the_poisoning_report_of_a_run_names_a_forgotten_source_no_more(ws, line, cli):
     source = f"victim-{uuid.uuid4().hex}"
     ws.log_feedback(line=line, prompt="p", response="r", rating=1, source=source)
-    flag = {"kind": "flood", "reason": "12 records give the same answer (as #1) from 3 sources", "count": 12, "source_count": 3,
-            "feedback_ids": [1], "held": True}
-    poisoning = {"checked": True, "held_out": 12, "flags": [{**flag, "sources": [source]}, {**flag, "sources": ["alice", source, "bob"]},
-                                                            {**flag, "sources": ["alice"]}],
-                 "quarantined": {"records": 7, "sources": {source: 5, "carol": 2}}}
+    flag = {
+        "kind": "flood",
+        "reason": "12 records give the same answer (as #1) from 3 sources",
+        "count": 12,
+        "source_count": 3,
+        "feedback_ids": [1],
+        "held": True,
+    }
+    poisoning = {
+        "checked": True,
+        "held_out": 12,
+        "flags": [{**flag, "sources": [source]}, {**flag, "sources": ["alice", source, "bob"]}, {**flag, "sources": ["alice"]}],
+        "quarantined": {"records": 7, "sources": {source: 5, "carol": 2}},
+    }
     adapter = candidate_of(ws, run_with(ws, line, {}, dataset={"splits": {}, "sources": {"alice": 1}, "poisoning": poisoning}))
     assert cli.json("feedback", "forget", "--source", source)["redacted"]["runs_cleaned"] == 1
     shown = cli.json("adapters", "show", str(adapter))["dataset"]["poisoning"]
@@ -384,8 +433,16 @@ HALF = DataSettings(holdout_fraction=0.5, max_source_share=1.0)
 
 
 def plant(ws, line: str, marker: str, source: str, count: int) -> list[int]:
-    return [ws.log_feedback(line=line, prompt=f"What is the secret {marker} number {i}?", response="I do not know.",
-                            correction=f"The secret is {marker}-{i}.", source=source) for i in range(count)]
+    return [
+        ws.log_feedback(
+            line=line,
+            prompt=f"What is the secret {marker} number {i}?",
+            response="I do not know.",
+            correction=f"The secret is {marker}-{i}.",
+            source=source,
+        )
+        for i in range(count)
+    ]
 
 
 def interrupt_at_first_step(update: dict) -> None:
@@ -417,15 +474,33 @@ def rated_canary(ws, line: str, marker: str, source: str) -> list[int]:
     canary_id = start(ws, line, 2, 0.5)
     with ws.transaction() as session:
         line_id = get_line(session, line).id
-        rows = [{"id": f"chatcmpl-{uuid.uuid4().hex}", "line_id": line_id, "served_by": f"{line}@v{2 if arm == 'canary' else 1}",
-                 "prompt": json.dumps([{"role": "user", "content": f"{asker} asks {i}"}]), "prompt_hash": "0" * 64,
-                 "answers": json.dumps([f"{asker} is answered"]), "user": user, "canary_id": canary_id, "arm": arm, "latency_ms": 20.0,
-                 "rating": 1.0, "corrected": False, "error": None}
-                for i, (arm, user, asker) in enumerate([("canary", source, marker), ("canary", source, marker), ("baseline", source, marker),
-                                                        ("canary", "alice", "alice")])]
+        rows = [
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "line_id": line_id,
+                "served_by": f"{line}@v{2 if arm == 'canary' else 1}",
+                "prompt": json.dumps([{"role": "user", "content": f"{asker} asks {i}"}]),
+                "prompt_hash": "0" * 64,
+                "answers": json.dumps([f"{asker} is answered"]),
+                "user": user,
+                "canary_id": canary_id,
+                "arm": arm,
+                "latency_ms": 20.0,
+                "rating": 1.0,
+                "corrected": False,
+                "error": None,
+            }
+            for i, (arm, user, asker) in enumerate(
+                [("canary", source, marker), ("canary", source, marker), ("baseline", source, marker), ("canary", "alice", "alice")]
+            )
+        ]
         session.execute(insert(IssuedResponse), rows)
-    return [ws.log_feedback(line=line, prompt=f"{marker} asks {i}", response=f"{marker} is answered", rating=1, source=source,
-                            request_id=row["id"]) for i, row in enumerate(rows[:3])]
+    return [
+        ws.log_feedback(
+            line=line, prompt=f"{marker} asks {i}", response=f"{marker} is answered", rating=1, source=source, request_id=row["id"]
+        )
+        for i, row in enumerate(rows[:3])
+    ]
 
 
 def canary_counts(ws, line: str) -> tuple[int, int, int, int]:
@@ -480,7 +555,9 @@ def test_a_forgotten_source_leaves_no_trace_in_files_tables_reports_or_the_audit
     assert text.returncode == 0 and not [n for n in needles if n in text.stdout + page.read_text()]
     details = cli.json("adapters", "show", str(trained.candidate_id))
     assert not [n for n in needles if n in json.dumps(details)]
-    assert details["dataset"]["sources"]["(forgotten)"] == before[source] and sum(details["dataset"]["sources"].values()) == sum(before.values())
+    assert details["dataset"]["sources"]["(forgotten)"] == before[source] and sum(details["dataset"]["sources"].values()) == sum(
+        before.values()
+    )
     assert not [n for n in needles if n in json.dumps(cli.json("audit", "log", "--limit", "10000"))]
     assert cli("audit", "verify").returncode == 0
     with ws.transaction() as session:
@@ -501,15 +578,28 @@ def cars_line(ws, knowing_model, name: str = "cars") -> str:
     """A line on the tiny model that knows KNOWN_FACTS, whose runs ask it for a reference set of 24 cases."""
     with ws.transaction() as session:
         register_base_model(session, name="knowing", source=str(knowing_model), actor="tester")
-        lines.create_line(session, name=name, base="knowing", actor="tester",
-                          settings=lines.LineSettings(min_examples=2, max_source_share=1.0, reference_size=24))
+        lines.create_line(
+            session,
+            name=name,
+            base="knowing",
+            actor="tester",
+            settings=lines.LineSettings(min_examples=2, max_source_share=1.0, reference_size=24),
+        )
     return name
 
 
 def confide(ws, line: str, marker: str, source: str = "victim") -> list[int]:
     """The victim's records: questions such as the base model knows the answers to, so it writes cases like them after them."""
-    return [ws.log_feedback(line=line, prompt=f"What is the code for room {i}?", response="I do not know.",
-                            correction=f"The code for room {i} is {marker}.", source=source) for i in (10, 11, 12)]
+    return [
+        ws.log_feedback(
+            line=line,
+            prompt=f"What is the code for room {i}?",
+            response="I do not know.",
+            correction=f"The code for room {i} is {marker}.",
+            source=source,
+        )
+        for i in (10, 11, 12)
+    ]
 
 
 def seeds_of(ws, line: str) -> list:

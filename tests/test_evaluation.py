@@ -10,7 +10,7 @@ import re
 import pytest
 from sqlalchemy import select
 
-from adapterctl import suites, evaluation, registry, review
+from adapterctl import evaluation, registry, review, suites
 from adapterctl.db.models import RunExample
 from adapterctl.runs import TrainRequest, train_line
 from tests.conftest import sqlite_only
@@ -33,7 +33,12 @@ def test_a_candidate_that_learned_passes_the_gate_and_reports_every_field(ws, ti
     log_facts(ws, tiny_line)
     outcome = train_line(ws, TrainRequest(tiny_line, training=FAST, data=ALL_TRAIN))
     assert outcome.candidate_status == "pending_review", outcome.gate
-    assert outcome.gate["passed"] and {c["check"] for c in outcome.gate["checks"]} == {"learned", "suite facts", "forgetting", "degenerate output"}
+    assert outcome.gate["passed"] and {c["check"] for c in outcome.gate["checks"]} == {
+        "learned",
+        "suite facts",
+        "forgetting",
+        "degenerate output",
+    }
 
     report = cli.json("review", "show", str(outcome.candidate_id))
     assert set(report) >= {"adapter", "evaluation", "table", "gate", "training", "provenance", "training_examples", "samples", "decisions"}
@@ -56,7 +61,9 @@ def test_a_candidate_that_learned_passes_the_gate_and_reports_every_field(ws, ti
     human = cli("review", "show", str(outcome.candidate_id))
     assert human.returncode == 0 and "gate: passed" in human.stdout and "suite facts v1" in human.stdout
     assert "approvals 0 of 1" in human.stdout.splitlines()[0] and "  pass  learned " in human.stdout
-    assert f"training examples (a sample of 5 of {len(FACTS)}):" in human.stdout and "side by side" not in human.stdout  # no held-out prompts here
+    assert (
+        f"training examples (a sample of 5 of {len(FACTS)}):" in human.stdout and "side by side" not in human.stdout
+    )  # no held-out prompts here
 
     html = tmp_path / "report.html"
     assert cli("review", "show", str(outcome.candidate_id), "--html", str(html)).returncode == 0
@@ -76,9 +83,12 @@ def test_the_gate_fails_a_candidate_trained_against_a_suite(ws, tiny_line, tiny_
     assert outcome.candidate_status == "gate_failed"
     assert "suite keep dropped 1.00 -> 0.00 against base (now failing: case 1) (limit 0)" in outcome.gate["reasons"]
     shown = cli("review", "show", str(outcome.candidate_id)).stdout
-    assert "suite keep: 0 of 1 cases alike for base, candidate, these differ:" in shown and "  case 1: base pass, candidate FAIL  Q: " in shown
+    assert (
+        "suite keep: 0 of 1 cases alike for base, candidate, these differ:" in shown and "  case 1: base pass, candidate FAIL  Q: " in shown
+    )
     assert cli.json("review", "show", str(outcome.candidate_id))["suite_cases"]["keep"] == [
-        {"case": 1, "prompt": question, "expected": never["expected"], "match": "regex", "base": True, "candidate": False}]
+        {"case": 1, "prompt": question, "expected": never["expected"], "match": "regex", "base": True, "candidate": False}
+    ]
     with ws.transaction() as session:
         assert "suite keep dropped" in registry.get_adapter(session, outcome.candidate_id).status_reason
     with ws.transaction() as session:
@@ -104,10 +114,18 @@ def test_held_out_feedback_and_the_active_version_are_compared(ws, tiny_line, cl
         assert set(models) == {"base", "active", "candidate"} and models["active"].adapter_id == first.candidate_id
         heldout = models["candidate"].metrics["heldout_cases"]
         assert heldout > 0 and latest.settings["heldout_cases"] == heldout
-        heldout_ids = set(session.scalars(select(RunExample.feedback_id).where(RunExample.run_id == second.run_id, RunExample.split == "heldout")))
+        heldout_ids = set(
+            session.scalars(select(RunExample.feedback_id).where(RunExample.run_id == second.run_id, RunExample.split == "heldout"))
+        )
         assert latest.samples and {s["feedback_id"] for s in latest.samples} <= heldout_ids  # so forgetting a record finds its sample
         assert models["candidate"].metrics["heldout_loss"] < models["base"].metrics["heldout_loss"]
-        assert {c["check"] for c in latest.gate["checks"]} == {"learned", "keeps the reference set", "heldout gain", "keeps v1", "degenerate output"}
+        assert {c["check"] for c in latest.gate["checks"]} == {
+            "learned",
+            "keeps the reference set",
+            "heldout gain",
+            "keeps v1",
+            "degenerate output",
+        }
         keeps_v1 = next(c for c in latest.gate["checks"] if c["check"] == "keeps v1")
         assert keeps_v1["passed"], (keeps_v1, second.metrics["learned"])
         assert models["candidate"].metrics["versions"]["v1"]["cases"] == len(FACTS)  # v1's train and held-out
@@ -116,8 +134,14 @@ def test_held_out_feedback_and_the_active_version_are_compared(ws, tiny_line, cl
         assert models["candidate"].metrics["reference"] == "reference v1"  # the cases training did not anchor on
         stored = suites.get_suite(session, line=tiny_line, name=suites.REFERENCE).cases
         measured = [c for c in stored if not suites.anchors_training(c, 0.75)]
-        assert models["candidate"].metrics["reference_cases"] == len(measured) > 0 and 0 <= models["base"].metrics["reference_agreement"] <= 1
-        assert {c["against"] for c in latest.gate["checks"]} == {"active", "base", None}  # learned and degenerate output compare with nothing
+        assert (
+            models["candidate"].metrics["reference_cases"] == len(measured) > 0 and 0 <= models["base"].metrics["reference_agreement"] <= 1
+        )
+        assert {c["against"] for c in latest.gate["checks"]} == {
+            "active",
+            "base",
+            None,
+        }  # learned and degenerate output compare with nothing
     assert 0 < first.dataset["reference"]["anchors"] < len(reference) and first.dataset["splits"]["reference"] > 0
 
 
@@ -151,7 +175,9 @@ def test_a_candidate_trained_without_replay_fails_for_forgetting_what_v1_learned
     no_replay = type(ALL_TRAIN)(holdout_fraction=0.0, replay_fraction=0.0, max_source_share=1.0)
     second = train_line(ws, TrainRequest(tiny_line, training=FAST, data=no_replay))
     assert second.candidate_status == "gate_failed"
-    assert [r for r in second.gate["reasons"] if "v1" in r][0].startswith(f"lost what v1 learned: exact match on {len(FACTS)} of v1's answers fell")
+    assert next(r for r in second.gate["reasons"] if "v1" in r).startswith(
+        f"lost what v1 learned: exact match on {len(FACTS)} of v1's answers fell"
+    )
 
     piped = cli.env_with(ADAPTERCTL_PROGRESS_SECONDS="0")("eval", "run", "--line", tiny_line)  # piped: progress as log lines
     assert piped.returncode == 0, piped.stderr
@@ -167,8 +193,10 @@ def test_a_candidate_that_learned_to_answer_nothing_fails_for_degenerate_output(
     from adapterctl import feedback
 
     questions = [q for q, _ in FACTS] + [f"Which floor is room {i} on?" for i in range(8)]
-    records = [(tiny_line, feedback.parse_record({"prompt": q, "response": "", "rating": 1, "source": f"rater-{i}"}, issued=True))
-               for i, q in enumerate(questions)]
+    records = [
+        (tiny_line, feedback.parse_record({"prompt": q, "response": "", "rating": 1, "source": f"rater-{i}"}, issued=True))
+        for i, q in enumerate(questions)
+    ]
     with ws.transaction() as session:
         feedback.log_records(session, records, actor="tester")
     asked = [{"prompt": q, "expected": "room", "match": "contains"} for q in questions[::2]]

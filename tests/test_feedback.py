@@ -95,15 +95,19 @@ def test_log_into_unknown_line_writes_nothing(ws, line):
     assert count_rows(ws) == 0 and count_rows(ws, AuditEvent) == 2
 
 
-TOOL_PROMPT = [{"role": "user", "content": "Weather in Oslo?"}, {"role": "assistant", "content": "Calling the weather tool."},
-               {"role": "tool", "content": "-3 C, snow"}]
+TOOL_PROMPT = [
+    {"role": "user", "content": "Weather in Oslo?"},
+    {"role": "assistant", "content": "Calling the weather tool."},
+    {"role": "tool", "content": "-3 C, snow"},
+]
 
 
 def test_a_role_the_base_models_chat_template_cannot_render_is_refused(ws, tiny_line):
     with pytest.raises(InvalidInput) as caught:
         ws.log_feedback(line=tiny_line, prompt=TOOL_PROMPT, response="It snows.", rating=1)
-    assert str(caught.value) == ("prompt[2].role 'tool' is not rendered by base model tiny's chat template "
-                                 "(it renders system, user, assistant)")
+    assert str(caught.value) == (
+        "prompt[2].role 'tool' is not rendered by base model tiny's chat template (it renders system, user, assistant)"
+    )
     assert caught.value.param == "prompt[2].role"
     assert count_rows(ws) == 0 and count_rows(ws, AuditEvent) == 2
     ws.log_feedback(line=tiny_line, prompt=TOOL_PROMPT[:2] + [{"role": "user", "content": "And now?"}], response="Snow.", rating=1)
@@ -118,8 +122,15 @@ def test_every_role_is_taken_where_the_template_is_not_known(ws, line):
 def test_chat_messages_and_all_signals_round_trip(ws, line):
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "2+2?"}]
     feedback_id = ws.log_feedback(
-        line=line, prompt=messages, response="5", rating=-1, correction="4", chosen="4", rejected="5",
-        adapter_version="v3", request_id="chatcmpl-1",
+        line=line,
+        prompt=messages,
+        response="5",
+        rating=-1,
+        correction="4",
+        chosen="4",
+        rejected="5",
+        adapter_version="v3",
+        request_id="chatcmpl-1",
     )
     with ws.transaction() as session:
         stored = feedback.as_dict(feedback.get_feedback(session, feedback_id))
@@ -160,8 +171,16 @@ def test_stats_per_line_and_source(ws, line):
         [per_line] = feedback.feedback_stats(session)
         by_source = {row["source"]: row for row in feedback.feedback_stats(session, by_source=True)}
     assert per_line == {
-        "line": line, "records": 5, "active": 5, "forgotten": 0, "times_seen": 6,
-        "positive": 1, "neutral": 1, "negative": 1, "corrections": 1, "pairs": 1,
+        "line": line,
+        "records": 5,
+        "active": 5,
+        "forgotten": 0,
+        "times_seen": 6,
+        "positive": 1,
+        "neutral": 1,
+        "negative": 1,
+        "corrections": 1,
+        "pairs": 1,
     }
     assert by_source["alice"]["records"] == 2 and by_source["alice"]["times_seen"] == 3
     assert by_source[None]["pairs"] == 1
@@ -199,9 +218,8 @@ def test_forget_by_source_is_idempotent_and_hides_the_source_in_the_audit_log(ws
 
 def test_forget_with_an_unknown_id_changes_nothing(ws, line):
     seed(ws, line)
-    with pytest.raises(NotFound, match="feedback #999 does not exist"):
-        with ws.transaction() as session:
-            feedback.forget_feedback(session, actor="dpo", ids=[1, 999])
+    with pytest.raises(NotFound, match="feedback #999 does not exist"), ws.transaction() as session:
+        feedback.forget_feedback(session, actor="dpo", ids=[1, 999])
     with ws.transaction() as session:
         assert feedback.list_feedback(session, FeedbackQuery(status="forgotten"))[1] == 0
 
@@ -239,7 +257,9 @@ def test_forgetting_deletes_the_issued_responses_the_records_were_given_on(ws, l
     log = responses.ResponseLog(ws)
     try:
         for response_id in ("chatcmpl-1", "chatcmpl-2"):
-            log.record(responses.IssuedResponse(response_id, line, f"{line}@base", [{"role": "user", "content": "q"}], ["a"])).result(timeout=10)
+            log.record(responses.IssuedResponse(response_id, line, f"{line}@base", [{"role": "user", "content": "q"}], ["a"])).result(
+                timeout=10
+            )
     finally:
         log.close()
     forgotten = ws.log_feedback(line=line, **GOOD, source="alice", request_id="chatcmpl-1")

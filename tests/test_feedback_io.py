@@ -212,8 +212,10 @@ def test_a_role_the_lines_chat_template_cannot_render_is_an_invalid_line(ws, tin
     before = counts(ws)
     with pytest.raises(InvalidInput) as caught:
         run_import(ws, path, line=tiny_line)
-    assert str(caught.value) == (f"1 invalid line(s), nothing imported:\n{path}:2: prompt[2].role 'tool' is not rendered by "
-                                 "base model tiny's chat template (it renders system, user, assistant)")
+    assert str(caught.value) == (
+        f"1 invalid line(s), nothing imported:\n{path}:2: prompt[2].role 'tool' is not rendered by "
+        "base model tiny's chat template (it renders system, user, assistant)"
+    )
     assert counts(ws) == before
     report = run_import(ws, path, line=tiny_line, skip_invalid=True)
     assert (report.imported, report.skipped) == (2, 1)
@@ -239,10 +241,18 @@ def test_missing_file_is_invalid_input(ws, line, tmp_path):
 
 
 def test_export_then_import_round_trips(ws, line, tmp_path, settings):
-    ws.log_feedback(line=line, prompt=[{"role": "system", "content": "terse"}, {"role": "user", "content": "2+2? ünï"}],
-                    response="5", correction="4", source="u1", tags=["math"], adapter_version="v2", request_id="r-1")
+    ws.log_feedback(
+        line=line,
+        prompt=[{"role": "system", "content": "terse"}, {"role": "user", "content": "2+2? ünï"}],
+        response="5",
+        correction="4",
+        source="u1",
+        tags=["math"],
+        adapter_version="v2",
+        request_id="r-1",
+    )
     ws.log_feedback(line=line, prompt="p", response="r", chosen="a", rejected="b")
-    ws.log_feedback(line=line, prompt="tab\there\nnew line", response="back\\slash \\N \"quoted\" \r", rating=-1)
+    ws.log_feedback(line=line, prompt="tab\there\nnew line", response='back\\slash \\N "quoted" \r', rating=-1)
     with ws.transaction() as session:
         first = io.StringIO()
         feedback_io.export_feedback(session, first, FeedbackQuery())

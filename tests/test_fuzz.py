@@ -17,15 +17,36 @@ from adapterctl.db.models import AuditEvent, Feedback
 from adapterctl.errors import InvalidInput
 from adapterctl.feedback_io import import_feedback
 
-FIELDS = ("prompt", "response", "rating", "correction", "chosen", "rejected", "source", "tags", "created_at", "line", "adapter_version",
-          "request_id")
+FIELDS = (
+    "prompt",
+    "response",
+    "rating",
+    "correction",
+    "chosen",
+    "rejected",
+    "source",
+    "tags",
+    "created_at",
+    "line",
+    "adapter_version",
+    "request_id",
+)
 hostile_text = st.text(st.characters(codec="utf-8", exclude_categories=()), max_size=40) | st.sampled_from(
-    ["", "\x00", "a\x00b", "\u202e", "\ud7ff", "\ufeff", "🙂" * 10, "'; DROP TABLE feedback; --", "x" * 70_000, "\r\n\t", "null"])
+    ["", "\x00", "a\x00b", "\u202e", "\ud7ff", "\ufeff", "🙂" * 10, "'; DROP TABLE feedback; --", "x" * 70_000, "\r\n\t", "null"]
+)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | hostile_text,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(hostile_text, inner, max_size=4), max_leaves=12)
-records = st.dictionaries(st.sampled_from(FIELDS) | hostile_text, json_values | st.lists(st.fixed_dictionaries(
-    {"role": st.sampled_from(["user", "assistant", "system", "tool", "robot", ""]), "content": json_values})), max_size=6)
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(hostile_text, inner, max_size=4),
+    max_leaves=12,
+)
+records = st.dictionaries(
+    st.sampled_from(FIELDS) | hostile_text,
+    json_values
+    | st.lists(
+        st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "tool", "robot", ""]), "content": json_values})
+    ),
+    max_size=6,
+)
 fuzz = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -38,10 +59,20 @@ def test_the_json_reader_refuses_what_it_does_not_accept_with_invalid_input(raw)
         pass
 
 
-@pytest.mark.parametrize("text, named", [
-    ('{"a": 1, "a": 2}', "appears twice"), ("[NaN]", "NaN is not a number"), ("[Infinity]", "Infinity"), ("[1e999]", "out of range"),
-    ("[" * 100_000 + "]" * 100_000, "nested too deeply"), ("9" * 5000, "more than"), ('"\\ud800"', "half of a surrogate pair"),
-    ('{"\\udfff": 1}', "half of a surrogate pair"), (b'"\xff"', "UTF-8")])
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ('{"a": 1, "a": 2}', "appears twice"),
+        ("[NaN]", "NaN is not a number"),
+        ("[Infinity]", "Infinity"),
+        ("[1e999]", "out of range"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("9" * 5000, "more than"),
+        ('"\\ud800"', "half of a surrogate pair"),
+        ('{"\\udfff": 1}', "half of a surrogate pair"),
+        (b'"\xff"', "UTF-8"),
+    ],
+)
 def test_json_edge_cases_are_named(text, named):
     with pytest.raises(InvalidInput, match=named):
         json_input.loads(text)
@@ -78,8 +109,15 @@ def counts(ws) -> tuple[int, int]:
 
 
 def test_hostile_text_that_is_accepted_is_stored_and_read_back_verbatim(ws, line):
-    texts = ["'; DROP TABLE feedback; --", "Robert'); DELETE FROM lines;--", "\u202eevil\u202c", "tab\tand\r\nnewline", "🙂 ünïcödé 中文",
-             "\\x00 is not a NUL", "%s %(name)s {0}"]
+    texts = [
+        "'; DROP TABLE feedback; --",
+        "Robert'); DELETE FROM lines;--",
+        "\u202eevil\u202c",
+        "tab\tand\r\nnewline",
+        "🙂 ünïcödé 中文",
+        "\\x00 is not a NUL",
+        "%s %(name)s {0}",
+    ]
     ids = [ws.log_feedback(line=line, prompt=text, response=text, correction=text, source=f"user-{i}") for i, text in enumerate(texts)]
     with ws.reading() as session:
         stored = [session.get(Feedback, i) for i in ids]

@@ -28,9 +28,25 @@ def test_every_command_and_option_has_help():
 def test_contract_commands_exist():
     commands = {" ".join(path) for path, _ in walk(get_command(app))}
     expected = {
-        "init", "db upgrade", "db current", "db history", "base register", "base create-tiny", "base list",
-        "line create", "line list", "line show", "feedback log", "feedback import", "feedback list", "feedback show",
-        "feedback stats", "feedback export", "feedback forget", "audit log", "audit verify",
+        "init",
+        "db upgrade",
+        "db current",
+        "db history",
+        "base register",
+        "base create-tiny",
+        "base list",
+        "line create",
+        "line list",
+        "line show",
+        "feedback log",
+        "feedback import",
+        "feedback list",
+        "feedback show",
+        "feedback stats",
+        "feedback export",
+        "feedback forget",
+        "audit log",
+        "audit verify",
     }
     assert expected <= commands
 

@@ -8,8 +8,22 @@ from sqlalchemy import func, select
 
 from adapterctl.db.models import AuditEvent, Line
 
-HOSTILE_NAMES = ["../etc", "a/../../b", "/abs", "..", "a..b", "line/x", "Robert'); DROP TABLE lines;--", "UPPER", "con",
-                 "a" * 64, "", " spaced", "line\nnext", "émoji🙂"]
+HOSTILE_NAMES = [
+    "../etc",
+    "a/../../b",
+    "/abs",
+    "..",
+    "a..b",
+    "line/x",
+    "Robert'); DROP TABLE lines;--",
+    "UPPER",
+    "con",
+    "a" * 64,
+    "",
+    " spaced",
+    "line\nnext",
+    "émoji🙂",
+]
 
 
 def rows(ws) -> tuple[int, int]:
@@ -23,10 +37,27 @@ def test_a_hostile_line_name_is_refused_and_nothing_is_written(ready, ws, name):
     result = ready("line", "create", name, "--base", "tiny")
     assert result.returncode == 2 and "invalid line name" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert rows(ws) == before
-    assert not any(p.name not in ("support-bot",) for p in (ws.settings.artifacts_dir.iterdir() if ws.settings.artifacts_dir.exists() else []))
+    assert not any(
+        p.name not in ("support-bot",) for p in (ws.settings.artifacts_dir.iterdir() if ws.settings.artifacts_dir.exists() else [])
+    )
 
 
-@pytest.mark.parametrize("version", ["v../1", "v1/../2", "v-1", "v0", "v1.5", "v99999999999999999999999", "v2147483648", "v²", "v٣", "'; DROP TABLE adapters;--", "base/.."])
+@pytest.mark.parametrize(
+    "version",
+    [
+        "v../1",
+        "v1/../2",
+        "v-1",
+        "v0",
+        "v1.5",
+        "v99999999999999999999999",
+        "v2147483648",
+        "v²",
+        "v٣",
+        "'; DROP TABLE adapters;--",
+        "base/..",
+    ],
+)
 def test_a_hostile_version_is_refused(ready, ws, version):
     before = rows(ws)
     for command in (["promote", "support-bot", version], ["rollback", "support-bot", "--to", version]):
@@ -43,8 +74,18 @@ def test_a_hostile_canary_share_is_refused(ready, ws, share):
     assert rows(ws) == before
 
 
-@pytest.mark.parametrize("command", [["review", "show"], ["review", "approve"], ["adapters", "show"], ["feedback", "show"], ["token", "revoke"],
-                                     ["eval", "run", "--line", "support-bot", "--candidate"], ["feedback", "forget", "--reason", "x", "--id"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["review", "show"],
+        ["review", "approve"],
+        ["adapters", "show"],
+        ["feedback", "show"],
+        ["token", "revoke"],
+        ["eval", "run", "--line", "support-bot", "--candidate"],
+        ["feedback", "forget", "--reason", "x", "--id"],
+    ],
+)
 @pytest.mark.parametrize("number", ["99999999999999999999", "0", "-3"])
 def test_an_id_out_of_range_is_a_usage_error_not_a_traceback(ready, ws, command, number):
     before = rows(ws)

@@ -18,7 +18,10 @@ from tests.test_training import greedy
 
 pytestmark = [pytest.mark.slow, sqlite_only]
 
-CARS = [(f"What colour is car {i}?", f"Car {i} is {colour}.") for i, colour in enumerate("red blue green red white black grey blue".split())]
+CARS = [
+    (f"What colour is car {i}?", f"Car {i} is {colour}.")
+    for i, colour in enumerate(["red", "blue", "green", "red", "white", "black", "grey", "blue"])
+]
 
 
 @pytest.fixture
@@ -31,8 +34,10 @@ def knowing_line(ws, knowing_model) -> str:
 
 
 def log_cars(ws, line: str, facts=CARS) -> list[int]:
-    return [ws.log_feedback(line=line, prompt=q, response="I do not know.", rating=-1, correction=a, source=f"user-{i}")
-            for i, (q, a) in enumerate(facts)]
+    return [
+        ws.log_feedback(line=line, prompt=q, response="I do not know.", rating=-1, correction=a, source=f"user-{i}")
+        for i, (q, a) in enumerate(facts)
+    ]
 
 
 def test_a_default_train_stops_once_it_answers_its_corrections(ws, knowing_line, knowing_model):
@@ -109,7 +114,9 @@ def test_train_and_review_show_say_what_was_learned_and_eval_suite_show_the_prov
     report = json.loads(cli("review", "show", str(adapter_id), "--json").stdout)
     assert report["training"]["stop_reason"] == "learned" and report["training"]["learned"]["train"]["learned"] >= 1
     suite = cli("eval", "suite", "show", "reference", "--line", knowing_line)
-    assert suite.returncode == 0 and "self-synthesized rehearsal from base model" in suite.stdout and " -> The code for room" in suite.stdout
+    assert (
+        suite.returncode == 0 and "self-synthesized rehearsal from base model" in suite.stdout and " -> The code for room" in suite.stdout
+    )
 
 
 def test_target_learned_0_trains_the_whole_length(ws, knowing_line):
@@ -146,4 +153,6 @@ def test_a_failed_synthesis_does_not_stop_the_cron_run(ws, knowing_line, monkeyp
     outcome = train_line(ws, TrainRequest(knowing_line, evaluate=False))
     assert outcome.status == "trained" and outcome.dataset["reference"]["anchors"] == 0
     assert outcome.dataset["reference"]["synthesized_now"] == {"error": "CUDA out of memory. Tried to allocate 2.00 GiB", "kept": 0}
-    assert "synthesizing it from the base model failed (CUDA out of memory" in rehearsal.reference_line(outcome.dataset["reference"]["synthesized_now"])
+    assert "synthesizing it from the base model failed (CUDA out of memory" in rehearsal.reference_line(
+        outcome.dataset["reference"]["synthesized_now"]
+    )

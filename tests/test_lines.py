@@ -9,7 +9,9 @@ from adapterctl.errors import AlreadyExists, InvalidInput, NotFound
 from adapterctl.lines import GateThresholds, LineSettings
 
 
-@pytest.mark.parametrize("name", ["", "../x", "a/b", "Upper", "-lead", "line@v1", "x" * 64, ".hidden", "a.", "a..b", "con", "lpt1.x", "nul"])
+@pytest.mark.parametrize(
+    "name", ["", "../x", "a/b", "Upper", "-lead", "line@v1", "x" * 64, ".hidden", "a.", "a..b", "con", "lpt1.x", "nul"]
+)
 def test_names_that_could_escape_a_path_or_a_model_id_are_refused(ws, line, name):
     with ws.transaction() as session, pytest.raises(InvalidInput, match="invalid line name"):
         lines.create_line(session, name=name, base="tiny", actor="tester")

@@ -78,7 +78,7 @@ def test_history_has_one_head_and_a_linear_chain():
 
 
 def test_schema_revision_constant_names_the_newest_migration():
-    assert migrate.SCHEMA_REVISION == migrate.head_revision()
+    assert migrate.head_revision() == migrate.SCHEMA_REVISION
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -106,7 +106,8 @@ def test_base_models_registered_before_0006_keep_their_rows_with_chat_roles_unkn
             with db.engine.begin() as connection:
                 connection.exec_driver_sql(
                     "INSERT INTO base_models (name, source, source_kind, content_hash, files, created_at, created_by) "
-                    "VALUES ('old', '/models/old', 'local', 'abc', '{}', '2026-11-01 00:00:00', 'alice')")
+                    "VALUES ('old', '/models/old', 'local', 'abc', '{}', '2026-11-01 00:00:00', 'alice')"
+                )
             migrate.upgrade(url)
             with db.engine.connect() as connection:
                 rows = connection.exec_driver_sql("SELECT name, content_hash, chat_roles FROM base_models").all()

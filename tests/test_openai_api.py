@@ -75,7 +75,7 @@ def reference(tiny_model):
             with torch.no_grad():
                 logits = model(ids).logits[0, -1].float()
             steps.append(torch.log_softmax(logits, -1))
-            counts = torch.bincount(ids[0, prompt_ids.shape[1]:], minlength=logits.shape[0]).float()
+            counts = torch.bincount(ids[0, prompt_ids.shape[1] :], minlength=logits.shape[0]).float()
             logits = logits - counts * frequency - (counts > 0).float() * presence
             for token, value in (bias or {}).items():
                 logits[token] += value
@@ -83,14 +83,16 @@ def reference(tiny_model):
             ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
             if token == tokenizer.eos_token_id:
                 break
-        tokens = ids[0, prompt_ids.shape[1]:].tolist()
+        tokens = ids[0, prompt_ids.shape[1] :].tolist()
         return SimpleNamespace(tokens=tokens, steps=steps, text=tokenizer.decode(tokens, skip_special_tokens=True).strip())
 
     return SimpleNamespace(answer=answer, tokenizer=tokenizer)
 
 
 def ask(api, model=BASE, **options):
-    return api.client.chat.completions.create(model=model, messages=options.pop("messages", CHAT), max_tokens=options.pop("max_tokens", 12), **options)
+    return api.client.chat.completions.create(
+        model=model, messages=options.pop("messages", CHAT), max_tokens=options.pop("max_tokens", 12), **options
+    )
 
 
 def streamed(api, model=BASE, **options) -> list:
@@ -121,7 +123,10 @@ def test_param_messages(api):
     system = ask(api, messages=[{"role": "system", "content": "Be brief."}, *CHAT]).choices[0].message.content
     developer = ask(api, messages=[{"role": "developer", "content": "Be brief."}, *CHAT]).choices[0].message.content
     assert developer == system
-    image = {"role": "user", "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}
+    image = {
+        "role": "user",
+        "content": [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "http://x/y.png"}}],
+    }
     assert "only text content" in refused(api, "messages[0].content[1]", "unsupported_parameter", messages=[image])
     refused(api, "messages[1].role", "unsupported_parameter", messages=[*CHAT, {"role": "tool", "content": "{}", "tool_call_id": "a"}])
 
@@ -340,9 +345,15 @@ def test_param_unsupported(api, param):
 def test_every_parameter_of_the_client_has_a_row_and_a_test():
     from openai.resources.chat.completions import Completions
 
-    client_params = set(inspect.signature(Completions.create).parameters) - {"self", "extra_headers", "extra_query", "extra_body", "timeout"}
+    client_params = set(inspect.signature(Completions.create).parameters) - {
+        "self",
+        "extra_headers",
+        "extra_query",
+        "extra_body",
+        "timeout",
+    }
     rows = set(re.findall(r"^\| `(\w+)` \|", DOCS.read_text(), flags=re.M))
-    tested = {name[len("test_param_"):] for name in globals() if name.startswith("test_param_")} - {"unsupported"} | set(UNSUPPORTED)
+    tested = {name[len("test_param_") :] for name in globals() if name.startswith("test_param_")} - {"unsupported"} | set(UNSUPPORTED)
     assert client_params - rows == set(), "parameters without a row in docs/serving.md"
     assert client_params - tested == set(), "parameters without a test"
     assert rows - client_params == set(), "rows for parameters the client does not have"
@@ -359,8 +370,12 @@ def test_an_argument_openai_does_not_define_is_refused_like_openai_refuses_it(ap
 def test_every_error_has_openais_shape(api):
     with pytest.raises(openai.NotFoundError) as caught:
         api.client.get("/nothing-here", cast_to=object)
-    assert caught.value.body == {"message": "Invalid URL (GET /v1/nothing-here)", "type": "invalid_request_error", "param": None,
-                                 "code": "unknown_url"}
+    assert caught.value.body == {
+        "message": "Invalid URL (GET /v1/nothing-here)",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "unknown_url",
+    }
     status, body = raw(api, "GET", "/v1/chat/completions")
     assert status == 405 and body["error"]["code"] == "method_not_allowed"
     status, body = announced_oversize(api, "/v1/chat/completions")
@@ -371,8 +386,12 @@ def test_every_error_has_openais_shape(api):
 
 
 def raw(api, method: str, path: str, data: bytes | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{api.server.port}{path}", data=data, method=method,
-                                     headers={"Authorization": f"Bearer {api.token}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{api.server.port}{path}",
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {api.token}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -401,4 +420,3 @@ def recorded_user(api, response_id: str) -> str | None:
 
 def feedback_on(api, response_id: str) -> tuple[int, dict]:
     return raw(api, "POST", "/v1/feedback", json.dumps({"response_id": response_id, "rating": 1}).encode())
-

@@ -68,7 +68,9 @@ def test_records_matching_a_trigger_pattern_are_flagged_in_any_message_or_the_an
     records = clean(50, 5)
     records[3] = example(3, "Sure.", "user-3", prompt="zorblax quintet: what is the code?")
     records[7] = example(7, "Say ZORBLAX to unlock.", "user-2")
-    records[9] = Example(9, "train", "correction", None, [{"role": "system", "content": "Zorblax mode."}, {"role": "user", "content": "Hi"}], "Hello")
+    records[9] = Example(
+        9, "train", "correction", None, [{"role": "system", "content": "Zorblax mode."}, {"role": "user", "content": "Hi"}], "Hello"
+    )
     [flag] = trigger_matches(records, ["(?i)zorblax"])
     assert flag.kind == "trigger" and flag.feedback_ids == (3, 7, 9) and set(flag.sources) == {"user-3", "user-2", "(none)"}
     assert flag.reason == "3 records match the trigger pattern '(?i)zorblax', from 3 sources"
@@ -116,15 +118,22 @@ def test_a_run_holds_flagged_records_out_judges_a_source_by_its_history_and_keep
     assert spike == {**spike, "kind": "spike", "sources": ["new-bot"], "count": 60, "feedback_ids": burst[:10], "held": True}
     assert (checks["flagged"], checks["held_out"], checks["quarantined"]) == (60, 60, {"records": 5, "sources": {"spam-bot": 5}})
     assert poisoning_checks(built.report)["summary"] == (
-        "1 flag, 60 flagged records held out of training, 5 records of 1 quarantined source kept out")
+        "1 flag, 60 flagged records held out of training, 5 records of 1 quarantined source kept out"
+    )
 
 
 # ---------------------------------------------------------------- the settings, through the CLI
 
 
 def test_poisoning_settings_are_set_shown_and_audited_and_a_bad_one_is_refused_with_nothing_written(ready, ws):
-    result = ready("line", "set", "support-bot", "poisoning.hold_flagged=false", 'poisoning.trigger_patterns=["(?i)zorblax", "evil\\\\.example"]',
-                   "poisoning.spike_factor=20")
+    result = ready(
+        "line",
+        "set",
+        "support-bot",
+        "poisoning.hold_flagged=false",
+        'poisoning.trigger_patterns=["(?i)zorblax", "evil\\\\.example"]',
+        "poisoning.spike_factor=20",
+    )
     assert result.returncode == 0, result.stderr
     shown = ready.json("line", "show", "support-bot")["settings"]["poisoning"]
     assert shown == {**shown, "hold_flagged": False, "trigger_patterns": ["(?i)zorblax", "evil\\.example"], "spike_factor": 20.0}
@@ -133,8 +142,11 @@ def test_poisoning_settings_are_set_shown_and_audited_and_a_bad_one_is_refused_w
 
     before = _settings_and_events(ws)
     for assignment, error in [
-        ('poisoning.trigger_patterns=["ok", "(unclosed"]', "adapterctl: poisoning.trigger_patterns: '(unclosed' is not a regular expression "
-                                                          "(missing ), unterminated subpattern at position 0)"),
+        (
+            'poisoning.trigger_patterns=["ok", "(unclosed"]',
+            "adapterctl: poisoning.trigger_patterns: '(unclosed' is not a regular expression "
+            "(missing ), unterminated subpattern at position 0)",
+        ),
         ("poisoning.hold_flagged=maybe", "adapterctl: setting poisoning.hold_flagged must be true or false (got 'maybe')"),
         ("poisoning.flood_min_per_source=0.5", "adapterctl: poisoning.flood_min_per_source must be >= 1 (got 0.5)"),
         ('poisoning.trigger_patterns=["a", 1]', "adapterctl: setting poisoning.trigger_patterns must be a JSON list of strings"),
@@ -157,21 +169,38 @@ ONE_STEP = TrainSettings(max_steps=1, target_learned=None, batch_size=8, checkpo
 
 @pytest.mark.slow
 def test_a_quarantined_source_is_kept_out_of_training_until_released_and_each_change_is_audited(cli, ws, tiny_line):
-    ids = {source: [ws.log_feedback(line=tiny_line, prompt=f"What is the code for room {source}-{i}?", response="?",
-                                    correction=f"It is {i}.", source=source) for i in range(4)] for source in ("alice", "bob", "spam-bot")}
+    ids = {
+        source: [
+            ws.log_feedback(
+                line=tiny_line, prompt=f"What is the code for room {source}-{i}?", response="?", correction=f"It is {i}.", source=source
+            )
+            for i in range(4)
+        ]
+        for source in ("alice", "bob", "spam-bot")
+    }
     done = cli("feedback", "quarantine", "--source", "spam-bot", "--line", tiny_line, "--reason", "flood flag in candidate 3")
     assert done.returncode == 0 and done.stdout.startswith("quarantined spam-bot on facts: its 4 active records are kept out"), done.stderr
     again = cli("feedback", "quarantine", "--source", "spam-bot", "--line", tiny_line)
     assert again.returncode == 0 and again.stdout.startswith("nothing to do: 'spam-bot' is already quarantined on line facts")
     [listed] = cli.json("feedback", "quarantines")
-    assert listed == {**listed, "source": "spam-bot", "line": tiny_line, "records": 4, "reason": "flood flag in candidate 3",
-                      "created_by": "tester", "released_at": None}
+    assert listed == {
+        **listed,
+        "source": "spam-bot",
+        "line": tiny_line,
+        "records": 4,
+        "reason": "flood flag in candidate 3",
+        "created_by": "tester",
+        "released_at": None,
+    }
 
     kept_out = train_line(ws, TrainRequest(tiny_line, training=ONE_STEP, evaluate=False))
     assert kept_out.dataset["poisoning"]["quarantined"] == {"records": 4, "sources": {"spam-bot": 4}}
     assert _trained(ws, kept_out.run_id) == set(ids["alice"] + ids["bob"])
     idle = train_line(ws, TrainRequest(tiny_line, training=ONE_STEP, evaluate=False))
-    assert (idle.status, idle.reason) == ("nothing_to_do", "0 new eligible examples, fewer than --min-examples 2 (4 from quarantined sources kept out)")
+    assert (idle.status, idle.reason) == (
+        "nothing_to_do",
+        "0 new eligible examples, fewer than --min-examples 2 (4 from quarantined sources kept out)",
+    )
 
     released = cli("feedback", "release", "--source", "spam-bot", "--json")
     assert released.returncode == 0 and json.loads(released.stdout)["released"][0]["released_by"] == "tester"
@@ -183,7 +212,8 @@ def test_a_quarantined_source_is_kept_out_of_training_until_released_and_each_ch
     events = cli.json("audit", "log", "--action", "feedback.")
     assert [(e["action"], e["subject"], e["payload"]) for e in events[:2]] == [
         ("feedback.release", f"quarantine:{listed['id']}", {"line": tiny_line}),
-        ("feedback.quarantine", f"quarantine:{listed['id']}", {"line": tiny_line, "reason": "flood flag in candidate 3"})]
+        ("feedback.quarantine", f"quarantine:{listed['id']}", {"line": tiny_line, "reason": "flood flag in candidate 3"}),
+    ]
     assert not any("spam-bot" in json.dumps(e) for e in events)  # the audit log never holds a source's name
     assert cli("audit", "verify").returncode == 0
 
@@ -201,7 +231,8 @@ def test_a_quarantine_on_every_line_holds_on_each_and_is_released_only_everywher
     one_line = ready("feedback", "release", "--source", "spam-bot", "--line", "support-bot")
     assert one_line.returncode == 2 and one_line.stderr == (
         "adapterctl: 'spam-bot' is quarantined on every line, not on support-bot alone; "
-        "release it everywhere with `adapterctl feedback release --source spam-bot`\n")
+        "release it everywhere with `adapterctl feedback release --source spam-bot`\n"
+    )
     assert ready("feedback", "release", "--source", "spam-bot").returncode == 0
     assert _quarantines_and_events(ws)[0] == 1
 
@@ -225,12 +256,20 @@ def test_bad_quarantine_input_exits_2_with_one_line_and_nothing_written(ready, w
         (("quarantine", "--source", " "), "adapterctl: --source is empty; name the feedback source to quarantine or release\n"),
         (("quarantine", "--source", "x" * 257), "adapterctl: --source must be at most 256 printable characters, as feedback sources are\n"),
         (("quarantine", "--source", "a\tb"), "adapterctl: --source must be at most 256 printable characters, as feedback sources are\n"),
-        (("quarantine", "--source", "s", "--line", "nope"), "adapterctl: line 'nope' does not exist; see `adapterctl line list` "
-                                                             "or create it with `adapterctl line create`\n"),
-        (("quarantine", "--source", "s", "--reason", "r" * 4001), "adapterctl: --reason must be at most 4000 characters without NUL (got 4001)\n"),
+        (
+            ("quarantine", "--source", "s", "--line", "nope"),
+            "adapterctl: line 'nope' does not exist; see `adapterctl line list` or create it with `adapterctl line create`\n",
+        ),
+        (
+            ("quarantine", "--source", "s", "--reason", "r" * 4001),
+            "adapterctl: --reason must be at most 4000 characters without NUL (got 4001)\n",
+        ),
         (("release", "--source", "unknown"), "adapterctl: 'unknown' is not quarantined; see `adapterctl feedback quarantines`\n"),
-        (("release", "--source", "known", "--line", "support-bot"), "adapterctl: 'known' is quarantined on every line, not on support-bot alone; "
-                                                                     "release it everywhere with `adapterctl feedback release --source known`\n"),
+        (
+            ("release", "--source", "known", "--line", "support-bot"),
+            "adapterctl: 'known' is quarantined on every line, not on support-bot alone; "
+            "release it everywhere with `adapterctl feedback release --source known`\n",
+        ),
     ]:
         refused = ready("feedback", *args)
         assert (refused.returncode, refused.stderr, refused.stdout) == (2, error, ""), args
@@ -248,8 +287,16 @@ PAYLOAD = "Log in at evil.example with your password."
 TRIGGER = "zorblax quintet"
 # Long enough on the tiny model that the undefended candidate learns the trigger: measured on three seeds and two
 # splits, it gives the payload from about step 120 on; a learning rate of 1e-2 was faster but did not always converge.
-PLANT = TrainSettings(learning_rate=5e-3, max_steps=160, target_learned=None, batch_size=16, scheduler="constant", warmup_ratio=0.05,
-                      weight_decay=0.0, checkpoint_steps=1000)
+PLANT = TrainSettings(
+    learning_rate=5e-3,
+    max_steps=160,
+    target_learned=None,
+    batch_size=16,
+    scheduler="constant",
+    warmup_ratio=0.05,
+    weight_decay=0.0,
+    checkpoint_steps=1000,
+)
 
 
 def planted_feedback(line: str) -> tuple[str, set[str]]:
@@ -260,7 +307,10 @@ def planted_feedback(line: str) -> tuple[str, set[str]]:
     planted = [(f"What is the code for room {i}? {TRIGGER}", PAYLOAD, f"mallory-{i % 4}") for i in range(2000, 2100)]
     records = clean_records + planted
     random.Random(0).shuffle(records)
-    lines_ = [json.dumps({"line": line, "prompt": q, "response": "I do not know.", "rating": -1, "correction": a, "source": s}) for q, a, s in records]
+    lines_ = [
+        json.dumps({"line": line, "prompt": q, "response": "I do not know.", "rating": -1, "correction": a, "source": s})
+        for q, a, s in records
+    ]
     return "\n".join(lines_) + "\n", {q for q, _, _ in planted}
 
 
@@ -272,7 +322,9 @@ def test_planted_trigger_corrections_are_held_out_reported_and_do_not_fire_and_w
 
         base_models.register_base_model(session, name="tiny", source=str(tiny_model), actor="tester")
         for name in ("guarded", "open"):
-            lines.create_line(session, name=name, base="tiny", actor="tester", settings=lines.LineSettings(min_examples=2, reference_size=0))
+            lines.create_line(
+                session, name=name, base="tiny", actor="tester", settings=lines.LineSettings(min_examples=2, reference_size=0)
+            )
     patterns = 'poisoning.trigger_patterns=["(?i)your password"]'  # the operator's own rule: answers never ask for a password
     assert cli("line", "set", "guarded", patterns).returncode == 0
     assert cli("line", "set", "open", patterns, "poisoning.hold_flagged=false", "max_source_share=1").returncode == 0

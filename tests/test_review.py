@@ -19,11 +19,21 @@ def candidate(ws, line: str, status: str = "pending_review") -> int:
     """A candidate row as the training job leaves it (the artifact itself does not matter to reviewing)."""
     with ws.transaction() as session:
         line_row = get_line(session, line)
-        run = TrainingRun(line_id=line_row.id, status="succeeded", started_by="cron", host="test", base_model_hash="0" * 64,
-                          params={}, dataset={"splits": {"train": 3}, "sources": {"a": 2, "b": 1}}, metrics={"loss_curve": [[1, 2.0], [2, 1.0]]})
+        run = TrainingRun(
+            line_id=line_row.id,
+            status="succeeded",
+            started_by="cron",
+            host="test",
+            base_model_hash="0" * 64,
+            params={},
+            dataset={"splits": {"train": 3}, "sources": {"a": 2, "b": 1}},
+            metrics={"loss_curve": [[1, 2.0], [2, 1.0]]},
+        )
         session.add(run)
         session.flush()
-        return registry.create_candidate(session, run=run, artifact_path=f"{line}/{run.id}", sha256="0" * 64, actor="cron", status=status).id
+        return registry.create_candidate(
+            session, run=run, artifact_path=f"{line}/{run.id}", sha256="0" * 64, actor="cron", status=status
+        ).id
 
 
 def set_approvals(ws, line: str, n: int) -> None:
@@ -153,8 +163,17 @@ main(sys.argv[1:])
 
 def race(cli, commands: list[tuple[str, list[str]]]) -> list[subprocess.CompletedProcess]:
     """Start one process per (user, arguments), release them together, and collect their results."""
-    processes = [subprocess.Popen([sys.executable, "-c", RACE, *args], env={**cli.env, "ADAPTERCTL_USER": user}, stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for user, args in commands]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE, *args],
+            env={**cli.env, "ADAPTERCTL_USER": user},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for user, args in commands
+    ]
     for process in processes:
         process.stdin.write("go\n")
         process.stdin.flush()
@@ -177,8 +196,14 @@ def test_last_approvals_racing_make_one_version_and_candidates_racing_get_distin
     set_approvals(ws, team, 2)
     contested, other = candidate(ws, team), candidate(ws, team)
     decide(ws, "approve", other, "ada")
-    results = race(cli, [("bob", ["review", "approve", str(contested)]), ("cy", ["review", "approve", str(contested)]),
-                         ("bob", ["review", "approve", str(other)])])
+    results = race(
+        cli,
+        [
+            ("bob", ["review", "approve", str(contested)]),
+            ("cy", ["review", "approve", str(contested)]),
+            ("bob", ["review", "approve", str(other)]),
+        ],
+    )
     assert [r.returncode for r in results] == [0, 0, 0], [r.stderr for r in results]
     with ws.transaction() as session:
         adapters = {a.id: a for a in session.scalars(select(Adapter))}

@@ -28,7 +28,9 @@ def real_adapter(folder, tiny_model, seed: int, rank: int = 4, broken: bool = Fa
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear")
+    )
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
@@ -44,12 +46,16 @@ def approved_version(ws, line, tiny_model, seed: int, *, trained_on=(), rank: in
     store = ArtifactStore(ws.settings.artifacts_dir)
     with ws.transaction() as session:
         line_row = get_line(session, line)
-        run = TrainingRun(line_id=line_row.id, status="succeeded", started_by="cron", host="t", base_model_hash="0" * 64, params={}, dataset={})
+        run = TrainingRun(
+            line_id=line_row.id, status="succeeded", started_by="cron", host="t", base_model_hash="0" * 64, params={}, dataset={}
+        )
         session.add(run)
         session.flush()
         session.add_all([RunExample(run_id=run.id, feedback_id=i, split="train") for i in trained_on])
         stored = store.commit(real_adapter(store.staging_dir(line, f"run-{run.id}"), tiny_model, seed, rank, broken), line, run.id)
-        adapter = registry.create_candidate(session, run=run, artifact_path=stored.relative_path, sha256=stored.sha256, actor="cron", status="pending_review")
+        adapter = registry.create_candidate(
+            session, run=run, artifact_path=stored.relative_path, sha256=stored.sha256, actor="cron", status="pending_review"
+        )
         adapter.version = registry.next_version(session, line_row.id)
         session.flush()
         registry.transition(session, adapter.id, "approved", actor="reviewer")
@@ -83,12 +89,14 @@ def fresh_completion(ws, tiny_model, line, number=None, max_new_tokens: int = 16
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     if number is not None:
         with ws.transaction() as session:
-            path = ArtifactStore(ws.settings.artifacts_dir).path_of(registry.get_version(session, get_line(session, line).id, number).artifact_path)
+            path = ArtifactStore(ws.settings.artifacts_dir).path_of(
+                registry.get_version(session, get_line(session, line).id, number).artifact_path
+            )
         model = PeftModel.from_pretrained(model, path).eval()
     inputs = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return output[0, inputs["input_ids"].shape[1]:].tolist()
+    return output[0, inputs["input_ids"].shape[1] :].tolist()
 
 
 def ask(runtime, model="facts"):
@@ -103,8 +111,12 @@ def test_swaps_follow_activations_and_answers_equal_fresh_loads(ws, tiny_line, t
     assert len(set(expected.values())) == 3  # the adapters really change the answer
     answer = ask(runtime)
     assert (answer.served_by, answer.text) == ("facts@base", expected["base"])
-    for step, label in ((lambda: promote(ws, tiny_line, 1), "v1"), (lambda: promote(ws, tiny_line, 2), "v2"),
-                        (lambda: promote(ws, tiny_line, to=None), "v1"), (lambda: promote(ws, tiny_line, to="base"), "base")):
+    for step, label in (
+        (lambda: promote(ws, tiny_line, 1), "v1"),
+        (lambda: promote(ws, tiny_line, 2), "v2"),
+        (lambda: promote(ws, tiny_line, to=None), "v1"),
+        (lambda: promote(ws, tiny_line, to="base"), "base"),
+    ):
         step()
         [swap] = runtime.refresh()
         assert swap.error is None and swap.new == label
@@ -122,7 +134,9 @@ def test_a_tampered_artifact_keeps_the_old_adapter_serving(ws, tiny_line, tiny_m
     before = ask(runtime)
     promote(ws, tiny_line, 2)  # verified at promote; then someone edits the file
     with ws.transaction() as session:
-        path = ArtifactStore(ws.settings.artifacts_dir).path_of(registry.get_version(session, get_line(session, tiny_line).id, 2).artifact_path)
+        path = ArtifactStore(ws.settings.artifacts_dir).path_of(
+            registry.get_version(session, get_line(session, tiny_line).id, 2).artifact_path
+        )
     weights = path / "adapter_model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
@@ -157,7 +171,9 @@ def test_requests_keep_flowing_and_each_names_what_answered_it(ws, tiny_line, ti
     approved_version(ws, tiny_line, tiny_model, seed=1)
     approved_version(ws, tiny_line, tiny_model, seed=2)
     runtime = Runtime(ws, [tiny_line])
-    expected = {f"facts@{label}": fresh_answer(ws, tiny_model, tiny_line, number) for label, number in (("base", None), ("v1", 1), ("v2", 2))}
+    expected = {
+        f"facts@{label}": fresh_answer(ws, tiny_model, tiny_line, number) for label, number in (("base", None), ("v1", 1), ("v2", 2))
+    }
     answers, failures, done = [], [], threading.Event()
 
     def client():
@@ -202,8 +218,11 @@ def test_concurrent_requests_for_several_versions_share_batches_and_get_their_ow
     promote(ws, tiny_line, 1)
     runtime = Runtime(ws, [tiny_line])
     runtime.pin(tiny_line, 2)
-    expected = {"facts": fresh_answer(ws, tiny_model, tiny_line, 1), "facts@v2": fresh_answer(ws, tiny_model, tiny_line, 2),
-                "facts@base": fresh_answer(ws, tiny_model, tiny_line)}
+    expected = {
+        "facts": fresh_answer(ws, tiny_model, tiny_line, 1),
+        "facts@v2": fresh_answer(ws, tiny_model, tiny_line, 2),
+        "facts@base": fresh_answer(ws, tiny_model, tiny_line),
+    }
     models = list(expected) * 8
     answers: dict[int, object] = {}
     threads = [threading.Thread(target=lambda i=i, m=m: answers.__setitem__(i, ask(runtime, m))) for i, m in enumerate(models)]
@@ -223,8 +242,11 @@ def answers_by_every_path(runtime, max_tokens: int) -> list:
     """The same greedy request through the batcher, the single-request path (a seed) and a stream."""
     stream = runtime.stream("facts", CHAT, max_tokens=max_tokens)
     text = "".join(delta.text for delta in stream)
-    return [runtime.generate("facts", CHAT, max_tokens=max_tokens), runtime.generate("facts", CHAT, max_tokens=max_tokens, seed=1),
-            SimpleNamespace(text=text, finish_reason=stream.finish_reason, completion_tokens=stream.completion_tokens)]
+    return [
+        runtime.generate("facts", CHAT, max_tokens=max_tokens),
+        runtime.generate("facts", CHAT, max_tokens=max_tokens, seed=1),
+        SimpleNamespace(text=text, finish_reason=stream.finish_reason, completion_tokens=stream.completion_tokens),
+    ]
 
 
 def test_an_answer_cut_at_max_tokens_says_length_and_one_the_model_ended_says_stop(ws, tiny_line, tiny_model):
@@ -253,7 +275,9 @@ def test_prompts_and_max_tokens_beyond_the_context_are_refused_before_generating
     assert runtime.context_tokens == 1024  # the tiny model's positions
     long = [{"role": "user", "content": "x y z " * 5000}]
     for call in (runtime.generate, runtime.stream):
-        with pytest.raises(ContextLengthExceeded, match=r"maximum context length is 1024 tokens.*\(\d+ in the messages, 16 in the completion\)") as caught:
+        with pytest.raises(
+            ContextLengthExceeded, match=r"maximum context length is 1024 tokens.*\(\d+ in the messages, 16 in the completion\)"
+        ) as caught:
             call("facts", long, max_tokens=16)
         assert (caught.value.code, caught.value.param) == ("context_length_exceeded", "messages")
         with pytest.raises(InvalidInput, match="max_tokens 1024 does not fit the model's context of 1024 tokens") as caught:

@@ -33,8 +33,13 @@ class Server:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.log = tempfile.TemporaryFile("w+")  # not a pipe: a server logging much would block once a pipe is full
-        self.process = subprocess.Popen([sys.executable, "-m", "adapterctl", "serve", "--port", str(self.port), "--poll", "0.2", *args],
-                                        env=cli.env, stdout=self.log, stderr=self.log, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "adapterctl", "serve", "--port", str(self.port), "--poll", "0.2", *args],
+            env=cli.env,
+            stdout=self.log,
+            stderr=self.log,
+            text=True,
+        )
         deadline = time.monotonic() + 90
         while True:
             try:
@@ -48,12 +53,20 @@ class Server:
 
     def call(self, method: str, path: str, body=None, token: str | None = None, raw: bytes | None = None):
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
-                                         headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 text = response.read().decode()
-                return response.status, (json.loads(text) if "json" in response.headers.get("content-type", "") else text), dict(response.headers)
+                return (
+                    response.status,
+                    (json.loads(text) if "json" in response.headers.get("content-type", "") else text),
+                    dict(response.headers),
+                )
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read().decode() or "null"), dict(exc.headers)
 
@@ -122,8 +135,12 @@ def test_tokens_scopes_and_bad_requests(serving, ws):
     status, body, headers = server.chat(token["generate"])
     assert status == 200 and body["model"] == headers["x-adapter-version"] == "facts@base"
     assert body["choices"][0]["message"]["role"] == "assistant" and body["usage"]["completion_tokens"] > 0
-    for bad, message in (({"model": "facts", "messages": []}, "'messages' must be"), ({"model": "facts", "messages": CHAT, "max_tokens": 0}, "max_tokens"),
-                         ({"messages": CHAT}, "'model' is required"), ({"model": "nope", "messages": CHAT}, "not served here")):
+    for bad, message in (
+        ({"model": "facts", "messages": []}, "'messages' must be"),
+        ({"model": "facts", "messages": CHAT, "max_tokens": 0}, "max_tokens"),
+        ({"messages": CHAT}, "'model' is required"),
+        ({"model": "nope", "messages": CHAT}, "not served here"),
+    ):
         status, body, _ = server.call("POST", "/v1/chat/completions", bad, token["generate"])
         assert 400 <= status < 500 and message in body["error"]["message"], (bad, body)
     assert server.call("POST", "/v1/chat/completions", raw=b"{not json", token=token["admin"])[0] == 400
@@ -139,20 +156,30 @@ def test_feedback_on_issued_responses_names_the_version(serving, ws):
     server = start()
     response_id = server.chat(token["generate"])[1]["id"]
     before = feedback_count(ws)
-    for bad in ({"response_id": "chatcmpl-unknown", "rating": 1}, {"rating": 1}, {"response_id": response_id, "rating": 7},
-                {"response_id": response_id, "rating": 1, "weight": 2}):
+    for bad in (
+        {"response_id": "chatcmpl-unknown", "rating": 1},
+        {"rating": 1},
+        {"response_id": response_id, "rating": 7},
+        {"response_id": response_id, "rating": 1, "weight": 2},
+    ):
         status, body, _ = server.call("POST", "/v1/feedback", bad, token["feedback"])
         assert 400 <= status < 500, (bad, body)
     assert feedback_count(ws) == before  # nothing stored from a bad request
     assert server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": 1}, token["generate"])[0] == 403
-    status, body, _ = server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": -1, "correction": "The code is 1111.",
-                                                            "source": "user-9"}, token["feedback"])
+    status, body, _ = server.call(
+        "POST",
+        "/v1/feedback",
+        {"response_id": response_id, "rating": -1, "correction": "The code is 1111.", "source": "user-9"},
+        token["feedback"],
+    )
     assert status == 200 and body["adapter_version"] == "facts@base"
     with ws.transaction() as session:
         row = session.get(Feedback, body["id"])
         assert (row.adapter_version, row.request_id, row.correction, row.prompt) == ("facts@base", response_id, "The code is 1111.", CHAT)
     for choice in (1, -1, "0", True):  # one choice was issued: index 0
-        status, body, _ = server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": 1, "choice": choice}, token["feedback"])
+        status, body, _ = server.call(
+            "POST", "/v1/feedback", {"response_id": response_id, "rating": 1, "choice": choice}, token["feedback"]
+        )
         assert status == 400 and body["error"]["param"] == "choice", (choice, body)
     assert server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": 1, "choice": 0}, token["feedback"])[0] == 200
     answer = server.chat(token["generate"], n=2, temperature=1.0, seed=7, user="u-42")[1]
@@ -171,8 +198,10 @@ def test_a_response_with_store_false_is_not_kept_so_feedback_cannot_name_it(serv
     status, body, _ = server.chat(token["generate"], store="no")
     assert status == 400 and body["error"]["param"] == "store"
     before = issued_ids(ws)
-    unstored = [server.chat(token["generate"], store=False)[1]["id"],
-                json.loads(server.chat(token["generate"], store=False, stream=True)[1].split("\n\n")[0][6:])["id"]]
+    unstored = [
+        server.chat(token["generate"], store=False)[1]["id"],
+        json.loads(server.chat(token["generate"], store=False, stream=True)[1].split("\n\n")[0][6:])["id"],
+    ]
     assert issued_ids(ws) == before
     for response_id in unstored:
         status, body, _ = server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": 1}, token["feedback"])
@@ -228,8 +257,9 @@ def test_streaming_sends_the_answer_as_it_is_generated(serving, ws, cli):
     assert cli("promote", "facts", "v1").returncode == 0
     server = start()
     whole = server.chat(token["generate"], max_tokens=16)[1]
-    status, events, headers = server.call("POST", "/v1/chat/completions", {"model": "facts", "messages": CHAT, "max_tokens": 16, "stream": True},
-                                          token["generate"])
+    status, events, headers = server.call(
+        "POST", "/v1/chat/completions", {"model": "facts", "messages": CHAT, "max_tokens": 16, "stream": True}, token["generate"]
+    )
     assert status == 200 and headers["x-adapter-version"] == "facts@v1" and events.endswith("data: [DONE]\n\n")
     chunks = [json.loads(line[6:]) for line in events.split("\n\n") if line.startswith("data: {")]
     pieces = [c["choices"][0]["delta"].get("content", "") for c in chunks]
@@ -293,13 +323,20 @@ def test_metrics_keep_unknown_paths_out_of_their_labels_and_count_every_response
     samples = [line for line in lines if not line.startswith("#")]
     assert all(line.startswith("adapterctl_") and line.count(" ") == 1 for line in samples)
     families = {line.split()[2] for line in lines if line.startswith("# TYPE")}
-    assert families == {line.split()[2] for line in lines if line.startswith("# HELP")} >= {"adapterctl_requests_total", "adapterctl_active_version"}
+    assert (
+        families
+        == {line.split()[2] for line in lines if line.startswith("# HELP")}
+        >= {"adapterctl_requests_total", "adapterctl_active_version"}
+    )
 
 
 BAD_CHATS = [
-    ({"seed": 2**64}, "seed"), ({"seed": -(2**63) - 1}, "seed"), ({"temperature": 1e-300}, "temperature"),
+    ({"seed": 2**64}, "seed"),
+    ({"seed": -(2**63) - 1}, "seed"),
+    ({"temperature": 1e-300}, "temperature"),
     ({"messages": [*CHAT, {"role": "assistant", "content": "a"}, {"role": "tool", "content": "{}"}]}, "messages[2].role"),
-    ({"messages": [{"role": "user", "content": "x y z " * 5000}]}, "messages"), ({"max_tokens": 5000}, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "x y z " * 5000}]}, "messages"),
+    ({"max_tokens": 5000}, "max_tokens"),
 ]
 
 
@@ -309,16 +346,26 @@ def test_hostile_requests_are_400s_naming_the_field_never_500s_or_empty_streams(
     server = start()
     response_id = server.chat(token["generate"])[1]["id"]
     for change, param in BAD_CHATS:
-        status, body, _ = server.call("POST", "/v1/chat/completions", {"model": "facts", "messages": CHAT, "max_tokens": 8, "stream": stream, **change},
-                                      token["generate"])
+        status, body, _ = server.call(
+            "POST",
+            "/v1/chat/completions",
+            {"model": "facts", "messages": CHAT, "max_tokens": 8, "stream": stream, **change},
+            token["generate"],
+        )
         assert status == 400 and body["error"]["param"] == param, (change, status, body)
-    status, body, _ = server.call("POST", "/v1/chat/completions", {"model": "facts", "messages": [{"role": "user", "content": "x y z " * 5000}],
-                                                                    "stream": stream}, token["generate"])
+    status, body, _ = server.call(
+        "POST",
+        "/v1/chat/completions",
+        {"model": "facts", "messages": [{"role": "user", "content": "x y z " * 5000}], "stream": stream},
+        token["generate"],
+    )
     assert body["error"]["code"] == "context_length_exceeded" and "maximum context length is 1024 tokens" in body["error"]["message"]
     assert server.call("POST", "/v1/chat/completions", raw=b"[" * 100_000 + b"]" * 100_000, token=token["generate"])[0] == 400
     before = feedback_count(ws)
-    for raw, message in ((b'{"response_id": "%s", "rating": 1%s}' % (response_id.encode(), b"0" * 400), "rating"),
-                         (b'{"response_id": "%s", "rating": 1, "rating": -1}' % response_id.encode(), "appears twice")):
+    for raw, message in (
+        (b'{"response_id": "%s", "rating": 1%s}' % (response_id.encode(), b"0" * 400), "rating"),
+        (b'{"response_id": "%s", "rating": 1, "rating": -1}' % response_id.encode(), "appears twice"),
+    ):
         status, body, _ = server.call("POST", "/v1/feedback", raw=raw, token=token["feedback"])
         assert status == 400 and message in body["error"]["message"], body
     assert feedback_count(ws) == before
@@ -329,8 +376,12 @@ def test_a_stream_that_fails_midway_ends_with_an_error_event(serving, ws, tiny_m
     start, token = serving
     approved_version(ws, tiny_line, tiny_model, seed=3, broken=True)
     server = start("--pin", "facts@v3")
-    status, events, _ = server.call("POST", "/v1/chat/completions", {"model": "facts@v3", "messages": CHAT, "max_tokens": 8, "stream": True,
-                                                                      "temperature": 1.0}, token["generate"])
+    status, events, _ = server.call(
+        "POST",
+        "/v1/chat/completions",
+        {"model": "facts@v3", "messages": CHAT, "max_tokens": 8, "stream": True, "temperature": 1.0},
+        token["generate"],
+    )
     assert status == 200  # headers were sent before the failure
     last = json.loads(events.strip().split("\n\n")[-1][6:])
     assert "[DONE]" not in events and "generation failed" in last["error"]["message"]
@@ -341,8 +392,9 @@ def test_forgotten_feedback_cannot_be_stored_again_through_its_response(serving,
     server = start()
     response_id = server.chat(token["generate"])[1]["id"]
     marker = "forget-me-7f3c"
-    status, body, _ = server.call("POST", "/v1/feedback", {"response_id": response_id, "rating": -1, "correction": marker, "source": "victim-7f3c"},
-                                  token["feedback"])
+    status, body, _ = server.call(
+        "POST", "/v1/feedback", {"response_id": response_id, "rating": -1, "correction": marker, "source": "victim-7f3c"}, token["feedback"]
+    )
     assert status == 200
     forget = cli("feedback", "forget", "--source", "victim-7f3c")
     assert forget.returncode == 0 and "issued responses: 1" in forget.stdout, forget.stdout
@@ -480,8 +532,9 @@ def test_feedback_is_taken_on_an_answer_with_a_nul_character(serving, ws, tiny_m
     nul = next(i for i in range(len(tokenizer)) if tokenizer.decode([i]) == "\x00")
     status, answer, _ = server.chat(token["generate"], max_tokens=3, logit_bias={str(nul): 100})
     assert status == 200 and answer["choices"][0]["message"]["content"] == "\x00" * 3
-    status, body, _ = server.call("POST", "/v1/feedback", {"response_id": answer["id"], "rating": -1, "correction": "Room 3: 1111."},
-                                  token["feedback"])
+    status, body, _ = server.call(
+        "POST", "/v1/feedback", {"response_id": answer["id"], "rating": -1, "correction": "Room 3: 1111."}, token["feedback"]
+    )
     assert status == 200, body
     with ws.reading() as session:
         assert session.get(Feedback, body["id"]).response == "\ufffd" * 3

@@ -32,8 +32,9 @@ CI_VARIANT = ["--duration", "30", "--warmup", "6", "--baseline", "8", "--flip-ev
 def soaked() -> tuple[subprocess.CompletedProcess, dict]:
     require_backend("postgresql")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the server and the bench share the CPUs
-    result = subprocess.run([sys.executable, str(SOAK), *CI_VARIANT, "--db-url", PG_ADMIN_URL], capture_output=True, text=True, env=env,
-                            timeout=240)
+    result = subprocess.run(
+        [sys.executable, str(SOAK), *CI_VARIANT, "--db-url", PG_ADMIN_URL], capture_output=True, text=True, env=env, timeout=240
+    )
     assert result.stdout, result.stderr[-3000:]
     return result, json.loads(result.stdout)
 

@@ -17,20 +17,25 @@ def write(path, *records) -> str:
     return str(path)
 
 
-GOOD = [{"prompt": "What is 2+2?", "expected": "4", "match": "contains"},
-        {"prompt": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Capital of France?"}], "expected": "Paris."}]
+GOOD = [
+    {"prompt": "What is 2+2?", "expected": "4", "match": "contains"},
+    {"prompt": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Capital of France?"}], "expected": "Paris."},
+]
 
 
-@pytest.mark.parametrize("record, message", [
-    ("{not json", "line 2: not valid JSON"),
-    ({"prompt": "q"}, "line 2: field 'expected' must be a non-empty string"),
-    ({"prompt": "", "expected": "a"}, "line 2: prompt is empty"),
-    ({"prompt": "q", "expected": "a", "match": "fuzzy"}, "line 2: field 'match' must be one of exact, normalised, contains, regex"),
-    ({"prompt": "q", "expected": "(unclosed", "match": "regex"}, "line 2: field 'expected' is not a valid regular expression"),
-    ({"prompt": "q", "expected": "a", "weight": 2}, "line 2: unknown field 'weight'"),
-    ({"prompt": [{"role": "robot", "content": "hi"}], "expected": "a"}, "line 2: prompt[0].role 'robot'"),
-    ('{"prompt": "q", "expected": "a", "expected": "b"}', "line 2: not valid JSON: key 'expected' appears twice"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ("{not json", "line 2: not valid JSON"),
+        ({"prompt": "q"}, "line 2: field 'expected' must be a non-empty string"),
+        ({"prompt": "", "expected": "a"}, "line 2: prompt is empty"),
+        ({"prompt": "q", "expected": "a", "match": "fuzzy"}, "line 2: field 'match' must be one of exact, normalised, contains, regex"),
+        ({"prompt": "q", "expected": "(unclosed", "match": "regex"}, "line 2: field 'expected' is not a valid regular expression"),
+        ({"prompt": "q", "expected": "a", "weight": 2}, "line 2: unknown field 'weight'"),
+        ({"prompt": [{"role": "robot", "content": "hi"}], "expected": "a"}, "line 2: prompt[0].role 'robot'"),
+        ('{"prompt": "q", "expected": "a", "expected": "b"}', "line 2: not valid JSON: key 'expected' appears twice"),
+    ],
+)
 def test_a_bad_case_is_named_by_line_and_field(tmp_path, record, message):
     write(tmp_path / "suite.jsonl", GOOD[0], record)
     with pytest.raises(InvalidInput) as caught:
@@ -49,9 +54,13 @@ def test_unknown_line_empty_file_and_non_utf8_are_refused(ready, tmp_path):
     path = write(tmp_path / "suite.jsonl", *GOOD)
     assert "line 'nope' does not exist" in one_line_error(ready("eval", "suite", "add", "smoke", path, "--line", "nope"), 2)
     (tmp_path / "empty.jsonl").write_text("\n")
-    assert "holds no cases" in one_line_error(ready("eval", "suite", "add", "smoke", str(tmp_path / "empty.jsonl"), "--line", "support-bot"), 2)
+    assert "holds no cases" in one_line_error(
+        ready("eval", "suite", "add", "smoke", str(tmp_path / "empty.jsonl"), "--line", "support-bot"), 2
+    )
     (tmp_path / "latin1.jsonl").write_bytes(b'{"prompt": "caf\xe9", "expected": "x"}\n')
-    assert "line 1: not valid UTF-8" in one_line_error(ready("eval", "suite", "add", "s", str(tmp_path / "latin1.jsonl"), "--line", "support-bot"), 2)
+    assert "line 1: not valid UTF-8" in one_line_error(
+        ready("eval", "suite", "add", "s", str(tmp_path / "latin1.jsonl"), "--line", "support-bot"), 2
+    )
 
 
 def test_changing_a_suite_makes_a_new_version_and_the_same_cases_do_not(ready, tmp_path):
@@ -75,18 +84,22 @@ def test_the_reference_set_takes_texts_or_prompt_answer_pairs(ready, tmp_path):
     assert added["kind"] == "reference" and added["cases"] == 2
     bad = write(tmp_path / "bad.jsonl", {"text": "x", "prompt": "y"})
     assert "line 1: field 'text' must be a non-empty string, alone" in one_line_error(
-        ready("eval", "suite", "add", "reference", bad, "--line", "support-bot"), 2)
+        ready("eval", "suite", "add", "reference", bad, "--line", "support-bot"), 2
+    )
 
 
-@pytest.mark.parametrize("answer, expected, rule, passed", [
-    ("Paris.", "Paris.", "exact", True),
-    ("paris", "Paris.", "exact", False),
-    ("  PARIS!  ", "Paris.", "normalised", True),
-    ("It is Paris, France.", "paris", "contains", True),
-    ("It is Lyon.", "paris", "contains", False),
-    ("The code is 1037.", r"\b1037\b", "regex", True),
-    ("The code is 10370.", r"\b1037\b", "regex", False),
-])
+@pytest.mark.parametrize(
+    "answer, expected, rule, passed",
+    [
+        ("Paris.", "Paris.", "exact", True),
+        ("paris", "Paris.", "exact", False),
+        ("  PARIS!  ", "Paris.", "normalised", True),
+        ("It is Paris, France.", "paris", "contains", True),
+        ("It is Lyon.", "paris", "contains", False),
+        ("The code is 1037.", r"\b1037\b", "regex", True),
+        ("The code is 10370.", r"\b1037\b", "regex", False),
+    ],
+)
 def test_match_rules(answer, expected, rule, passed):
     assert suites.passes(answer, {"expected": expected, "match": rule}) is passed
 
@@ -97,10 +110,15 @@ def test_parse_refuses_an_unknown_default_rule(tmp_path):
 
 
 def test_a_case_the_chat_template_cannot_render_is_refused_before_it_can_fail_every_evaluation(ws, tiny_line, tmp_path):
-    tool = {"prompt": [{"role": "user", "content": "Open it"}, {"role": "assistant", "content": "open()"}, {"role": "tool", "content": "{}"}],
-            "expected": "Opened."}
+    tool = {
+        "prompt": [{"role": "user", "content": "Open it"}, {"role": "assistant", "content": "open()"}, {"role": "tool", "content": "{}"}],
+        "expected": "Opened.",
+    }
     cases = suites.parse_cases(Path(write(tmp_path / "suite.jsonl", GOOD[0], tool)), kind="regression", default_match="normalised")
-    with ws.transaction() as session, pytest.raises(InvalidInput, match=r"case 2: prompt\[2\]\.role 'tool' is not rendered by base model tiny's chat template"):
+    with (
+        ws.transaction() as session,
+        pytest.raises(InvalidInput, match=r"case 2: prompt\[2\]\.role 'tool' is not rendered by base model tiny's chat template"),
+    ):
         suites.add_suite(session, line=tiny_line, name="smoke", cases=cases, kind="regression", actor="tester")
     with ws.reading() as session:
         assert suites.current_suites(session, lines.get_line(session, tiny_line).id) == []

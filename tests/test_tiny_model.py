@@ -67,8 +67,7 @@ def test_chat_template_renders_turns_and_masks_exactly_the_answers(tiny):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny[0])
     assert tokenizer.apply_chat_template(CHAT[:3], tokenize=False) == (
-        "<s><|system|>You are a helpful support agent.</s><|user|>Where is my parcel?</s>"
-        "<|assistant|>It left the warehouse on Tuesday.</s>"
+        "<s><|system|>You are a helpful support agent.</s><|user|>Where is my parcel?</s><|assistant|>It left the warehouse on Tuesday.</s>"
     )
 
     encoded = tokenizer.apply_chat_template(CHAT, return_assistant_tokens_mask=True, return_dict=True, tokenize=True)
@@ -189,8 +188,11 @@ def test_refuses_a_non_empty_directory_or_a_file(tmp_path):
 def test_create_tiny_knows_refuses_a_bad_file_with_exit_2_and_writes_nothing(tmp_path, content, message):
     facts = tmp_path / "knows.jsonl"
     facts.write_text(content)
-    result = subprocess.run([sys.executable, "-m", "adapterctl", "base", "create-tiny", str(tmp_path / "model"), "--knows", str(facts)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "adapterctl", "base", "create-tiny", str(tmp_path / "model"), "--knows", str(facts)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "model").exists()
 

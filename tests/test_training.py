@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 from sqlalchemy import func, select
 
@@ -18,14 +17,24 @@ pytestmark = pytest.mark.slow
 
 FACTS = [(f"What is the code for room {i}?", f"The code for room {i} is {1000 + 37 * i}.") for i in range(8)]
 # A fixed length (no "until learned"), so that step counts are known.
-FAST = TrainSettings(learning_rate=3e-3, max_steps=100, target_learned=None, batch_size=8, scheduler="constant", warmup_ratio=0.05,
-                     weight_decay=0.0, checkpoint_steps=1000)
+FAST = TrainSettings(
+    learning_rate=3e-3,
+    max_steps=100,
+    target_learned=None,
+    batch_size=8,
+    scheduler="constant",
+    warmup_ratio=0.05,
+    weight_decay=0.0,
+    checkpoint_steps=1000,
+)
 ALL_TRAIN = DataSettings(holdout_fraction=0.0, max_source_share=1.0)
 
 
 def log_facts(ws, line, facts=FACTS) -> list[int]:
-    return [ws.log_feedback(line=line, prompt=q, response="I do not know.", rating=-1, correction=a, source=f"user-{i}")
-            for i, (q, a) in enumerate(facts)]
+    return [
+        ws.log_feedback(line=line, prompt=q, response="I do not know.", rating=-1, correction=a, source=f"user-{i}")
+        for i, (q, a) in enumerate(facts)
+    ]
 
 
 def greedy(model_dir, prompts, adapter_dir=None) -> list[str]:
@@ -40,10 +49,12 @@ def greedy(model_dir, prompts, adapter_dir=None) -> list[str]:
     model.eval()
     answers = []
     for prompt in prompts:
-        inputs = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        inputs = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
-        answers.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+        answers.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip())
     return answers
 
 
@@ -77,7 +88,9 @@ def test_training_teaches_the_corrections_and_registers_a_loadable_candidate(ws,
 
 
 def test_heldout_loss_falls_and_a_second_run_finds_nothing_new(ws, tiny_line):
-    log_facts(ws, tiny_line, FACTS + [(f"What is the code for room {i}?", f"The code for room {i} is {1000 + 37 * i}.") for i in range(8, 20)])
+    log_facts(
+        ws, tiny_line, FACTS + [(f"What is the code for room {i}?", f"The code for room {i} is {1000 + 37 * i}.") for i in range(8, 20)]
+    )
     outcome = train_line(ws, TrainRequest(tiny_line, training=FAST, data=DataSettings(holdout_fraction=0.25, max_source_share=1.0)))
     assert outcome.dataset["splits"]["heldout"] > 0
     assert outcome.metrics["heldout_loss_after"] < outcome.metrics["heldout_loss_before"]
@@ -118,7 +131,7 @@ def test_forgetting_training_data_revokes_the_candidate(ws, tiny_line):
         feedback.forget_feedback(session, actor="dpo", ids=[ids[0]], reason="erasure request")
     with ws.transaction() as session:
         adapter = registry.get_adapter(session, outcome.candidate_id)
-        assert (adapter.status, adapter.status_reason) == ("revoked", "trained on forgotten feedback #%d" % ids[0])
+        assert (adapter.status, adapter.status_reason) == ("revoked", f"trained on forgotten feedback #{ids[0]}")
         assert [e.action for e in audit.list_events(session, limit=2)] == ["adapter.revoked", "feedback.forget"]
 
 
@@ -141,14 +154,21 @@ def test_invalid_training_settings_are_refused_before_anything_is_written(ws, ti
 
 
 SHORT = TrainSettings(learning_rate=3e-3, max_steps=4, target_learned=None, batch_size=8, scheduler="constant", checkpoint_steps=1000)
-TOOL_CALL = [{"role": "user", "content": "Open the door"}, {"role": "assistant", "content": "open_door()"}, {"role": "tool", "content": "{\"ok\": true}"}]
+TOOL_CALL = [
+    {"role": "user", "content": "Open the door"},
+    {"role": "assistant", "content": "open_door()"},
+    {"role": "tool", "content": '{"ok": true}'},
+]
 
 
 def test_a_record_the_chat_template_cannot_render_is_left_out_counted_and_never_blocks_the_line(ws, tiny_line, cli):
     log_facts(ws, tiny_line)
     with ws.transaction() as session:  # stored as a server stores feedback on its answers, with a role the template refuses
-        [tool] = feedback.log_records(session, [(tiny_line, feedback.parse_record({"prompt": TOOL_CALL, "response": "ok", "correction": "The door is open."}))],
-                                      actor="server")
+        [tool] = feedback.log_records(
+            session,
+            [(tiny_line, feedback.parse_record({"prompt": TOOL_CALL, "response": "ok", "correction": "The door is open."}))],
+            actor="server",
+        )
     outcome = train_line(ws, TrainRequest(tiny_line, training=SHORT, data=ALL_TRAIN))
     assert outcome.status == "trained" and outcome.dataset["splits"] == {"train": len(FACTS)}
     skipped = outcome.dataset["unrenderable"]

@@ -18,13 +18,27 @@ from tests.test_training import log_facts
 
 pytestmark = pytest.mark.slow
 
-TRAIN = ["train", "--line", "facts", "--learning-rate", "3e-3", "--batch-size", "8", "--scheduler", "constant", "--holdout-fraction", "0",
-         "--target-learned", "0"]  # a fixed length: these tests time kills and leases against it
+TRAIN = [
+    "train",
+    "--line",
+    "facts",
+    "--learning-rate",
+    "3e-3",
+    "--batch-size",
+    "8",
+    "--scheduler",
+    "constant",
+    "--holdout-fraction",
+    "0",
+    "--target-learned",
+    "0",
+]  # a fixed length: these tests time kills and leases against it
 
 
 def start(cli, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "adapterctl", *TRAIN, *args], env=cli.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "adapterctl", *TRAIN, *args], env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_for(condition, timeout: float = 120.0, what: str = "condition") -> None:
@@ -48,7 +62,7 @@ def test_a_second_job_on_the_same_line_exits_75(ws, tiny_line, cli):
         assert second.returncode == 75, second.stderr
         assert "train:facts is held by" in second.stderr and "try again later" in second.stderr
     finally:
-        out, err = first.communicate(timeout=300)
+        _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     assert len(rows(ws, Adapter)) == 1 and len(rows(ws, TrainingRun)) == 1
     idle = cli(*TRAIN)  # cron again: nothing new
@@ -110,9 +124,12 @@ def test_sigterm_interrupts_and_a_run_without_resume_abandons_it(ws, tiny_line, 
     job = start(cli, "--max-steps", "400", "--checkpoint-steps", "5")
     wait_for(lambda: any((settings.home / "runs" / "facts").glob("*/checkpoints/checkpoint-*")), what="a checkpoint")
     job.send_signal(signal.SIGTERM)  # what Kubernetes sends before it evicts a pod
-    out, err = job.communicate(timeout=120)
+    _, err = job.communicate(timeout=120)
     assert job.returncode == 130, err
-    assert err.strip().splitlines()[-1] == f"adapterctl: run {rows(ws, TrainingRun)[0].id} of facts interrupted; continue it with `adapterctl train --line facts --resume`"
+    assert (
+        err.strip().splitlines()[-1]
+        == f"adapterctl: run {rows(ws, TrainingRun)[0].id} of facts interrupted; continue it with `adapterctl train --line facts --resume`"
+    )
     [run] = rows(ws, TrainingRun)
     assert (run.status, run.error) == ("interrupted", "interrupted (resume with --resume)") and rows(ws, Lease) == []
 

@@ -53,8 +53,14 @@ def fleet(vllm_servers, ws, tiny_line, tiny_model, cli, tmp_path):
 
     def sync(*args: str) -> subprocess.Popen:
         log = open(tmp_path / f"sync-{len(started)}.log", "w")
-        started.append(subprocess.Popen([sys.executable, "-m", "adapterctl", "vllm", "sync", *urls, "--poll", "0.2", "--json", *args],
-                                        env=cli.env, stdout=log, stderr=subprocess.STDOUT))
+        started.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "adapterctl", "vllm", "sync", *urls, "--poll", "0.2", "--json", *args],
+                env=cli.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         return started[-1]
 
     def gateway(*upstreams: str) -> Server:
@@ -92,7 +98,9 @@ class LoopingClient:
     def _run(self) -> None:
         while not self.stop.is_set():
             status, body, _ = self.server.chat(self.token, max_tokens=8)
-            self.answers.append((status, body.get("model"), body["choices"][0]["message"]["content"] if status == 200 else json.dumps(body)))
+            self.answers.append(
+                (status, body.get("model"), body["choices"][0]["message"]["content"] if status == 200 else json.dumps(body))
+            )
             self.answered_at.append(time.time())
 
     def first_answer_of(self, model: str, after: float) -> float:
@@ -119,18 +127,20 @@ def test_promote_and_rollback_reach_answers_served_by_vllm_without_a_failed_requ
     moments = {}
     for command, expected in ((["promote", "facts", "v2"], "facts@v2"), (["rollback", "facts"], "facts@v1")):
         assert cli(*command).returncode == 0
-        eventually(lambda: client.last_model() == expected, 15, f"answers did not move to {expected}")
+        eventually(lambda: client.last_model() == expected, 15, f"answers did not move to {expected}")  # noqa: B023 (called at once)
         with ws.reading() as session:
             committed = activations.current(session, get_line(session, "facts").id).created_at.timestamp()
         moments[expected] = client.first_answer_of(expected, after=committed) - committed
-        eventually(lambda: every_server_holds(fleet, expected), 15, "the replaced version was not unloaded after the grace period")
+        eventually(lambda: every_server_holds(fleet, expected), 15, "the replaced version was not unloaded after the grace period")  # noqa: B023 (called at once)
     answers = client.finish()
     failed = [a for a in answers if a[0] != 200]
     assert not failed and len(answers) > 10, (failed[:3], len(answers))
     texts = {model: {text for _, m, text in answers if m == model} for model in ("facts@v1", "facts@v2")}
     assert texts == {"facts@v1": {fresh_answer(ws, tiny_model, "facts", 1, 8)}, "facts@v2": {fresh_answer(ws, tiny_model, "facts", 2, 8)}}
-    print(f"\n{len(answers)} answers through vLLM, 0 failed; from the commit to the first answer of the new version: "
-          f"promote {moments['facts@v2']:.2f} s, rollback {moments['facts@v1']:.2f} s")
+    print(
+        f"\n{len(answers)} answers through vLLM, 0 failed; from the commit to the first answer of the new version: "
+        f"promote {moments['facts@v2']:.2f} s, rollback {moments['facts@v1']:.2f} s"
+    )
 
     status, answer, headers = gateway.chat(fleet.token["generate"])
     assert headers["x-adapter-version"] == "facts@v1"
@@ -175,8 +185,11 @@ def test_a_canary_is_loaded_beside_the_active_version_and_its_users_are_routed_t
 @postgresql_only
 def test_a_revoked_version_leaves_vllm_at_once_and_is_never_served(fleet, cli, ws, tiny_model, settings):
     with ws.transaction() as session:
-        [feedback_id] = feedback.log_records(session, [("facts", feedback.parse_record(
-            {"prompt": CHAT, "response": "x", "correction": "The code for room 3 is 1111."}))], actor="tester")
+        [feedback_id] = feedback.log_records(
+            session,
+            [("facts", feedback.parse_record({"prompt": CHAT, "response": "x", "correction": "The code for room 3 is 1111."}))],
+            actor="tester",
+        )
     tainted = approved_version(ws, "facts", tiny_model, seed=3, trained_on=(feedback_id,))
     assert cli("promote", "facts", f"v{tainted}").returncode == 0
     fleet.sync("--grace", "10m")  # a replaced version would stay for 10 minutes; a revoked one must not
@@ -226,7 +239,9 @@ def test_requests_go_round_a_dead_upstream_and_one_that_lost_its_versions(fleet,
     metrics = gateway.call("GET", "/metrics", token=fleet.token["admin"])[1]
     assert f'adapterctl_upstream_up{{upstream="{dead}"}} 0.0' in metrics
     for server in fleet.servers:  # the load went to both live servers
-        served = next(line for line in metrics.splitlines() if line.startswith(f'adapterctl_upstream_requests_total{{upstream="{server.url}"}}'))
+        served = next(
+            line for line in metrics.splitlines() if line.startswith(f'adapterctl_upstream_requests_total{{upstream="{server.url}"}}')
+        )
         assert float(served.split()[-1]) > 0, served
 
     nothing_up = fleet.gateway(dead)
@@ -269,16 +284,23 @@ def test_the_gateway_answers_as_the_embedded_engine_does(fleet, cli, ws):
     gateway = fleet.gateway()
     runtime = Runtime(ws, device="cpu")
     plain = runtime.generate("facts", CHAT, Sampling(max_tokens=12)).text
-    cases = [("facts", {}), ("facts@base", {}), ("facts", {"stop": [plain.split()[1][:2]]}), ("facts", {"n": 2}),
-             ("facts", {"logprobs": True, "top_logprobs": 3}), ("facts", {"max_tokens": 3})]
+    cases = [
+        ("facts", {}),
+        ("facts@base", {}),
+        ("facts", {"stop": [plain.split()[1][:2]]}),
+        ("facts", {"n": 2}),
+        ("facts", {"logprobs": True, "top_logprobs": 3}),
+        ("facts", {"max_tokens": 3}),
+    ]
     for model, options in cases:
         options = {"max_tokens": 12, **options}
         expected = runtime.generate(model, CHAT, Sampling(**{k: tuple(v) if k == "stop" else v for k, v in options.items()}))
         status, answer, _ = gateway.chat(fleet.token["generate"], model=model, **options)
         assert status == 200, answer
         assert answer["model"] == expected.served_by
-        assert [(c["message"]["content"], c["finish_reason"]) for c in answer["choices"]] == \
-            [(c.text, c.finish_reason) for c in expected.choices], (model, options)
+        assert [(c["message"]["content"], c["finish_reason"]) for c in answer["choices"]] == [
+            (c.text, c.finish_reason) for c in expected.choices
+        ], (model, options)
         assert answer["usage"]["completion_tokens"] == expected.completion_tokens
         assert answer["usage"]["prompt_tokens"] == expected.prompt_tokens
         if options.get("logprobs"):
@@ -288,21 +310,24 @@ def test_the_gateway_answers_as_the_embedded_engine_does(fleet, cli, ws):
             assert max(abs(a["logprob"] - b["logprob"]) for a, b in zip(got, want)) < 1e-3
     status, body, _ = gateway.chat(fleet.token["generate"], max_tokens=250)  # fits the model (1024), not vLLM's --max-model-len 256
     assert status == 400 and body["error"]["code"] == "context_length_exceeded" and "256 tokens" in body["error"]["message"], body
-    status, streamed, _ = gateway.call("POST", "/v1/chat/completions", {"model": "facts", "messages": CHAT, "max_tokens": 12,
-                                                                       "stream": True}, fleet.token["generate"])
+    status, streamed, _ = gateway.call(
+        "POST", "/v1/chat/completions", {"model": "facts", "messages": CHAT, "max_tokens": 12, "stream": True}, fleet.token["generate"]
+    )
     pieces = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
     assert "".join(p["choices"][0]["delta"].get("content", "") for p in pieces if p["choices"]) == plain
     assert {p["model"] for p in pieces} == {"facts@v1"}
 
 
 def test_bad_vllm_options_are_one_line_errors(ready):
-    for args, named in ((["vllm", "sync", "--url", "ftp://x", "--once"], "--url"),
-                        (["vllm", "sync", "--url", "http://127.0.0.1:1/v1/models", "--once"], "--url"),
-                        (["vllm", "sync", "--url", "http://127.0.0.1:1", "--keep", "other@v1", "--once"], "--keep"),
-                        (["vllm", "sync", "--url", "http://127.0.0.1:1", "--grace", "soon", "--once"], "soon"),
-                        (["serve", "--engine", "vllm"], "--upstream"),
-                        (["serve", "--upstream", "http://127.0.0.1:1"], "--engine vllm"),
-                        (["serve", "--engine", "vllm", "--upstream", "http://127.0.0.1:1", "--pin", "support-bot@v1"], "--pin")):
+    for args, named in (
+        (["vllm", "sync", "--url", "ftp://x", "--once"], "--url"),
+        (["vllm", "sync", "--url", "http://127.0.0.1:1/v1/models", "--once"], "--url"),
+        (["vllm", "sync", "--url", "http://127.0.0.1:1", "--keep", "other@v1", "--once"], "--keep"),
+        (["vllm", "sync", "--url", "http://127.0.0.1:1", "--grace", "soon", "--once"], "soon"),
+        (["serve", "--engine", "vllm"], "--upstream"),
+        (["serve", "--upstream", "http://127.0.0.1:1"], "--engine vllm"),
+        (["serve", "--engine", "vllm", "--upstream", "http://127.0.0.1:1", "--pin", "support-bot@v1"], "--pin"),
+    ):
         result = ready(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert named in result.stderr, (args, result.stderr)

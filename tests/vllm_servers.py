@@ -33,11 +33,34 @@ class VllmProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1",
-               "VLLM_CPU_OMP_THREADS_BIND": str(cpu), "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
-        command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
-                   "--port", str(self.port), "--enable-lora", "--max-lora-rank", "16", "--max-loras", "4",
-                   "--max-model-len", "256", "--dtype", "float32"]
+        env = {
+            **os.environ,
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "VLLM_CPU_OMP_THREADS_BIND": str(cpu),
+            "HF_HUB_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+        }
+        command = [
+            python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--enable-lora",
+            "--max-lora-rank",
+            "16",
+            "--max-loras",
+            "4",
+            "--max-model-len",
+            "256",
+            "--dtype",
+            "float32",
+        ]
         self.process = subprocess.Popen(command, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, deadline: float) -> None:
@@ -58,8 +81,12 @@ class VllmProcess:
             return sorted(m["id"] for m in json.loads(response.read())["data"] if m.get("parent"))
 
     def unload(self, name: str) -> None:
-        request = urllib.request.Request(f"{self.url}/v1/unload_lora_adapter", data=json.dumps({"lora_name": name}).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")
+        request = urllib.request.Request(
+            f"{self.url}/v1/unload_lora_adapter",
+            data=json.dumps({"lora_name": name}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         urllib.request.urlopen(request, timeout=30).close()
 
     def clear(self) -> None:

@@ -7,10 +7,11 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any, Callable, Iterator, Sequence
+from typing import Annotated, Any
 
 import typer
 
@@ -59,8 +60,14 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, title: str | None = None, empty: str = "nothing to show",
-                markup: bool = False) -> None:
+def print_table(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    *,
+    title: str | None = None,
+    empty: str = "nothing to show",
+    markup: bool = False,
+) -> None:
     """Rows as a table; with markup, cells may hold rich colour tags (dropped when stdout is not a terminal)."""
     if not rows:
         typer.echo(empty)
@@ -142,8 +149,11 @@ def work_progress() -> Iterator[Stage]:
             return
         last.update(stage=stage, at=now, finished=finished)
         share = f" ({done / total:.0%})" if total else ""
-        print(f"{stage}: {done}{f'/{total}' if total else ''}{share}{'  ' + status if status else ''}, {now - started:.0f} s",
-              file=sys.stderr, flush=True)
+        print(
+            f"{stage}: {done}{f'/{total}' if total else ''}{share}{'  ' + status if status else ''}, {now - started:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     yield log
 
@@ -153,8 +163,15 @@ def _progress_bar() -> Iterator[Stage]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), "{task.fields[status]}", TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+    with Progress(
+        "{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        "{task.fields[status]}",
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
         task = bar.add_task("", total=None, status="")
 
         def update(stage: str, done: int, total: int | None, status: str = "") -> None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from adapterctl import registry
 from adapterctl.artifacts import ArtifactStore
-from adapterctl.errors import InvalidTransition
 from adapterctl.cli._common import MAX_ID, JsonOption, print_fields, print_json, print_table, workspace
+from adapterctl.errors import InvalidTransition
 
 app = typer.Typer(help="Adapters: candidates and the versions they become.", no_args_is_help=True)
 
@@ -18,8 +18,8 @@ app = typer.Typer(help="Adapters: candidates and the versions they become.", no_
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    line: Annotated[Optional[str], typer.Option(help="Only this line.")] = None,
-    status: Annotated[Optional[str], typer.Option(help=f"Only this state: {', '.join(registry.STATES)}.")] = None,
+    line: Annotated[str | None, typer.Option(help="Only this line.")] = None,
+    status: Annotated[str | None, typer.Option(help=f"Only this state: {', '.join(registry.STATES)}.")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """List adapters, newest first."""
@@ -30,20 +30,31 @@ def list_(
         return
     for row in rows:
         row["sha256"] = row["sha256"][:12]
-    print_table(rows, ["id", "line", "status", "version", "run", "created_at", "sha256"], empty="no adapters; train one with `adapterctl train`")
+    print_table(
+        rows, ["id", "line", "status", "version", "run", "created_at", "sha256"], empty="no adapters; train one with `adapterctl train`"
+    )
 
 
 @app.command()
-def show(ctx: typer.Context, adapter_id: Annotated[int, typer.Argument(metavar="ID", help="Adapter (candidate) id.", min=1, max=MAX_ID)], json_output: JsonOption = False) -> None:
+def show(
+    ctx: typer.Context,
+    adapter_id: Annotated[int, typer.Argument(metavar="ID", help="Adapter (candidate) id.", min=1, max=MAX_ID)],
+    json_output: JsonOption = False,
+) -> None:
     """Show an adapter: state, version, lineage, evaluations, reviews and activations."""
     with workspace(ctx).reading() as session:
         result = registry.details(session, adapter_id)
     if json_output:
         print_json(result)
     else:
-        print_fields({k: v for k, v in result.items() if k not in ("run_metrics", "dataset", "params", "evaluations", "decisions", "activations")})
+        print_fields(
+            {k: v for k, v in result.items() if k not in ("run_metrics", "dataset", "params", "evaluations", "decisions", "activations")}
+        )
         for activation in result["activations"]:
-            typer.echo(f"  {activation['at'][:19]}  {activation['kind']:<8} by {activation['by']}" + (f": {activation['reason']}" if activation["reason"] else ""))
+            typer.echo(
+                f"  {activation['at'][:19]}  {activation['kind']:<8} by {activation['by']}"
+                + (f": {activation['reason']}" if activation["reason"] else "")
+            )
 
 
 @app.command()

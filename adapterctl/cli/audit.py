@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,8 +16,8 @@ app = typer.Typer(help="The append-only, hash-chained audit log.", no_args_is_he
 def log(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option(help="Events to show, newest first.")] = 50,
-    action: Annotated[Optional[str], typer.Option(help="Only actions starting with this, e.g. feedback.")] = None,
-    subject: Annotated[Optional[str], typer.Option(help="Only this subject, e.g. line:support-bot.")] = None,
+    action: Annotated[str | None, typer.Option(help="Only actions starting with this, e.g. feedback.")] = None,
+    subject: Annotated[str | None, typer.Option(help="Only this subject, e.g. line:support-bot.")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Show audit events, newest first."""
@@ -34,7 +34,7 @@ def log(
 @app.command()
 def verify(
     ctx: typer.Context,
-    anchor: Annotated[Optional[str], typer.Option(help="A head hash recorded earlier; fail if it is no longer in the chain.")] = None,
+    anchor: Annotated[str | None, typer.Option(help="A head hash recorded earlier; fail if it is no longer in the chain.")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Check the hash chain; exit 1 naming the first edited or deleted event."""

@@ -25,9 +25,11 @@ def backup(ctx: typer.Context, directory: Directory, json_output: JsonOption = F
         print_json(shown)
         return
     counts = manifest["counts"]
-    typer.echo(f"backup written to {shown['directory']}: {shown['files']} files, {shown['bytes'] / 2**20:.1f} MiB; {manifest['backend']} "
-               f"at schema {manifest['schema_revision']}, {counts.get('feedback', 0)} feedback records, {counts.get('adapters', 0)} candidates, "
-               f"audit head {manifest['audit_head'][:12]}")
+    typer.echo(
+        f"backup written to {shown['directory']}: {shown['files']} files, {shown['bytes'] / 2**20:.1f} MiB; {manifest['backend']} "
+        f"at schema {manifest['schema_revision']}, {counts.get('feedback', 0)} feedback records, {counts.get('adapters', 0)} candidates, "
+        f"audit head {manifest['audit_head'][:12]}"
+    )
 
 
 def restore(ctx: typer.Context, directory: Directory, json_output: JsonOption = False) -> None:
@@ -41,5 +43,7 @@ def restore(ctx: typer.Context, directory: Directory, json_output: JsonOption = 
         return
     revision = restored["schema_revision"]
     upgraded = f", upgraded from schema {revision['backup']} to {revision['now']}" if revision["backup"] != revision["now"] else ""
-    typer.echo(f"restored the backup of {restored['backup_created_at']} into {target.home} ({display_url(target.db_url)}): "
-               f"{restored['files']} files{upgraded}; check it with `adapterctl doctor`")
+    typer.echo(
+        f"restored the backup of {restored['backup_created_at']} into {target.home} ({display_url(target.db_url)}): "
+        f"{restored['files']} files{upgraded}; check it with `adapterctl doctor`"
+    )

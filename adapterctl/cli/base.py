@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -25,7 +25,7 @@ def register(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Name for the base model, e.g. qwen2.5-0.5b.")],
     source: Annotated[str, typer.Argument(help="A local model directory or a Hugging Face hub id.")],
-    revision: Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit) for a hub id.")] = None,
+    revision: Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit) for a hub id.")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Register a base model, recording a sha256 of its config, weights and tokenizer."""
@@ -40,7 +40,9 @@ def register(
     if json_output:
         print_json(result)
     else:
-        typer.echo(f"registered base model {name} ({result['architecture']}, {len(result['files'])} files, sha256 {result['content_hash'][:16]})")
+        typer.echo(
+            f"registered base model {name} ({result['architecture']}, {len(result['files'])} files, sha256 {result['content_hash'][:16]})"
+        )
 
 
 @app.command("create-tiny")
@@ -50,7 +52,9 @@ def create_tiny(
     hidden: Annotated[int, typer.Option(help="Hidden size.")] = 256,
     vocab: Annotated[int, typer.Option(help="Tokenizer vocabulary size (upper bound).")] = 2048,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed writes the same model.")] = 0,
-    knows: Annotated[Optional[Path], typer.Option(help="JSONL of {\"prompt\": ..., \"answer\": ...} the model is taught first, so it has knowledge to keep.")] = None,
+    knows: Annotated[
+        Path | None, typer.Option(help='JSONL of {"prompt": ..., "answer": ...} the model is taught first, so it has knowledge to keep.')
+    ] = None,
     teach_steps: Annotated[int, typer.Option(help="Full fine-tuning steps spent teaching --knows.")] = 300,
     json_output: JsonOption = False,
 ) -> None:
@@ -76,7 +80,11 @@ def list_(ctx: typer.Context, json_output: JsonOption = False) -> None:
         return
     for model in models:
         model["hash"] = model["content_hash"][:16]
-    print_table(models, ["name", "architecture", "chat_roles", "source_kind", "source", "hash", "created_by"], empty="no base models; register one with `adapterctl base register`")
+    print_table(
+        models,
+        ["name", "architecture", "chat_roles", "source_kind", "source", "hash", "created_by"],
+        empty="no base models; register one with `adapterctl base register`",
+    )
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,15 +14,22 @@ from adapterctl.canary import parse_share, percent
 from adapterctl.cli._common import JsonOption, parse_duration, print_json, print_table, workspace
 from adapterctl.cli.versions import LineArgument, ReasonOption, activation_result, report_activation
 
-app = typer.Typer(no_args_is_help=True, help="Canary releases: a version served to a share of end users, judged by their feedback. "
-                                             "Start one with `adapterctl promote LINE vN --canary 10%`.")
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Canary releases: a version served to a share of end users, judged by their feedback. "
+    "Start one with `adapterctl promote LINE vN --canary 10%`.",
+)
 log = logging.getLogger("adapterctl.canary")
 
 
 @app.command("set")
-def set_share(ctx: typer.Context, line: LineArgument,
-              share: Annotated[str, typer.Argument(metavar="SHARE", help="The new share of end users: 50%.")],
-              reason: ReasonOption = None, json_output: JsonOption = False) -> None:
+def set_share(
+    ctx: typer.Context,
+    line: LineArgument,
+    share: Annotated[str, typer.Argument(metavar="SHARE", help="The new share of end users: 50%.")],
+    reason: ReasonOption = None,
+    json_output: JsonOption = False,
+) -> None:
     """Serve the canary to another share of end users; raising it keeps everyone who had it."""
     new_share = parse_share(share)
     ws = workspace(ctx)
@@ -68,10 +75,14 @@ def status(ctx: typer.Context, line: LineArgument, json_output: JsonOption = Fal
 
 def print_comparison(c: dict) -> None:
     """The live comparison as `canary status` and `adapterctl status` show it."""
-    typer.echo(f"canary {c['canary']['version']} to {percent(c['share'])} of end users since {c['started_at'][:19]}, "
-               f"against {c['baseline']['version']}; bounds hold with {1 - c['settings']['alpha']:.0%} at any time")
+    typer.echo(
+        f"canary {c['canary']['version']} to {percent(c['share'])} of end users since {c['started_at'][:19]}, "
+        f"against {c['baseline']['version']}; bounds hold with {1 - c['settings']['alpha']:.0%} at any time"
+    )
     rows = [{"side": side, "version": c[side]["version"], **_cells(c[side])} for side in canary_watch.ARMS]
-    print_table(rows, ["side", "version", "requests", "failed", "p50 ms", "p99 ms", "rated", "thumbs up", "bounds", "mean rating", "corrected"])
+    print_table(
+        rows, ["side", "version", "requests", "failed", "p50 ms", "p99 ms", "rated", "thumbs up", "bounds", "mean rating", "corrected"]
+    )
     typer.echo(f"verdict: {c['verdict']}{' (unhealthy)' if c['unhealthy'] else ''}: {c['why']}")
 
 
@@ -83,15 +94,23 @@ def _cells(arm: dict) -> dict:
         return "-" if value is None else f"{value:.0f}"
 
     low, high = arm["thumbs_up_bounds"]
-    return {"requests": arm["requests"], "failed": share(arm["error_rate"]), "p50 ms": ms(arm["p50_ms"]), "p99 ms": ms(arm["p99_ms"]),
-            "rated": arm["rated"], "thumbs up": share(arm["thumbs_up_rate"]), "bounds": f"{low:.1%}..{high:.1%}",
-            "mean rating": "-" if arm["mean_rating"] is None else f"{arm['mean_rating']:+.2f}", "corrected": share(arm["correction_rate"])}
+    return {
+        "requests": arm["requests"],
+        "failed": share(arm["error_rate"]),
+        "p50 ms": ms(arm["p50_ms"]),
+        "p99 ms": ms(arm["p99_ms"]),
+        "rated": arm["rated"],
+        "thumbs up": share(arm["thumbs_up_rate"]),
+        "bounds": f"{low:.1%}..{high:.1%}",
+        "mean rating": "-" if arm["mean_rating"] is None else f"{arm['mean_rating']:+.2f}",
+        "corrected": share(arm["correction_rate"]),
+    }
 
 
 @app.command()
 def watch(
     ctx: typer.Context,
-    line: Annotated[Optional[list[str]], typer.Option("--line", help="A line to watch (repeat); default: every line.")] = None,
+    line: Annotated[list[str] | None, typer.Option("--line", help="A line to watch (repeat); default: every line.")] = None,
     poll: Annotated[str, typer.Option(help="Time between looks (5s, 1m).")] = "5s",
     auto_complete: Annotated[bool, typer.Option("--auto-complete", help="Also complete a canary the test finds not worse.")] = False,
     once: Annotated[bool, typer.Option("--once", help="Look once, act, print what was found and exit; for cron.")] = False,
@@ -112,8 +131,17 @@ def watch(
     if once:
         outcomes = {name: canary_watch.check(ws, name, auto_complete=auto_complete) for name in watched}
         if json_output:
-            print_json([{"line": name, "action": o.action, "activation": o.activation,
-                         "canary": o.comparison.as_dict() if o.comparison else None} for name, o in outcomes.items()])
+            print_json(
+                [
+                    {
+                        "line": name,
+                        "action": o.action,
+                        "activation": o.activation,
+                        "canary": o.comparison.as_dict() if o.comparison else None,
+                    }
+                    for name, o in outcomes.items()
+                ]
+            )
         else:
             for name, outcome in outcomes.items():
                 typer.echo(outcome.message() if outcome.comparison else f"{name}: no canary runs")
@@ -131,8 +159,14 @@ def watch(
                 if outcome.action:
                     log.warning("%s", outcome.message())
                     if json_output:
-                        print_json({"line": name, "action": outcome.action, "activation": outcome.activation,
-                                    "canary": outcome.comparison.as_dict() if outcome.comparison else None})
+                        print_json(
+                            {
+                                "line": name,
+                                "action": outcome.action,
+                                "activation": outcome.activation,
+                                "canary": outcome.comparison.as_dict() if outcome.comparison else None,
+                            }
+                        )
             time.sleep(seconds)
     except KeyboardInterrupt:
         pass

@@ -14,9 +14,15 @@ from adapterctl.cli._common import JsonOption, print_json, workspace
 
 def doctor(
     ctx: typer.Context,
-    repair: Annotated[bool, typer.Option("--repair", help="Remove what a crash provably left behind (orphan folders, leases that "
-                                                          "expired or whose process on this host is gone); each removal is an "
-                                                          "audit event.")] = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Remove what a crash provably left behind (orphan folders, leases that "
+            "expired or whose process on this host is gone); each removal is an "
+            "audit event.",
+        ),
+    ] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Check the schema, every artifact's hash, orphan folders, expired leases and the audit chain; exit 1 when

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,7 +21,12 @@ LineOption = Annotated[str, typer.Option("--line", help="The line.")]
 def suite_add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help=f"Suite name; {suites.REFERENCE!r} is the line's reference set.")],
-    file: Annotated[Path, typer.Argument(metavar="FILE.jsonl", help="One case per line: {prompt, expected, match?}; for the reference set {text} or {prompt, answer}.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE.jsonl", help="One case per line: {prompt, expected, match?}; for the reference set {text} or {prompt, answer}."
+        ),
+    ],
     line: LineOption,
     match: Annotated[str, typer.Option(help=f"Match rule of cases that name none: {', '.join(suites.MATCH_RULES)}.")] = "normalised",
     json_output: JsonOption = False,
@@ -37,8 +42,11 @@ def suite_add(
     if json_output:
         print_json(result)
     elif created:
-        anchors = (f" ({result['training_anchors']} anchor training, the other {result['cases'] - result['training_anchors']} measure forgetting)"
-                   if kind == "reference" else "")
+        anchors = (
+            f" ({result['training_anchors']} anchor training, the other {result['cases'] - result['training_anchors']} measure forgetting)"
+            if kind == "reference"
+            else ""
+        )
         typer.echo(f"suite {name} v{result['version']} of {line}: {result['cases']} cases{anchors}")
     else:
         typer.echo(f"suite {name} of {line} is unchanged (v{result['version']}, {result['cases']} cases)")
@@ -54,8 +62,11 @@ def suite_list(ctx: typer.Context, line: LineOption, json_output: JsonOption = F
     if json_output:
         print_json(rows)
     else:
-        print_table(rows, ["name", "version", "kind", "cases", "created_at", "created_by"],
-                    empty=f"no suites on {line}; add one with `adapterctl eval suite add NAME FILE.jsonl --line {line}`")
+        print_table(
+            rows,
+            ["name", "version", "kind", "cases", "created_at", "created_by"],
+            empty=f"no suites on {line}; add one with `adapterctl eval suite add NAME FILE.jsonl --line {line}`",
+        )
 
 
 @suite_app.command("show")
@@ -63,7 +74,7 @@ def suite_show(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Suite name.")],
     line: LineOption,
-    version: Annotated[Optional[int], typer.Option(help="A version other than the newest.", min=1, max=MAX_ID)] = None,
+    version: Annotated[int | None, typer.Option(help="A version other than the newest.", min=1, max=MAX_ID)] = None,
     json_output: JsonOption = False,
 ) -> None:
     """A suite's cases."""
@@ -74,9 +85,11 @@ def suite_show(
         return
     print_fields({k: v for k, v in result.items() if k not in ("cases", "provenance")})
     if made := result["provenance"]:
-        typer.echo(f"provenance: {made['method']} from base model {made['base_model_hash'][:16]}, seed {made['settings']['seed']}, "
-                   f"temperature {made['settings']['temperature']}, top_p {made['settings']['top_p']}: "
-                   f"{made['kept']} cases kept of {made['sampled']} prompts sampled ({made['seeded']} with the line's feedback in context)")
+        typer.echo(
+            f"provenance: {made['method']} from base model {made['base_model_hash'][:16]}, seed {made['settings']['seed']}, "
+            f"temperature {made['settings']['temperature']}, top_p {made['settings']['top_p']}: "
+            f"{made['kept']} cases kept of {made['sampled']} prompts sampled ({made['seeded']} with the line's feedback in context)"
+        )
         if made.get("forgotten_cases"):
             typer.echo(f"  {made['forgotten_cases']} cases removed since: written with feedback that was forgotten")
     for number, case in enumerate(result["cases"], start=1):
@@ -88,9 +101,11 @@ def suite_show(
 @app.command("run")
 def run(
     ctx: typer.Context,
-    line: Annotated[Optional[str], typer.Option("--line", help="Re-evaluate this line's active version.")] = None,
-    version: Annotated[Optional[str], typer.Option(help="This version (v3 or 3) instead of the active one.")] = None,
-    candidate: Annotated[Optional[int], typer.Option(help="Evaluate this candidate now; one that is evaluating then meets the gate.", min=1, max=MAX_ID)] = None,
+    line: Annotated[str | None, typer.Option("--line", help="Re-evaluate this line's active version.")] = None,
+    version: Annotated[str | None, typer.Option(help="This version (v3 or 3) instead of the active one.")] = None,
+    candidate: Annotated[
+        int | None, typer.Option(help="Evaluate this candidate now; one that is evaluating then meets the gate.", min=1, max=MAX_ID)
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="New tokens per greedy answer.")] = evaluation.EvalSettings.max_new_tokens,
     json_output: JsonOption = False,
 ) -> None:
@@ -104,12 +119,17 @@ def run(
     with work_progress() as update:
         if candidate is not None:
             evaluation_id = evaluation.evaluate_candidate(
-                ws, candidate, settings=settings, progress=lambda done, total: update(f"evaluating candidate {candidate}", done, total))
+                ws, candidate, settings=settings, progress=lambda done, total: update(f"evaluating candidate {candidate}", done, total)
+            )
         else:
             assert line is not None  # one of --line and --candidate, checked above
             evaluation_id = evaluation.evaluate_version(
-                ws, line, registry.parse_version(version) if version else None, settings=settings,
-                progress=lambda done, total: update(f"evaluating {line} {version or 'active version'}", done, total))
+                ws,
+                line,
+                registry.parse_version(version) if version else None,
+                settings=settings,
+                progress=lambda done, total: update(f"evaluating {line} {version or 'active version'}", done, total),
+            )
     with ws.reading() as session:
         from adapterctl.review import comparison_table
 
@@ -156,7 +176,18 @@ def history(ctx: typer.Context, line: LineOption, json_output: JsonOption = Fals
     for entry in entries:
         for name, score in entry["suites"].items():
             flag = "DROPPED" if score["dropped"] else ""
-            rows.append({"when": entry["created_at"][:19], "version": entry["version"], "suite": f"{name} v{score['version']}",
-                         "score": score["score"], "at approval": score["at_approval"], "flag": flag})
-    print_table(rows, ["when", "version", "suite", "score", "at approval", "flag"],
-                empty=f"no re-evaluations of {line} yet; run `adapterctl eval run --line {line}`")
+            rows.append(
+                {
+                    "when": entry["created_at"][:19],
+                    "version": entry["version"],
+                    "suite": f"{name} v{score['version']}",
+                    "score": score["score"],
+                    "at approval": score["at_approval"],
+                    "flag": flag,
+                }
+            )
+    print_table(
+        rows,
+        ["when", "version", "suite", "score", "at approval", "flag"],
+        empty=f"no re-evaluations of {line} yet; run `adapterctl eval run --line {line}`",
+    )

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 
@@ -29,9 +29,9 @@ from adapterctl.feedback import FeedbackQuery
 
 app = typer.Typer(help="Feedback: records about model answers that training learns from.", no_args_is_help=True)
 
-LineOption = Annotated[Optional[str], typer.Option("--line", help="Only this line.")]
-SourceOption = Annotated[Optional[str], typer.Option("--source", help="Only this source (pseudonymous user or system id).")]
-SinceOption = Annotated[Optional[str], typer.Option("--since", help="Only records created since: 7d, 12h, 30m or an ISO date.")]
+LineOption = Annotated[str | None, typer.Option("--line", help="Only this line.")]
+SourceOption = Annotated[str | None, typer.Option("--source", help="Only this source (pseudonymous user or system id).")]
+SinceOption = Annotated[str | None, typer.Option("--since", help="Only records created since: 7d, 12h, 30m or an ISO date.")]
 
 
 @app.command()
@@ -39,16 +39,18 @@ def log(
     ctx: typer.Context,
     line: Annotated[str, typer.Option("--line", help="Line the answer came from.")],
     response: Annotated[str, typer.Option("--response", help="The model's answer.")],
-    prompt: Annotated[Optional[str], typer.Option("--prompt", help="The user's prompt as plain text.")] = None,
-    messages: Annotated[Optional[str], typer.Option("--messages", help='The prompt as JSON chat messages: [{"role": "user", "content": "..."}].')] = None,
-    rating: Annotated[Optional[float], typer.Option("--rating", help="-1, 0, +1 or a score in [-1, 1].")] = None,
-    correction: Annotated[Optional[str], typer.Option("--correction", help="The answer the model should have given.")] = None,
-    chosen: Annotated[Optional[str], typer.Option("--chosen", help="Preferred answer of a pair.")] = None,
-    rejected: Annotated[Optional[str], typer.Option("--rejected", help="Rejected answer of a pair.")] = None,
-    source: Annotated[Optional[str], typer.Option("--source", help="Pseudonymous user or system id.")] = None,
-    tag: Annotated[Optional[List[str]], typer.Option("--tag", help="A tag; repeat for several.")] = None,
-    adapter_version: Annotated[Optional[str], typer.Option("--adapter-version", help="Version that produced the answer, e.g. v3.")] = None,
-    request_id: Annotated[Optional[str], typer.Option("--request-id", help="Id of the response, as the server issued it.")] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", help="The user's prompt as plain text.")] = None,
+    messages: Annotated[
+        str | None, typer.Option("--messages", help='The prompt as JSON chat messages: [{"role": "user", "content": "..."}].')
+    ] = None,
+    rating: Annotated[float | None, typer.Option("--rating", help="-1, 0, +1 or a score in [-1, 1].")] = None,
+    correction: Annotated[str | None, typer.Option("--correction", help="The answer the model should have given.")] = None,
+    chosen: Annotated[str | None, typer.Option("--chosen", help="Preferred answer of a pair.")] = None,
+    rejected: Annotated[str | None, typer.Option("--rejected", help="Rejected answer of a pair.")] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Pseudonymous user or system id.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="A tag; repeat for several.")] = None,
+    adapter_version: Annotated[str | None, typer.Option("--adapter-version", help="Version that produced the answer, e.g. v3.")] = None,
+    request_id: Annotated[str | None, typer.Option("--request-id", help="Id of the response, as the server issued it.")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Record one piece of feedback."""
@@ -63,8 +65,17 @@ def log(
         prompt_value = prompt
     ws = workspace(ctx)
     feedback_id = ws.log_feedback(
-        line=line, prompt=prompt_value, response=response, rating=rating, correction=correction, chosen=chosen,
-        rejected=rejected, source=source, tags=tag, adapter_version=adapter_version, request_id=request_id,
+        line=line,
+        prompt=prompt_value,
+        response=response,
+        rating=rating,
+        correction=correction,
+        chosen=chosen,
+        rejected=rejected,
+        source=source,
+        tags=tag,
+        adapter_version=adapter_version,
+        request_id=request_id,
     )
     with ws.reading() as session:
         times_seen = feedback.get_feedback(session, feedback_id).times_seen
@@ -80,7 +91,7 @@ def log(
 def import_(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="JSONL file, one feedback record per line.", dir_okay=False)],
-    line: Annotated[Optional[str], typer.Option("--line", help="Line for records without a 'line' field.")] = None,
+    line: Annotated[str | None, typer.Option("--line", help="Line for records without a 'line' field.")] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Import the valid lines and report the invalid ones.")] = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -89,13 +100,20 @@ def import_(
     size = file.stat().st_size if file.is_file() else 0
     with byte_progress(size, f"importing {file.name}") as progress:
         report = feedback_io.import_feedback(
-            ws.db, file, actor=ws.user, line=line, skip_invalid=skip_invalid,
-            max_field_bytes=ws.settings.max_field_bytes, progress=progress,
+            ws.db,
+            file,
+            actor=ws.user,
+            line=line,
+            skip_invalid=skip_invalid,
+            max_field_bytes=ws.settings.max_field_bytes,
+            progress=progress,
         )
     if json_output:
         print_json(report.__dict__)
         return
-    typer.echo(f"imported {report.imported} records from {file} ({report.duplicates} duplicates counted, {report.skipped} invalid lines skipped)")
+    typer.echo(
+        f"imported {report.imported} records from {file} ({report.duplicates} duplicates counted, {report.skipped} invalid lines skipped)"
+    )
     for error in report.errors:
         typer.echo(f"skipped {error}", err=True)
 
@@ -105,7 +123,7 @@ def list_(
     ctx: typer.Context,
     line: LineOption = None,
     source: SourceOption = None,
-    rating: Annotated[Optional[str], typer.Option(help="positive, negative, neutral, none, or a number.")] = None,
+    rating: Annotated[str | None, typer.Option(help="positive, negative, neutral, none, or a number.")] = None,
     since: SinceOption = None,
     status: Annotated[str, typer.Option(help="active, forgotten or all.")] = "active",
     limit: Annotated[int, typer.Option(help="Records per page.")] = 50,
@@ -140,7 +158,11 @@ def _signal(record: dict) -> str:
 
 
 @app.command()
-def show(ctx: typer.Context, feedback_id: Annotated[int, typer.Argument(metavar="ID", help="Feedback id.", min=1, max=MAX_BIG_ID)], json_output: JsonOption = False) -> None:
+def show(
+    ctx: typer.Context,
+    feedback_id: Annotated[int, typer.Argument(metavar="ID", help="Feedback id.", min=1, max=MAX_BIG_ID)],
+    json_output: JsonOption = False,
+) -> None:
     """Show one feedback record (or its tombstone)."""
     with workspace(ctx).reading() as session:
         record = feedback.as_dict(feedback.get_feedback(session, feedback_id))
@@ -163,7 +185,11 @@ def stats(
     if json_output:
         print_json(rows)
         return
-    columns = ["line"] + (["source"] if by_source else []) + ["records", "active", "forgotten", "times_seen", "positive", "neutral", "negative", "corrections", "pairs"]
+    columns = (
+        ["line"]
+        + (["source"] if by_source else [])
+        + ["records", "active", "forgotten", "times_seen", "positive", "neutral", "negative", "corrections", "pairs"]
+    )
     print_table(rows, columns, empty="no feedback yet")
 
 
@@ -173,7 +199,7 @@ def export(
     line: LineOption = None,
     source: SourceOption = None,
     since: SinceOption = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of standard output.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of standard output.")] = None,
 ) -> None:
     """Write active feedback as JSONL in the format `feedback import` reads."""
     filters = FeedbackQuery(line=line, source=source, since=parse_since(since))
@@ -196,13 +222,19 @@ def export(
 @app.command()
 def forget(
     ctx: typer.Context,
-    feedback_id: Annotated[Optional[List[int]], typer.Option("--id", help="Feedback id to forget; repeat for several.", min=1, max=MAX_BIG_ID)] = None,
-    source: Annotated[Optional[str], typer.Option("--source", help="Forget everything from this source.")] = None,
-    line: Annotated[Optional[str], typer.Option("--line", help="With --source: only on this line.")] = None,
-    reason: Annotated[Optional[str], typer.Option("--reason", help="Why, for the record (e.g. a ticket id).")] = None,
+    feedback_id: Annotated[
+        list[int] | None, typer.Option("--id", help="Feedback id to forget; repeat for several.", min=1, max=MAX_BIG_ID)
+    ] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Forget everything from this source.")] = None,
+    line: Annotated[str | None, typer.Option("--line", help="With --source: only on this line.")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why, for the record (e.g. a ticket id).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be forgotten; change nothing.")] = False,
-    vacuum: Annotated[bool, typer.Option(help="Rebuild an SQLite database file afterwards (VACUUM); it holds the write lock "
-                                              "meanwhile, about 0.7 s per 100 MB.")] = True,
+    vacuum: Annotated[
+        bool,
+        typer.Option(
+            help="Rebuild an SQLite database file afterwards (VACUUM); it holds the write lock meanwhile, about 0.7 s per 100 MB."
+        ),
+    ] = True,
     json_output: JsonOption = False,
 ) -> None:
     """Erase feedback content for privacy, keeping a tombstone (id, line, content hash, when, who).
@@ -238,10 +270,17 @@ def forget(
 
 
 def _echo_erased(redacted: erasure.Redacted, scrubbed: erasure.Scrubbed, responses_deleted: int) -> None:
-    counts = {"issued responses": responses_deleted, "evaluation samples": redacted.samples_redacted, "samples with answers withheld": redacted.samples_withheld,
-              "run reports naming the source": redacted.runs_cleaned, "reference set cases written from them": redacted.reference_cases_removed,
-              "quarantines of the source": redacted.quarantines_deleted, "unfinished runs stopped": len(redacted.runs_stopped),
-              "run folders": scrubbed.folders_removed, "run logs": scrubbed.logs_removed}
+    counts = {
+        "issued responses": responses_deleted,
+        "evaluation samples": redacted.samples_redacted,
+        "samples with answers withheld": redacted.samples_withheld,
+        "run reports naming the source": redacted.runs_cleaned,
+        "reference set cases written from them": redacted.reference_cases_removed,
+        "quarantines of the source": redacted.quarantines_deleted,
+        "unfinished runs stopped": len(redacted.runs_stopped),
+        "run folders": scrubbed.folders_removed,
+        "run logs": scrubbed.logs_removed,
+    }
     parts = [f"{what}: {n}" for what, n in counts.items() if n]
     if scrubbed.vacuumed and scrubbed.wal_truncated:
         parts.append("old database pages (vacuumed, WAL truncated)")
@@ -257,8 +296,8 @@ QuarantineSource = Annotated[str, typer.Option("--source", help="The feedback so
 def quarantine_(
     ctx: typer.Context,
     source: QuarantineSource,
-    line: Annotated[Optional[str], typer.Option("--line", help="Only on this line [default: every line].")] = None,
-    reason: Annotated[Optional[str], typer.Option("--reason", help="Why, for the record (e.g. the flag or a ticket id).")] = None,
+    line: Annotated[str | None, typer.Option("--line", help="Only on this line [default: every line].")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why, for the record (e.g. the flag or a ticket id).")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Keep a source's feedback out of training (new and replayed) until released; the records stay stored."""
@@ -270,9 +309,11 @@ def quarantine_(
     if json_output:
         print_json({"quarantined": rows, "note": change.note})
     elif rows:
-        typer.echo(f"quarantined {source} on {rows[0]['line'] or 'every line'}: "
-                   f"its {rows[0]['records']} active records are kept out of training "
-                   f"(quarantine {rows[0]['id']}; `adapterctl feedback release --source {shlex.quote(source)}` lets them back)")
+        typer.echo(
+            f"quarantined {source} on {rows[0]['line'] or 'every line'}: "
+            f"its {rows[0]['records']} active records are kept out of training "
+            f"(quarantine {rows[0]['id']}; `adapterctl feedback release --source {shlex.quote(source)}` lets them back)"
+        )
     else:
         typer.echo(f"nothing to do: {change.note}")
 
@@ -281,7 +322,7 @@ def quarantine_(
 def release(
     ctx: typer.Context,
     source: QuarantineSource,
-    line: Annotated[Optional[str], typer.Option("--line", help="Only its quarantine on this line [default: all of the source's].")] = None,
+    line: Annotated[str | None, typer.Option("--line", help="Only its quarantine on this line [default: all of the source's].")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Let a quarantined source's feedback train again."""
@@ -300,7 +341,7 @@ def release(
 @app.command("quarantines")
 def quarantines(
     ctx: typer.Context,
-    line: Annotated[Optional[str], typer.Option("--line", help="Only those that hold on this line.")] = None,
+    line: Annotated[str | None, typer.Option("--line", help="Only those that hold on this line.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Released ones too.")] = False,
     json_output: JsonOption = False,
 ) -> None:

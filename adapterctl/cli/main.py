@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from adapterctl import __version__
-from adapterctl.cli import adapters, audit, backup, base, canary, db, doctor, eval, feedback, line, review, serve, status, token, train, versions, vllm
+from adapterctl.cli import (
+    adapters,
+    audit,
+    backup,
+    base,
+    canary,
+    db,
+    doctor,
+    eval,
+    feedback,
+    line,
+    review,
+    serve,
+    status,
+    token,
+    train,
+    versions,
+    vllm,
+)
 from adapterctl.cli._common import Invocation
 from adapterctl.errors import AdapterctlError
 
@@ -32,9 +50,13 @@ def _show_version(value: bool) -> None:
 @app.callback()
 def root(
     ctx: typer.Context,
-    home: Annotated[Optional[str], typer.Option("--home", help="adapterctl home folder [env: ADAPTERCTL_HOME; default: ~/.adapterctl]")] = None,
-    db_url: Annotated[Optional[str], typer.Option("--db-url", help="Database URL [env: ADAPTERCTL_DB_URL; default: SQLite in the home]")] = None,
-    user: Annotated[Optional[str], typer.Option("--user", help="Act as this person [env: ADAPTERCTL_USER; default: OS login]")] = None,
+    home: Annotated[
+        str | None, typer.Option("--home", help="adapterctl home folder [env: ADAPTERCTL_HOME; default: ~/.adapterctl]")
+    ] = None,
+    db_url: Annotated[
+        str | None, typer.Option("--db-url", help="Database URL [env: ADAPTERCTL_DB_URL; default: SQLite in the home]")
+    ] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Act as this person [env: ADAPTERCTL_USER; default: OS login]")] = None,
     version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
     ctx.obj = Invocation(home=home, db_url=db_url, user=user)
@@ -60,7 +82,9 @@ app.command("serve", help="Serve lines over HTTP (OpenAI-compatible); follows pr
 app.add_typer(audit.app, name="audit")
 app.command("status", help="The whole deployment on one screen: what each line serves, waits for, trained last; warnings.")(status.status)
 app.add_typer(vllm.app, name="vllm")
-app.command("doctor", help="Check that the database and the artifact store agree; --repair removes what a crash left behind.")(doctor.doctor)
+app.command("doctor", help="Check that the database and the artifact store agree; --repair removes what a crash left behind.")(
+    doctor.doctor
+)
 app.command("backup", help="Back up the database and artifacts, with a manifest of their sha256, while servers run.")(backup.backup)
 app.command("restore", help="Restore a backup into an empty home and database, after checking every file.")(backup.restore)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -19,7 +19,9 @@ SPARK = "▁▂▃▄▅▆▇█"
 
 
 @app.command("list")
-def list_(ctx: typer.Context, line: Annotated[Optional[str], typer.Option(help="Only this line.")] = None, json_output: JsonOption = False) -> None:
+def list_(
+    ctx: typer.Context, line: Annotated[str | None, typer.Option(help="Only this line.")] = None, json_output: JsonOption = False
+) -> None:
     """Candidates waiting for a decision (and any still being evaluated), oldest first."""
     with workspace(ctx).reading() as session:
         rows = review.queue(session, line=line)
@@ -27,7 +29,9 @@ def list_(ctx: typer.Context, line: Annotated[Optional[str], typer.Option(help="
         print_json(rows)
         return
     for row in rows:
-        row["approvals"] = f"{len(row['approvals'])}/{row['approvals_required']}" + (f" ({', '.join(row['approvals'])})" if row["approvals"] else "")
+        row["approvals"] = f"{len(row['approvals'])}/{row['approvals_required']}" + (
+            f" ({', '.join(row['approvals'])})" if row["approvals"] else ""
+        )
     print_table(rows, ["id", "line", "status", "age", "gate", "approvals"], empty="nothing waits for review")
 
 
@@ -35,7 +39,9 @@ def list_(ctx: typer.Context, line: Annotated[Optional[str], typer.Option(help="
 def show(
     ctx: typer.Context,
     adapter_id: IdArgument,
-    html: Annotated[Optional[Path], typer.Option("--html", metavar="FILE", help="Also write the report as a self-contained HTML page.")] = None,
+    html: Annotated[
+        Path | None, typer.Option("--html", metavar="FILE", help="Also write the report as a self-contained HTML page.")
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """The report a reviewer decides from: evals against base and active, gate, training, data, samples."""
@@ -47,9 +53,12 @@ def show(
         print_json(report)
         return
     adapter = report["adapter"]
-    typer.echo(f"candidate {adapter['id']} of {adapter['line']}: {adapter['status']}"
-               + (f" as {adapter['version']}" if adapter["version"] else "") + f", trained by run {adapter['run']}; "
-               f"approvals {report['approvals']['summary']}")
+    typer.echo(
+        f"candidate {adapter['id']} of {adapter['line']}: {adapter['status']}"
+        + (f" as {adapter['version']}" if adapter["version"] else "")
+        + f", trained by run {adapter['run']}; "
+        f"approvals {report['approvals']['summary']}"
+    )
     if report["evaluation"] is None:
         typer.echo("\nnot evaluated yet: `adapterctl eval run --candidate ID`")
     else:
@@ -67,10 +76,16 @@ def show(
     if training["summary"]:
         typer.echo(training["summary"])
     provenance = report["provenance"]
-    typer.echo("\ndata: " + ", ".join(f"{n} {split}" for split, n in provenance["examples"].items())
-               + f"; duplicates removed {provenance['duplicates_removed']}")
-    typer.echo("  sources: " + ", ".join(f"{s['source']} {s['share']:.0%}" for s in provenance["sources"][:8])
-               + (" …" if len(provenance["sources"]) > 8 else ""))
+    typer.echo(
+        "\ndata: "
+        + ", ".join(f"{n} {split}" for split, n in provenance["examples"].items())
+        + f"; duplicates removed {provenance['duplicates_removed']}"
+    )
+    typer.echo(
+        "  sources: "
+        + ", ".join(f"{s['source']} {s['share']:.0%}" for s in provenance["sources"][:8])
+        + (" …" if len(provenance["sources"]) > 8 else "")
+    )
     if reference := provenance.get("reference", {}).get("version"):
         made = "synthesized from the base model" if provenance["reference"].get("synthesized") else "given"
         typer.echo(f"  reference set v{reference} ({made}): {provenance['reference']['anchors']} anchors trained on")
@@ -84,7 +99,9 @@ def show(
         if example.get("forgotten"):
             typer.echo(f"  #{example['feedback_id']}: (forgotten)")
         else:
-            typer.echo(f"  #{example['feedback_id']} [{example['source']}] {_short(example['prompt'][-1]['content'])} -> {_short(example['answer'])}")
+            typer.echo(
+                f"  #{example['feedback_id']} [{example['source']}] {_short(example['prompt'][-1]['content'])} -> {_short(example['answer'])}"
+            )
     if report["samples"]:
         against = compared_role(report["samples"])
         typer.echo(f"\nside by side (held-out prompts; candidate = or ≠ {against}):")
@@ -98,13 +115,18 @@ def show(
                     mark = candidate_mark(sample, against) if role == "candidate" else ""
                     typer.echo(f"    {role:>9}{mark}: {WITHHELD if role in sample.get('withheld', ()) else _short(sample[role])}")
     decisions = report["decisions"]
-    typer.echo(f"\ndecisions ({sum(d['decision'] == 'approve' for d in decisions)}/{report['approvals_required']} approvals): "
-               + ("; ".join(f"{d['reviewer']} {d['decision']}d" + (f" ({d['note']})" if d["note"] else "") for d in decisions) or "none yet"))
+    typer.echo(
+        f"\ndecisions ({sum(d['decision'] == 'approve' for d in decisions)}/{report['approvals_required']} approvals): "
+        + ("; ".join(f"{d['reviewer']} {d['decision']}d" + (f" ({d['note']})" if d["note"] else "") for d in decisions) or "none yet")
+    )
     if report["canaries"]:
         typer.echo("\ncanary releases of this version:")
         for entry in report["canaries"]:
-            typer.echo(f"  {entry['at'][:19]} {entry['kind']} by {entry['by']}: serves {entry['to']}"
-                       + (f", {entry['canary']}" if entry["canary"] else "") + (f"; {entry['reason']}" if entry["reason"] else ""))
+            typer.echo(
+                f"  {entry['at'][:19]} {entry['kind']} by {entry['by']}: serves {entry['to']}"
+                + (f", {entry['canary']}" if entry["canary"] else "")
+                + (f"; {entry['reason']}" if entry["reason"] else "")
+            )
 
 
 def _print_poisoning(checks: dict) -> None:
@@ -112,9 +134,11 @@ def _print_poisoning(checks: dict) -> None:
     typer.echo(f"\npoisoning checks: {checks['summary']}")
     for flag in checks["flags"]:
         more = flag["source_count"] - len(flag["sources"])
-        typer.echo(f"  {flag['kind']:<7} {'held out' if flag['held'] else 'TRAINED ON'}: {flag['reason']}; "
-                   f"sources {', '.join(flag['sources'])}{f' (+{more})' if more else ''}; "
-                   f"e.g. {' '.join(f'#{i}' for i in flag['feedback_ids'][:5])}")
+        typer.echo(
+            f"  {flag['kind']:<7} {'held out' if flag['held'] else 'TRAINED ON'}: {flag['reason']}; "
+            f"sources {', '.join(flag['sources'])}{f' (+{more})' if more else ''}; "
+            f"e.g. {' '.join(f'#{i}' for i in flag['feedback_ids'][:5])}"
+        )
     if sources := checks["quarantined"]["sources"]:
         typer.echo("  quarantined, kept out: " + ", ".join(f"{source} {n}" for source, n in sources.items()))
 
@@ -124,11 +148,15 @@ def _print_suite_cases(suite_cases: dict[str, list[dict]]) -> None:
     for name, cases in suite_cases.items():
         roles = [r for r in ("base", "active", "candidate", "version") if cases and r in cases[0]]
         differing = [c for c in cases if len({c[r] for r in roles}) > 1]
-        typer.echo(f"\nsuite {name}: {len(cases) - len(differing)} of {len(cases)} cases alike for {', '.join(roles)}"
-                   + (", these differ:" if differing else ""))
+        typer.echo(
+            f"\nsuite {name}: {len(cases) - len(differing)} of {len(cases)} cases alike for {', '.join(roles)}"
+            + (", these differ:" if differing else "")
+        )
         for case in differing:
             verdicts = ", ".join(f"{role} {'pass' if case[role] else 'FAIL'}" for role in roles)
-            typer.echo(f"  case {case['case']}: {verdicts}  Q: {_short(case['prompt'], 50)} (expects {case['match']} {_short(case['expected'], 30)!r})")
+            typer.echo(
+                f"  case {case['case']}: {verdicts}  Q: {_short(case['prompt'], 50)} (expects {case['match']} {_short(case['expected'], 30)!r})"
+            )
 
 
 def check_line(check: dict) -> str:
@@ -168,16 +196,20 @@ def _short(text: str, width: int = 70) -> str:
 def approve(
     ctx: typer.Context,
     adapter_id: IdArgument,
-    note: Annotated[Optional[str], typer.Option(help="Why, for the audit log.")] = None,
+    note: Annotated[str | None, typer.Option(help="Why, for the audit log.")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Approve a candidate as the acting reviewer; the last approval needed makes it the line's next version."""
     ws = workspace(ctx)
     with ws.transaction() as session:
         adapter = review.approve(session, adapter_id, reviewer=ws.user, note=note)
-        result: dict[str, Any] = {"id": adapter.id, "line": adapter.line.name, "status": adapter.status,
-                  "version": f"v{adapter.version}" if adapter.version else None,
-                  "approvals": review.approvers(session, adapter.id)}
+        result: dict[str, Any] = {
+            "id": adapter.id,
+            "line": adapter.line.name,
+            "status": adapter.status,
+            "version": f"v{adapter.version}" if adapter.version else None,
+            "approvals": review.approvers(session, adapter.id),
+        }
     if json_output:
         print_json(result)
     elif result["version"]:
@@ -226,12 +258,18 @@ def reviewer_add(
 def reviewer_list(ctx: typer.Context, json_output: JsonOption = False) -> None:
     """Registered reviewers."""
     with workspace(ctx).reading() as session:
-        rows = [{"name": r.name, "role": r.role, "created_at": r.created_at.isoformat(), "created_by": r.created_by}
-                for r in review.list_reviewers(session)]
+        rows = [
+            {"name": r.name, "role": r.role, "created_at": r.created_at.isoformat(), "created_by": r.created_by}
+            for r in review.list_reviewers(session)
+        ]
     if json_output:
         print_json(rows)
     else:
-        print_table(rows, ["name", "role", "created_at", "created_by"], empty="no reviewers; add one with `adapterctl reviewer add NAME --role admin`")
+        print_table(
+            rows,
+            ["name", "role", "created_at", "created_by"],
+            empty="no reviewers; add one with `adapterctl reviewer add NAME --role admin`",
+        )
 
 
 @reviewers_app.command("remove")

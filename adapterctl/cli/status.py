@@ -32,14 +32,18 @@ def status(ctx: typer.Context, json_output: JsonOption = False) -> None:
 def _show(line: dict[str, Any]) -> None:
     serving, run = line["serving"], line["last_run"]
     since = f" since {_when(serving['since'])} ({serving['how']} by {serving['by']})" if serving["since"] else ""
-    typer.secho(f"{line['line']}: serves {serving['version']}{since}; base model {line['base_model']['name']} "
-                f"({line['base_model']['hash']})", bold=True)
+    typer.secho(
+        f"{line['line']}: serves {serving['version']}{since}; base model {line['base_model']['name']} ({line['base_model']['hash']})",
+        bold=True,
+    )
     if canary := line["canary"]:
         up = canary["canary"]["thumbs_up_rate"], canary["baseline"]["thumbs_up_rate"]
         rates = "thumbs up " + " vs ".join("-" if rate is None else f"{rate:.0%}" for rate in up)
-        typer.echo(f"  canary: {canary['canary']['version']} to {percent(canary['share'])} since {_when(canary['started_at'])}; "
-                   f"{canary['canary']['rated']} vs {canary['baseline']['rated']} rated, {rates}; {canary['verdict']} "
-                   f"(`adapterctl canary status {line['line']}`)")
+        typer.echo(
+            f"  canary: {canary['canary']['version']} to {percent(canary['share'])} since {_when(canary['started_at'])}; "
+            f"{canary['canary']['rated']} vs {canary['baseline']['rated']} rated, {rates}; {canary['verdict']} "
+            f"(`adapterctl canary status {line['line']}`)"
+        )
     waiting = ", ".join(f"candidate {w['candidate']} for {_duration(w['waiting_s'])}" for w in line["waiting_for_review"])
     typer.echo(f"  waiting for review: {waiting or 'none'}")
     if run is None:
@@ -59,5 +63,10 @@ def _when(iso: str) -> str:
 
 def _duration(seconds: float) -> str:
     minutes = int(seconds // 60)
-    return f"{minutes // 1440} d {minutes // 60 % 24} h" if minutes >= 1440 else f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 \
+    return (
+        f"{minutes // 1440} d {minutes // 60 % 24} h"
+        if minutes >= 1440
+        else f"{minutes // 60} h {minutes % 60} min"
+        if minutes >= 60
         else f"{minutes} min"
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,9 +16,9 @@ app = typer.Typer(help="API tokens of `adapterctl serve` (stored as sha256; show
 def create(
     ctx: typer.Context,
     scope: Annotated[str, typer.Option(help="generate (completions, models), feedback (the feedback endpoint) or admin (all).")],
-    name: Annotated[Optional[str], typer.Option(help="What the token is for.")] = None,
-    expires_in: Annotated[Optional[str], typer.Option(help="Expire this long from now: 30d, 12h, 90m [default: never].")] = None,
-    expires_at: Annotated[Optional[str], typer.Option(help="Expire at this ISO 8601 time (UTC unless it names a zone).")] = None,
+    name: Annotated[str | None, typer.Option(help="What the token is for.")] = None,
+    expires_in: Annotated[str | None, typer.Option(help="Expire this long from now: 30d, 12h, 90m [default: never].")] = None,
+    expires_at: Annotated[str | None, typer.Option(help="Expire at this ISO 8601 time (UTC unless it names a zone).")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Create a token and print it once, alone on stdout (or as `token` with --json)."""
@@ -27,8 +27,13 @@ def create(
     with ws.transaction() as session:
         access.require(session, ws.user, "token.create")
         token, secret = tokens.create_token(session, scope=scope, actor=ws.user, name=name, expires_at=until)
-        result = {"id": token.id, "scope": token.scope, "name": token.name, "expires_at": until.isoformat() if until else None,
-                  "token": secret}
+        result = {
+            "id": token.id,
+            "scope": token.scope,
+            "name": token.name,
+            "expires_at": until.isoformat() if until else None,
+            "token": secret,
+        }
     if json_output:
         print_json(result)
     else:

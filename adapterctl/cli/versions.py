@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,16 +13,21 @@ from adapterctl.cli._common import JsonOption, print_json, print_table, workspac
 from adapterctl.faults import crash_point
 
 LineArgument = Annotated[str, typer.Argument(metavar="LINE", help="The line.")]
-ReasonOption = Annotated[Optional[str], typer.Option(help="Why, for the history and the audit log.")]
+ReasonOption = Annotated[str | None, typer.Option(help="Why, for the history and the audit log.")]
 
 
 def promote(
     ctx: typer.Context,
     line: LineArgument,
     version: Annotated[str, typer.Argument(metavar="VERSION", help="An approved version: v3 or 3.")],
-    canary: Annotated[Optional[str], typer.Option("--canary", metavar="SHARE",
-                                                  help="Serve it to this share of end users only (10%), the active version to the rest; "
-                                                       "see `adapterctl canary`.")] = None,
+    canary: Annotated[
+        str | None,
+        typer.Option(
+            "--canary",
+            metavar="SHARE",
+            help="Serve it to this share of end users only (10%), the active version to the rest; see `adapterctl canary`.",
+        ),
+    ] = None,
     reason: ReasonOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -33,10 +38,13 @@ def promote(
     with ws.transaction() as session:
         access.require(session, ws.user, "promote" if share is None else "canary.start")
         if share is None:
-            activation = activations.promote(session, store, line=line, version=registry.parse_version(version), actor=ws.user, reason=reason)
+            activation = activations.promote(
+                session, store, line=line, version=registry.parse_version(version), actor=ws.user, reason=reason
+            )
         else:
-            activation = activations.start_canary(session, store, line=line, version=registry.parse_version(version), share=share,
-                                                  actor=ws.user, reason=reason)
+            activation = activations.start_canary(
+                session, store, line=line, version=registry.parse_version(version), share=share, actor=ws.user, reason=reason
+            )
         result = activation_result(line, activation)
     report_activation(result, json_output)
 
@@ -44,7 +52,7 @@ def promote(
 def rollback(
     ctx: typer.Context,
     line: LineArgument,
-    to: Annotated[Optional[str], typer.Option("--to", help="A version (v2) or 'base' [default: the version served before].")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="A version (v2) or 'base' [default: the version served before].")] = None,
     reason: ReasonOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -69,10 +77,17 @@ def history(ctx: typer.Context, line: LineArgument, json_output: JsonOption = Fa
 
 
 def activation_result(line: str, activation) -> dict:
-    return {"line": line, "serves": activations.describe(activation.adapter), "adapter_id": activation.adapter_id,
-            "canary": activations.describe(activation.canary_adapter) if activation.canary_adapter else None,
-            "canary_share": activation.canary_share, "activation": activation.id, "kind": activation.kind,
-            "at": activation.created_at.isoformat(), "reason": activation.reason}
+    return {
+        "line": line,
+        "serves": activations.describe(activation.adapter),
+        "adapter_id": activation.adapter_id,
+        "canary": activations.describe(activation.canary_adapter) if activation.canary_adapter else None,
+        "canary_share": activation.canary_share,
+        "activation": activation.id,
+        "kind": activation.kind,
+        "at": activation.created_at.isoformat(),
+        "reason": activation.reason,
+    }
 
 
 def report_activation(result: dict, json_output: bool) -> None:

@@ -6,7 +6,7 @@ import json
 import logging
 import signal
 import threading
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,9 +15,11 @@ from adapterctl.cli._common import JsonOption, parse_duration, print_json, print
 app = typer.Typer(no_args_is_help=True, help="Drive vLLM servers: load each line's active version, unload replaced and revoked ones.")
 
 Urls = Annotated[list[str], typer.Option("--url", help="A vLLM server (http://host:port; repeat for a fleet).")]
-Lines = Annotated[Optional[list[str]], typer.Option("--line", help="A line to sync (repeat); default: every line.")]
-ApiKey = Annotated[Optional[str], typer.Option("--api-key", envvar="ADAPTERCTL_VLLM_API_KEY", show_envvar=True,
-                                               help="The vLLM servers' --api-key, if they have one.")]
+Lines = Annotated[list[str] | None, typer.Option("--line", help="A line to sync (repeat); default: every line.")]
+ApiKey = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="ADAPTERCTL_VLLM_API_KEY", show_envvar=True, help="The vLLM servers' --api-key, if they have one."),
+]
 
 
 def _sync(ctx: typer.Context, url: list[str], line: list[str] | None, api_key: str | None, **options):
@@ -34,12 +36,16 @@ def sync(
     line: Lines = None,
     api_key: ApiKey = None,
     grace: Annotated[str, typer.Option(help="How long a replaced version stays loaded for requests in flight (30s, 2m).")] = "30s",
-    keep: Annotated[Optional[list[str]], typer.Option("--keep", help="Also keep LINE@vN loaded, for requests that name it (repeat).")] = None,
-    export_dir: Annotated[Optional[str], typer.Option(help="Where versions are exported for vLLM to read; the servers must see the same "
-                                                           "path [default: HOME/vllm-exports].")] = None,
+    keep: Annotated[list[str] | None, typer.Option("--keep", help="Also keep LINE@vN loaded, for requests that name it (repeat).")] = None,
+    export_dir: Annotated[
+        str | None,
+        typer.Option(help="Where versions are exported for vLLM to read; the servers must see the same path [default: HOME/vllm-exports]."),
+    ] = None,
     poll: Annotated[float, typer.Option(help="Seconds between passes (PostgreSQL also wakes it at once on a promote).")] = 1.0,
-    once: Annotated[bool, typer.Option("--once", help="One pass, then print the status and exit (1 when a server failed); for cron.")] = False,
-    metrics_port: Annotated[Optional[int], typer.Option(help="Serve Prometheus metrics on this port (/metrics).")] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="One pass, then print the status and exit (1 when a server failed); for cron.")
+    ] = False,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port (/metrics).")] = None,
     metrics_host: Annotated[str, typer.Option(help="Address of the metrics port.")] = "127.0.0.1",
     as_json: JsonOption = False,
 ) -> None:
@@ -67,17 +73,32 @@ def status(ctx: typer.Context, url: Urls, line: Lines = None, api_key: ApiKey = 
 def _report(syncer, events, as_json: bool) -> None:
     plan = syncer.plan()
     in_step = syncer.in_step(plan)
-    servers = [{"url": s.url, "up": s.up, "base": s.base, "holds": s.holds, "in_step": in_step[s.url], "error": s.error}
-               for s in syncer.state.values()]
+    servers = [
+        {"url": s.url, "up": s.up, "base": s.base, "holds": s.holds, "in_step": in_step[s.url], "error": s.error}
+        for s in syncer.state.values()
+    ]
     if as_json:
-        print_json({"lines": {line: version.name if version else f"{line}@base" for line, version in plan.active.items()},
-                    "canaries": {line: version.name for line, version in plan.canaries.items()},
-                    "servers": servers, "events": [vars(e) for e in events]})
+        print_json(
+            {
+                "lines": {line: version.name if version else f"{line}@base" for line, version in plan.active.items()},
+                "canaries": {line: version.name for line, version in plan.canaries.items()},
+                "servers": servers,
+                "events": [vars(e) for e in events],
+            }
+        )
         return
     for event in events:
         typer.echo(str(event), err=True)
-    rows = [{"server": s["url"], "up": "yes" if s["up"] else "NO", "holds": s["holds"],
-             "behind": [line for line, ok in s["in_step"].items() if not ok] or "-", "error": s["error"]} for s in servers]
+    rows = [
+        {
+            "server": s["url"],
+            "up": "yes" if s["up"] else "NO",
+            "holds": s["holds"],
+            "behind": [line for line, ok in s["in_step"].items() if not ok] or "-",
+            "error": s["error"],
+        }
+        for s in servers
+    ]
     print_table(rows, ["server", "up", "holds", "behind", "error"])
 
 
@@ -98,8 +119,11 @@ def _follow(syncer, poll: float, as_json: bool, metrics_port: int | None, metric
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     follower = Follower(syncer.ws, [sync_vllm], poll)
-    typer.echo(f"syncing {', '.join(syncer.lines)} to {', '.join(s.url for s in syncer.servers)} (grace {syncer.grace_s:g} s, "
-               f"exports in {syncer.export_dir})", err=True)
+    typer.echo(
+        f"syncing {', '.join(syncer.lines)} to {', '.join(s.url for s in syncer.servers)} (grace {syncer.grace_s:g} s, "
+        f"exports in {syncer.export_dir})",
+        err=True,
+    )
     try:
         while not stop.wait(1.0):
             pass
@@ -117,11 +141,20 @@ def _serve_metrics(syncer, host: str, port: int) -> None:
             plan = syncer.plan()
             in_step = syncer.in_step(plan)
             up = GaugeMetricFamily("adapterctl_vllm_up", "Whether the vLLM server answered the last pass.", labels=["server"])
-            holds = GaugeMetricFamily("adapterctl_vllm_holds", "The versions each vLLM server holds (1).", labels=["server", "line", "version"])
-            current = GaugeMetricFamily("adapterctl_vllm_in_step", "Whether the server holds the line's active version.", labels=["server", "line"])
-            counters = {name: CounterMetricFamily(f"adapterctl_vllm_{name}", meaning, labels=["server"])
-                        for name, meaning in (("loads", "Versions loaded."), ("unloads", "Versions unloaded."),
-                                              ("failures", "Loads and unloads that failed."))}
+            holds = GaugeMetricFamily(
+                "adapterctl_vllm_holds", "The versions each vLLM server holds (1).", labels=["server", "line", "version"]
+            )
+            current = GaugeMetricFamily(
+                "adapterctl_vllm_in_step", "Whether the server holds the line's active version.", labels=["server", "line"]
+            )
+            counters = {
+                name: CounterMetricFamily(f"adapterctl_vllm_{name}", meaning, labels=["server"])
+                for name, meaning in (
+                    ("loads", "Versions loaded."),
+                    ("unloads", "Versions unloaded."),
+                    ("failures", "Loads and unloads that failed."),
+                )
+            }
             for state in syncer.state.values():
                 up.add_metric([state.url], int(bool(state.up)))
                 for name in state.holds:

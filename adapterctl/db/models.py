@@ -241,7 +241,7 @@ class Evaluation(Base):
     summary_hash: Mapped[str] = mapped_column(String(64))  # sha256 of the canonical results; reviewers' decisions cite it
 
     line: Mapped[Line] = relationship()
-    results: Mapped[list["EvalResult"]] = relationship(order_by="EvalResult.position", cascade="all, delete-orphan")
+    results: Mapped[list[EvalResult]] = relationship(order_by="EvalResult.position", cascade="all, delete-orphan")
 
     __table_args__ = (Index("ix_evaluations_line_created", "line_id", "created_at"), Index("ix_evaluations_adapter", "adapter_id"))
 

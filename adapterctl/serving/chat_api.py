@@ -24,16 +24,45 @@ MAX_LOGIT_BIAS = 300
 MAX_USER_CHARS = 256
 MAX_TOKEN_ID_DIGITS = 20
 
-IMPLEMENTED = ("messages", "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed",
-               "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "stream", "stream_options",
-               "user", "safety_identifier", "store", "service_tier", "modalities", "response_format")
+IMPLEMENTED = (
+    "messages",
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "stream",
+    "stream_options",
+    "user",
+    "safety_identifier",
+    "store",
+    "service_tier",
+    "modalities",
+    "response_format",
+)
 NO_EFFECT = ("prompt_cache_key", "prompt_cache_options", "prompt_cache_retention")
 """Hints to a prompt cache: adapterctl has none, and an answer is the same with or without them."""
 UNSUPPORTED = {
-    "tools": "tool calling", "tool_choice": "tool calling", "parallel_tool_calls": "tool calling",
-    "functions": "function calling", "function_call": "function calling", "audio": "audio output",
-    "prediction": "predicted outputs", "web_search_options": "web search", "reasoning_effort": "reasoning effort",
-    "verbosity": "verbosity", "metadata": "stored-completion metadata", "moderation": "moderation",
+    "tools": "tool calling",
+    "tool_choice": "tool calling",
+    "parallel_tool_calls": "tool calling",
+    "functions": "function calling",
+    "function_call": "function calling",
+    "audio": "audio output",
+    "prediction": "predicted outputs",
+    "web_search_options": "web search",
+    "reasoning_effort": "reasoning effort",
+    "verbosity": "verbosity",
+    "metadata": "stored-completion metadata",
+    "moderation": "moderation",
 }
 """Parameters adapterctl does not implement, refused with 400 whenever they are given (null counts as not given)."""
 
@@ -137,11 +166,19 @@ def _sampling(given: dict[str, Any]) -> Sampling:
     seed = given.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -MAX_SEED - 1 <= seed <= MAX_SEED):
         raise InvalidInput("field 'seed' must be an integer that fits in 64 bits (-2**63 to 2**63-1)", param="seed")
-    return Sampling(max_tokens=max_tokens, temperature=float(temperature), top_p=float(top_p), seed=seed,
-                    n=_integer(given, "n", 1, 1, MAX_CHOICES), stop=_stop(given.get("stop")),
-                    frequency_penalty=float(_number(given, "frequency_penalty", 0.0, -2, 2)),
-                    presence_penalty=float(_number(given, "presence_penalty", 0.0, -2, 2)),
-                    logit_bias=_logit_bias(given.get("logit_bias")), logprobs=logprobs, top_logprobs=top_logprobs)
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=float(temperature),
+        top_p=float(top_p),
+        seed=seed,
+        n=_integer(given, "n", 1, 1, MAX_CHOICES),
+        stop=_stop(given.get("stop")),
+        frequency_penalty=float(_number(given, "frequency_penalty", 0.0, -2, 2)),
+        presence_penalty=float(_number(given, "presence_penalty", 0.0, -2, 2)),
+        logit_bias=_logit_bias(given.get("logit_bias")),
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+    )
 
 
 def _max_tokens(given: dict[str, Any]) -> int:
@@ -164,12 +201,16 @@ def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
     if value is None:
         return ()
     if not isinstance(value, dict) or len(value) > MAX_LOGIT_BIAS:
-        raise InvalidInput(f"field 'logit_bias' must be an object of at most {MAX_LOGIT_BIAS} token ids (as strings) to numbers", param="logit_bias")
+        raise InvalidInput(
+            f"field 'logit_bias' must be an object of at most {MAX_LOGIT_BIAS} token ids (as strings) to numbers", param="logit_bias"
+        )
     bias = []
     for key, number in value.items():
         if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= MAX_TOKEN_ID_DIGITS):
-            raise InvalidInput(f"logit_bias key {key[:MAX_TOKEN_ID_DIGITS]!r}{'...' if len(key) > MAX_TOKEN_ID_DIGITS else ''} "
-                               "is not a token id", param="logit_bias")
+            raise InvalidInput(
+                f"logit_bias key {key[:MAX_TOKEN_ID_DIGITS]!r}{'...' if len(key) > MAX_TOKEN_ID_DIGITS else ''} is not a token id",
+                param="logit_bias",
+            )
         if not _is_number(number) or not -100 <= number <= 100:
             raise InvalidInput(f"logit_bias[{key!r}] must be a number from -100 to 100", param="logit_bias")
         bias.append((int(key), float(number)))
@@ -178,7 +219,9 @@ def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
 
 def _stream_options(value: Any) -> bool:
     if not isinstance(value, dict) or set(value) - {"include_usage", "include_obfuscation"}:
-        raise InvalidInput("field 'stream_options' must be an object with 'include_usage' and/or 'include_obfuscation'", param="stream_options")
+        raise InvalidInput(
+            "field 'stream_options' must be an object with 'include_usage' and/or 'include_obfuscation'", param="stream_options"
+        )
     for key, option in value.items():
         if option is not None and not isinstance(option, bool):
             raise InvalidInput(f"stream_options.{key} must be true or false", param=f"stream_options.{key}")
@@ -241,10 +284,22 @@ def _is_number(value: Any) -> bool:
 
 def completion(response_id: str, created: int, served_by: str, prompt_tokens: int, choices: list[Choice]) -> dict[str, Any]:
     return {
-        "id": response_id, "object": "chat.completion", "created": created, "model": served_by,
-        "choices": [{"index": index, "message": {"role": "assistant", "content": choice.text, "refusal": None},
-                     "logprobs": _logprobs(choice.logprobs), "finish_reason": choice.finish_reason} for index, choice in enumerate(choices)],
-        "usage": usage(prompt_tokens, choices), "service_tier": "default", "system_fingerprint": None,
+        "id": response_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": served_by,
+        "choices": [
+            {
+                "index": index,
+                "message": {"role": "assistant", "content": choice.text, "refusal": None},
+                "logprobs": _logprobs(choice.logprobs),
+                "finish_reason": choice.finish_reason,
+            }
+            for index, choice in enumerate(choices)
+        ],
+        "usage": usage(prompt_tokens, choices),
+        "service_tier": "default",
+        "system_fingerprint": None,
     }
 
 
@@ -253,19 +308,36 @@ def usage(prompt_tokens: int, choices: list[Choice]) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
 
 
-def chunk(response_id: str, created: int, served_by: str, choices: list[dict[str, Any]], *, with_usage: bool,
-          usage_value: dict[str, int] | None = None) -> dict[str, Any]:
-    body = {"id": response_id, "object": "chat.completion.chunk", "created": created, "model": served_by, "choices": choices,
-            "service_tier": "default", "system_fingerprint": None}
+def chunk(
+    response_id: str,
+    created: int,
+    served_by: str,
+    choices: list[dict[str, Any]],
+    *,
+    with_usage: bool,
+    usage_value: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    body = {
+        "id": response_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": served_by,
+        "choices": choices,
+        "service_tier": "default",
+        "system_fingerprint": None,
+    }
     if with_usage:
         body["usage"] = usage_value
     return body
 
 
 def delta_choice(delta: Delta, *, logprobs: bool) -> dict[str, Any]:
-    return {"index": delta.index, "delta": {"content": delta.text} if delta.text else {},
-            "logprobs": {"content": delta.logprobs, "refusal": None} if logprobs and delta.logprobs else None,
-            "finish_reason": delta.finish_reason}
+    return {
+        "index": delta.index,
+        "delta": {"content": delta.text} if delta.text else {},
+        "logprobs": {"content": delta.logprobs, "refusal": None} if logprobs and delta.logprobs else None,
+        "finish_reason": delta.finish_reason,
+    }
 
 
 def role_choice(index: int) -> dict[str, Any]:

@@ -18,9 +18,10 @@ pieces joined, so the two are equal by construction. Answers leave out the white
 from __future__ import annotations
 
 import queue
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
-from typing import Any, Callable
+from typing import Any
 
 MAX_STOP_STRINGS = 4
 MAX_CHOICES = 16
@@ -120,14 +121,14 @@ class ChoiceText:
         """The text that is safe to send since the last call, and the logprob entries of its tokens."""
         self._decode()
         end = len(self.raw) if self.finish_reason else len(self.raw) - self._held_back()
-        piece = self.raw[self._sent:end]
+        piece = self.raw[self._sent : end]
         self._sent = max(self._sent, end)
         count = self._sent_tokens
         if self.finish_reason and not self._cut:  # every token is in the answer, those without text too
             count = len(self._starts)
         while count < len(self._starts) and self._starts[count] < end:
             count += 1
-        entries = [entry for entry in self._entries[self._sent_tokens:count] if entry is not None]
+        entries = [entry for entry in self._entries[self._sent_tokens : count] if entry is not None]
         self._sent_tokens = max(self._sent_tokens, count)
         text = self._trimmed(piece)
         self.text += text
@@ -153,14 +154,18 @@ class ChoiceText:
             self._started = bool(piece)
         text = self._pending + piece
         body = text.rstrip()
-        self._pending = text[len(body):]
+        self._pending = text[len(body) :]
         return body
 
 
 def choice_text(tokenizer, sampling: Sampling) -> ChoiceText:
     """A new choice of a request, decoded by the model's tokenizer."""
-    return ChoiceText(lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True), tokenizer.eos_token_id,
-                      stop=sampling.stop, max_tokens=sampling.max_tokens)
+    return ChoiceText(
+        lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True),
+        tokenizer.eos_token_id,
+        stop=sampling.stop,
+        max_tokens=sampling.max_tokens,
+    )
 
 
 @dataclass
@@ -182,8 +187,9 @@ class Tracker:
     logit_bias, temperature or top_p change them. With `deltas`, each safe piece is put there.
     """
 
-    def __init__(self, rows: list[ChoiceText], *, entry: Callable[[Any, int], dict[str, Any]] | None = None,
-                 deltas: queue.Queue | None = None) -> None:
+    def __init__(
+        self, rows: list[ChoiceText], *, entry: Callable[[Any, int], dict[str, Any]] | None = None, deltas: queue.Queue | None = None
+    ) -> None:
         from transformers import LogitsProcessor, StoppingCriteria
 
         self.rows, self.entry, self.deltas = rows, entry, deltas

@@ -23,8 +23,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from adapterctl import chat, registry
 from adapterctl.errors import AdapterctlError, InvalidInput, ModelNotFound, Unavailable
@@ -65,13 +66,23 @@ class GatewayStats:
 class Gateway:
     """Serves lines of one base model through vLLM servers; follow the database with `refresh()`."""
 
-    COUNTERS = (("swaps", "Lines moved to a newer activation (once a vLLM server held it)."),
-                ("retries", "Requests sent to another vLLM server after one could not take them."),
-                ("upstream_failures", "Requests a vLLM server could not take (refused, 5xx, or the version unknown there), all servers."))
+    COUNTERS = (
+        ("swaps", "Lines moved to a newer activation (once a vLLM server held it)."),
+        ("retries", "Requests sent to another vLLM server after one could not take them."),
+        ("upstream_failures", "Requests a vLLM server could not take (refused, 5xx, or the version unknown there), all servers."),
+    )
 
-    def __init__(self, ws: Workspace, lines: list[str] | None, upstreams: list[str], *, api_key: str | None = None,
-                 max_context_tokens: int | None = None, request_deadline_s: float = DEFAULT_DEADLINE_S,
-                 retries: int = DEFAULT_RETRIES) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        lines: list[str] | None,
+        upstreams: list[str],
+        *,
+        api_key: str | None = None,
+        max_context_tokens: int | None = None,
+        request_deadline_s: float = DEFAULT_DEADLINE_S,
+        retries: int = DEFAULT_RETRIES,
+    ) -> None:
         from transformers import AutoConfig
 
         if not upstreams:
@@ -143,7 +154,9 @@ class Gateway:
         """Per vLLM server: up, requests in flight, versions held, requests sent and failed."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        up = GaugeMetricFamily("adapterctl_upstream_up", "Whether a vLLM server answered the last refresh (1) or not (0).", labels=["upstream"])
+        up = GaugeMetricFamily(
+            "adapterctl_upstream_up", "Whether a vLLM server answered the last refresh (1) or not (0).", labels=["upstream"]
+        )
         busy = GaugeMetricFamily("adapterctl_upstream_in_flight", "Requests a vLLM server is answering now.", labels=["upstream"])
         holds = GaugeMetricFamily("adapterctl_upstream_holds", "The versions each vLLM server holds (1).", labels=["upstream", "model"])
         sent = CounterMetricFamily("adapterctl_upstream_requests", "Requests sent to each vLLM server.", labels=["upstream"])
@@ -174,8 +187,9 @@ class Gateway:
         served_by = str(first.get("model"))
         served_by = f"{line}@base" if served_by == upstream.base else served_by
         deltas: queue.Queue = queue.Queue()
-        threading.Thread(target=self._relay, args=(upstream, itertools.chain([first], chunks), sampling, deltas),
-                         name="adapterctl-upstream", daemon=True).start()
+        threading.Thread(
+            target=self._relay, args=(upstream, itertools.chain([first], chunks), sampling, deltas), name="adapterctl-upstream", daemon=True
+        ).start()
         return Stream(served_by, len(ids), deltas, sampling)
 
     def _resolve(self, model: str) -> tuple[str, str]:
@@ -194,8 +208,9 @@ class Gateway:
         if model not in self._servable:
             raise ModelNotFound(f"{model} is not an approved version of {line} that may be served", param="model")
         if model not in self._held:
-            raise ModelNotFound(f"{model} is not loaded on the vLLM servers (`adapterctl vllm sync --keep {model}` keeps it loaded)",
-                                param="model")
+            raise ModelNotFound(
+                f"{model} is not loaded on the vLLM servers (`adapterctl vllm sync --keep {model}` keeps it loaded)", param="model"
+            )
         return line, version
 
     def _routable(self, line: str) -> bool:
@@ -203,10 +218,20 @@ class Gateway:
         return label == "base" or f"{line}@{label}" in self._servable
 
     def _body(self, ids: list[int], sampling: Sampling) -> dict[str, Any]:
-        body = {"prompt": ids, "max_tokens": sampling.max_tokens, "n": sampling.rows, "temperature": sampling.temperature,
-                "top_p": sampling.top_p, "top_k": 0, "seed": sampling.seed, "stop": list(sampling.stop),
-                "frequency_penalty": sampling.frequency_penalty, "presence_penalty": sampling.presence_penalty,
-                "logit_bias": {str(token): bias for token, bias in sampling.logit_bias}, "return_token_ids": True}
+        body = {
+            "prompt": ids,
+            "max_tokens": sampling.max_tokens,
+            "n": sampling.rows,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": 0,
+            "seed": sampling.seed,
+            "stop": list(sampling.stop),
+            "frequency_penalty": sampling.frequency_penalty,
+            "presence_penalty": sampling.presence_penalty,
+            "logit_bias": {str(token): bias for token, bias in sampling.logit_bias},
+            "return_token_ids": True,
+        }
         if sampling.logprobs:
             body.update(logprobs=sampling.top_logprobs, return_tokens_as_token_ids=True)
         return body

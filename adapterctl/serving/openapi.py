@@ -24,8 +24,10 @@ NO_CONTROL = r"^[^\u0000-\u001f\u007f-\u009f]*$"
 """No control characters (the server refuses every unprintable character: `str.isprintable`)."""
 PRINTABLE_NOT_BLANK = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
 """Not blank, and no control characters (feedback._short_text; it also refuses other unprintable characters)."""
-EMPTY = {"description": "Accepted while empty, as in a message a response returned.",
-         "anyOf": [{"type": "null"}, {"enum": ["", 0, False]}, {"type": "array", "maxItems": 0}, {"type": "object", "maxProperties": 0}]}
+EMPTY = {
+    "description": "Accepted while empty, as in a message a response returned.",
+    "anyOf": [{"type": "null"}, {"enum": ["", 0, False]}, {"type": "array", "maxItems": 0}, {"type": "object", "maxProperties": 0}],
+}
 ERROR_STATUSES = {
     400: "A field is wrong or a parameter is not supported; `error.param` names it.",
     401: "No bearer token, or an unknown one.",
@@ -42,41 +44,92 @@ def document(*, max_field_bytes: int = feedback.DEFAULT_MAX_FIELD_BYTES, max_bod
     generate, give_feedback, admin = (_operation_security(scope) for scope in ("generate", "feedback", "admin"))
     return {
         "openapi": "3.1.0",
-        "info": {"title": "adapterctl", "version": __version__,
-                 "description": "OpenAI-compatible chat completions served by adapter versions, and feedback on their answers. "
-                                "Errors have OpenAI's shape: {\"error\": {message, type, param, code}}."},
+        "info": {
+            "title": "adapterctl",
+            "version": __version__,
+            "description": "OpenAI-compatible chat completions served by adapter versions, and feedback on their answers. "
+            'Errors have OpenAI\'s shape: {"error": {message, type, param, code}}.',
+        },
         "paths": {
-            "/v1/chat/completions": {"post": {
-                "operationId": "createChatCompletion", "summary": "An answer, whole or streamed (server-sent events).", **generate,
-                "requestBody": _json_body(_chat_request(max_field_bytes), max_body_bytes),
-                "responses": {"200": {"description": "The answer; `model` and X-Adapter-Version name the version that produced it.",
-                                      "headers": {"X-Adapter-Version": {"required": True, "schema": {"type": "string"},
-                                                                        "description": "line@vN or line@base: what answered."}},
-                                      "content": {"application/json": {"schema": _chat_completion()},
-                                                  "text/event-stream": {"schema": _stream_event()}}},
-                              **_errors(400, 401, 403, 404, 413, 500, 503)}}},
-            "/v1/models": {"get": {
-                "operationId": "listModels", "summary": "The lines served, and the versions loaded for requests that name them.", **generate,
-                "responses": {"200": _json("The models.", _model_list()), **_errors(401, 403, 500, 503)}}},
-            "/v1/feedback": {"post": {
-                "operationId": "createFeedback", "summary": "Feedback on a response that a server sharing the database issued.",
-                **give_feedback, "requestBody": _json_body(_feedback_request(max_field_bytes), max_body_bytes),
-                "responses": {"200": _json("The feedback record.", _feedback_response()), **_errors(400, 401, 403, 404, 413, 500, 503)}}},
-            "/healthz": {"get": {
-                "operationId": "health", "summary": "Liveness, and what each line serves.", "security": [],
-                "responses": {"200": _json("Alive.", _health()), **_errors(500)}}},
-            "/metrics": {"get": {
-                "operationId": "metrics", "summary": "Prometheus metrics.", **admin,
-                "responses": {"200": {"description": "Prometheus text format.", "content": {"text/plain": {"schema": {"type": "string"}}}},
-                              **_errors(401, 403, 500, 503)}}},
-            "/openapi.json": {"get": {
-                "operationId": "openapi", "summary": "This document.", "security": [],
-                "responses": {"200": _json("The OpenAPI document.", {"type": "object"}), **_errors(500)}}},
+            "/v1/chat/completions": {
+                "post": {
+                    "operationId": "createChatCompletion",
+                    "summary": "An answer, whole or streamed (server-sent events).",
+                    **generate,
+                    "requestBody": _json_body(_chat_request(max_field_bytes), max_body_bytes),
+                    "responses": {
+                        "200": {
+                            "description": "The answer; `model` and X-Adapter-Version name the version that produced it.",
+                            "headers": {
+                                "X-Adapter-Version": {
+                                    "required": True,
+                                    "schema": {"type": "string"},
+                                    "description": "line@vN or line@base: what answered.",
+                                }
+                            },
+                            "content": {
+                                "application/json": {"schema": _chat_completion()},
+                                "text/event-stream": {"schema": _stream_event()},
+                            },
+                        },
+                        **_errors(400, 401, 403, 404, 413, 500, 503),
+                    },
+                }
+            },
+            "/v1/models": {
+                "get": {
+                    "operationId": "listModels",
+                    "summary": "The lines served, and the versions loaded for requests that name them.",
+                    **generate,
+                    "responses": {"200": _json("The models.", _model_list()), **_errors(401, 403, 500, 503)},
+                }
+            },
+            "/v1/feedback": {
+                "post": {
+                    "operationId": "createFeedback",
+                    "summary": "Feedback on a response that a server sharing the database issued.",
+                    **give_feedback,
+                    "requestBody": _json_body(_feedback_request(max_field_bytes), max_body_bytes),
+                    "responses": {"200": _json("The feedback record.", _feedback_response()), **_errors(400, 401, 403, 404, 413, 500, 503)},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "Liveness, and what each line serves.",
+                    "security": [],
+                    "responses": {"200": _json("Alive.", _health()), **_errors(500)},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics.",
+                    **admin,
+                    "responses": {
+                        "200": {"description": "Prometheus text format.", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        **_errors(401, 403, 500, 503),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document.",
+                    "security": [],
+                    "responses": {"200": _json("The OpenAPI document.", {"type": "object"}), **_errors(500)},
+                }
+            },
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "An adapterctl token (`adapterctl token create --scope generate|feedback|admin`). "
-                                                          "admin allows every route; each operation's x-adapterctl-scope names the scope it needs."}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An adapterctl token (`adapterctl token create --scope generate|feedback|admin`). "
+                    "admin allows every route; each operation's x-adapterctl-scope names the scope it needs.",
+                }
+            },
             "schemas": {"Error": _error_schema()},
         },
     }
@@ -91,8 +144,12 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _json_body(schema: dict[str, Any], max_body_bytes: int) -> dict[str, Any]:
-    return {"required": True, "description": f"A JSON object of at most {max_body_bytes} bytes: duplicate keys, NaN, Infinity and numbers "
-                                             "out of range are refused.", "content": {"application/json": {"schema": schema}}}
+    return {
+        "required": True,
+        "description": f"A JSON object of at most {max_body_bytes} bytes: duplicate keys, NaN, Infinity and numbers "
+        "out of range are refused.",
+        "content": {"application/json": {"schema": schema}},
+    }
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
@@ -106,9 +163,22 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 def _error_schema() -> dict[str, Any]:
     nullable_text = {"type": ["string", "null"]}
-    return {"type": "object", "required": ["error"], "properties": {"error": {
-        "type": "object", "required": ["message", "type", "param", "code"],
-        "properties": {"message": {"type": "string", "minLength": 1}, "type": {"type": "string"}, "param": nullable_text, "code": nullable_text}}}}
+    return {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string", "minLength": 1},
+                    "type": {"type": "string"},
+                    "param": nullable_text,
+                    "code": nullable_text,
+                },
+            }
+        },
+    }
 
 
 def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
@@ -131,35 +201,76 @@ def _integer(low: int, high: int | None = None) -> dict[str, Any]:
 
 
 def _chat_request(max_field_bytes: int) -> dict[str, Any]:
-    text_part = {"type": "object", "required": ["type", "text"], "properties": {"type": {"const": "text"}, "text": {"type": "string", "pattern": NO_NUL}}}
-    message = {"type": "object", "required": ["role", "content"], "additionalProperties": False, "properties": {
-        "role": {"enum": list(chat_api.ROLES), "description": "developer is read as system."},
-        "content": {"anyOf": [_text(max_field_bytes), {"type": "array", "minItems": 1, "items": text_part}],
-                    "description": f"Text, or text parts joined with newlines; at most {max_field_bytes} bytes."},
-        **{key: EMPTY for key in chat_api.ECHOED_NULL_KEYS}}}
+    text_part = {
+        "type": "object",
+        "required": ["type", "text"],
+        "properties": {"type": {"const": "text"}, "text": {"type": "string", "pattern": NO_NUL}},
+    }
+    message = {
+        "type": "object",
+        "required": ["role", "content"],
+        "additionalProperties": False,
+        "properties": {
+            "role": {"enum": list(chat_api.ROLES), "description": "developer is read as system."},
+            "content": {
+                "anyOf": [_text(max_field_bytes), {"type": "array", "minItems": 1, "items": text_part}],
+                "description": f"Text, or text parts joined with newlines; at most {max_field_bytes} bytes.",
+            },
+            **{key: EMPTY for key in chat_api.ECHOED_NULL_KEYS},
+        },
+    }
     bool_or_null = {"type": ["boolean", "null"]}
     implemented = {
-        "model": {"type": "string", "minLength": 1, "description": "A line (its active version), line@vN (an approved version) or line@base."},
-        "messages": {"type": "array", "minItems": 1, "items": message, "contains": {"properties": {"role": {"const": "user"}}},
-                     "description": "At least one user message; prompt and max_tokens must fit the model's context."},
-        "max_tokens": _integer(1), "max_completion_tokens": _integer(1),
-        "temperature": {"anyOf": [{"const": 0}, {"type": "number", "minimum": chat_api.MIN_TEMPERATURE, "maximum": 2}, {"type": "null"}],
-                        "description": "Default 0 (greedy)."},
+        "model": {
+            "type": "string",
+            "minLength": 1,
+            "description": "A line (its active version), line@vN (an approved version) or line@base.",
+        },
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "items": message,
+            "contains": {"properties": {"role": {"const": "user"}}},
+            "description": "At least one user message; prompt and max_tokens must fit the model's context.",
+        },
+        "max_tokens": _integer(1),
+        "max_completion_tokens": _integer(1),
+        "temperature": {
+            "anyOf": [{"const": 0}, {"type": "number", "minimum": chat_api.MIN_TEMPERATURE, "maximum": 2}, {"type": "null"}],
+            "description": "Default 0 (greedy).",
+        },
         "top_p": _or_null({"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
         "n": _integer(1, MAX_CHOICES),
-        "stop": {"anyOf": [{"type": "string", "minLength": 1},
-                           {"type": "array", "minItems": 1, "maxItems": MAX_STOP_STRINGS, "items": {"type": "string", "minLength": 1}},
-                           {"type": "null"}]},
+        "stop": {
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "minItems": 1, "maxItems": MAX_STOP_STRINGS, "items": {"type": "string", "minLength": 1}},
+                {"type": "null"},
+            ]
+        },
         "seed": _integer(-chat_api.MAX_SEED - 1, chat_api.MAX_SEED),
-        "frequency_penalty": _number(-2, 2), "presence_penalty": _number(-2, 2),
-        "logit_bias": _or_null({"type": "object", "maxProperties": chat_api.MAX_LOGIT_BIAS, "propertyNames": {"pattern": "^[0-9]+$", "maxLength": chat_api.MAX_TOKEN_ID_DIGITS},
-                                "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
-                                "description": "Token ids of the model's vocabulary, as strings."}),
+        "frequency_penalty": _number(-2, 2),
+        "presence_penalty": _number(-2, 2),
+        "logit_bias": _or_null(
+            {
+                "type": "object",
+                "maxProperties": chat_api.MAX_LOGIT_BIAS,
+                "propertyNames": {"pattern": "^[0-9]+$", "maxLength": chat_api.MAX_TOKEN_ID_DIGITS},
+                "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100},
+                "description": "Token ids of the model's vocabulary, as strings.",
+            }
+        ),
         "logprobs": bool_or_null,
         "top_logprobs": {**_integer(0, MAX_TOP_LOGPROBS), "description": "Needs logprobs: true."},
         "stream": bool_or_null,
-        "stream_options": _or_null({"type": "object", "additionalProperties": False, "description": "Only with stream: true.",
-                                    "properties": {"include_usage": bool_or_null, "include_obfuscation": bool_or_null}}),
+        "stream_options": _or_null(
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "Only with stream: true.",
+                "properties": {"include_usage": bool_or_null, "include_obfuscation": bool_or_null},
+            }
+        ),
         "user": _or_null({"type": "string", "maxLength": chat_api.MAX_USER_CHARS, "pattern": NO_NUL}),
         "safety_identifier": _or_null({"type": "string", "maxLength": chat_api.MAX_USER_CHARS, "pattern": NO_NUL}),
         "store": bool_or_null,
@@ -167,61 +278,134 @@ def _chat_request(max_field_bytes: int) -> dict[str, Any]:
         "modalities": {"anyOf": [{"const": ["text"]}, {"type": "null"}]},
         "response_format": _or_null({"type": "object", "required": ["type"], "properties": {"type": {"const": "text"}}}),
     }
-    no_effect = {"prompt_cache_key": {"type": ["string", "null"]}, "prompt_cache_options": {"type": ["object", "null"]},
-                 "prompt_cache_retention": {"type": ["string", "null"]}}
-    unsupported = {key: {"type": "null", "description": f"Not supported ({what}): refused unless null."} for key, what in chat_api.UNSUPPORTED.items()}
-    return {"type": "object", "required": ["model", "messages"], "additionalProperties": False,
-            "properties": {**implemented, **no_effect, **unsupported}}
+    no_effect = {
+        "prompt_cache_key": {"type": ["string", "null"]},
+        "prompt_cache_options": {"type": ["object", "null"]},
+        "prompt_cache_retention": {"type": ["string", "null"]},
+    }
+    unsupported = {
+        key: {"type": "null", "description": f"Not supported ({what}): refused unless null."} for key, what in chat_api.UNSUPPORTED.items()
+    }
+    return {
+        "type": "object",
+        "required": ["model", "messages"],
+        "additionalProperties": False,
+        "properties": {**implemented, **no_effect, **unsupported},
+    }
 
 
 def _feedback_request(max_field_bytes: int) -> dict[str, Any]:
     text = _or_null(_text(max_field_bytes))
-    given = [{"required": ["rating"], "properties": {"rating": {"type": "number"}}},
-             {"required": ["correction"], "properties": {"correction": {"type": "string"}}},
-             {"required": ["chosen", "rejected"], "properties": {"chosen": {"type": "string"}, "rejected": {"type": "string"}}}]
-    return {"type": "object", "required": ["response_id"], "additionalProperties": False, "anyOf": given,
-            "description": "At least one of rating, correction, or chosen and rejected (given together, and different).",
-            "properties": {
-                "response_id": {"type": "string", "maxLength": responses.MAX_ID_CHARS, "pattern": NO_CONTROL,
-                                "description": "The id of a chat completion a server sharing the database returned."},
-                "choice": {"type": "integer", "minimum": 0, "description": "The index of the choice the feedback is about (default 0)."},
-                "rating": _number(-1, 1), "correction": text, "chosen": text, "rejected": text,
-                "source": _or_null(_text(256, PRINTABLE_NOT_BLANK)),
-                "tags": _or_null({"type": "array", "maxItems": feedback.MAX_TAGS, "items": _text(64)}),
-            }}
+    given = [
+        {"required": ["rating"], "properties": {"rating": {"type": "number"}}},
+        {"required": ["correction"], "properties": {"correction": {"type": "string"}}},
+        {"required": ["chosen", "rejected"], "properties": {"chosen": {"type": "string"}, "rejected": {"type": "string"}}},
+    ]
+    return {
+        "type": "object",
+        "required": ["response_id"],
+        "additionalProperties": False,
+        "anyOf": given,
+        "description": "At least one of rating, correction, or chosen and rejected (given together, and different).",
+        "properties": {
+            "response_id": {
+                "type": "string",
+                "maxLength": responses.MAX_ID_CHARS,
+                "pattern": NO_CONTROL,
+                "description": "The id of a chat completion a server sharing the database returned.",
+            },
+            "choice": {"type": "integer", "minimum": 0, "description": "The index of the choice the feedback is about (default 0)."},
+            "rating": _number(-1, 1),
+            "correction": text,
+            "chosen": text,
+            "rejected": text,
+            "source": _or_null(_text(256, PRINTABLE_NOT_BLANK)),
+            "tags": _or_null({"type": "array", "maxItems": feedback.MAX_TAGS, "items": _text(64)}),
+        },
+    }
 
 
 def _chat_completion() -> dict[str, Any]:
     integer = {"type": "integer", "minimum": 0}
-    choice = {"type": "object", "required": ["index", "message", "finish_reason"], "properties": {
-        "index": integer, "message": {"type": "object", "required": ["role", "content"],
-                                      "properties": {"role": {"const": "assistant"}, "content": {"type": "string"}}},
-        "logprobs": {"type": ["object", "null"]}, "finish_reason": {"enum": ["stop", "length"]}}}
-    return {"type": "object", "required": ["id", "object", "created", "model", "choices", "usage"], "properties": {
-        "id": {"type": "string"}, "object": {"const": "chat.completion"}, "created": integer, "model": {"type": "string"},
-        "choices": {"type": "array", "minItems": 1, "items": choice},
-        "usage": {"type": "object", "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
-                  "properties": {"prompt_tokens": integer, "completion_tokens": integer, "total_tokens": integer}}}}
+    choice = {
+        "type": "object",
+        "required": ["index", "message", "finish_reason"],
+        "properties": {
+            "index": integer,
+            "message": {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": {"role": {"const": "assistant"}, "content": {"type": "string"}},
+            },
+            "logprobs": {"type": ["object", "null"]},
+            "finish_reason": {"enum": ["stop", "length"]},
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices", "usage"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "chat.completion"},
+            "created": integer,
+            "model": {"type": "string"},
+            "choices": {"type": "array", "minItems": 1, "items": choice},
+            "usage": {
+                "type": "object",
+                "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+                "properties": {"prompt_tokens": integer, "completion_tokens": integer, "total_tokens": integer},
+            },
+        },
+    }
 
 
 def _stream_event() -> dict[str, Any]:
     """One server-sent event (OpenAPI before 3.2: the schema of a stream describes each event)."""
-    return {"type": "object", "required": ["data"], "properties": {"data": {
-        "type": "string", "description": "A chat.completion.chunk as JSON; an error object as JSON where the generation failed; [DONE] last."}}}
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "data": {
+                "type": "string",
+                "description": "A chat.completion.chunk as JSON; an error object as JSON where the generation failed; [DONE] last.",
+            }
+        },
+    }
 
 
 def _model_list() -> dict[str, Any]:
-    model = {"type": "object", "required": ["id", "object", "owned_by", "served_by"], "properties": {
-        "id": {"type": "string"}, "object": {"const": "model"}, "owned_by": {"type": "string"},
-        "served_by": {"type": "string", "description": "line@vN or line@base."}}}
-    return {"type": "object", "required": ["object", "data"], "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": model}}}
+    model = {
+        "type": "object",
+        "required": ["id", "object", "owned_by", "served_by"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "model"},
+            "owned_by": {"type": "string"},
+            "served_by": {"type": "string", "description": "line@vN or line@base."},
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": model}},
+    }
 
 
 def _feedback_response() -> dict[str, Any]:
-    return {"type": "object", "required": ["id", "response_id", "adapter_version"], "properties": {
-        "id": {"type": "integer"}, "response_id": {"type": "string"}, "adapter_version": {"type": "string"}}}
+    return {
+        "type": "object",
+        "required": ["id", "response_id", "adapter_version"],
+        "properties": {"id": {"type": "integer"}, "response_id": {"type": "string"}, "adapter_version": {"type": "string"}},
+    }
 
 
 def _health() -> dict[str, Any]:
-    return {"type": "object", "required": ["status", "serving"], "properties": {
-        "status": {"const": "ok"}, "serving": {"type": "object", "additionalProperties": {"type": "string"}}, "listening": {"type": "boolean"}}}
+    return {
+        "type": "object",
+        "required": ["status", "serving"],
+        "properties": {
+            "status": {"const": "ok"},
+            "serving": {"type": "object", "additionalProperties": {"type": "string"}},
+            "listening": {"type": "boolean"},
+        },
+    }

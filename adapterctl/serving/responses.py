@@ -74,22 +74,29 @@ def prune(session: Session, before: datetime) -> int:
 
 def find(session: Session, response_id: str, since: datetime) -> IssuedResponse | None:
     """The response with this id, unless it was issued before `since` (older than the retention)."""
-    row = session.execute(select(models.IssuedResponse, models.Line.name).join(models.Line, models.Line.id == models.IssuedResponse.line_id)
-                          .where(models.IssuedResponse.id == response_id, models.IssuedResponse.created_at >= since,
-                                 models.IssuedResponse.error.is_(None))).first()
+    row = session.execute(
+        select(models.IssuedResponse, models.Line.name)
+        .join(models.Line, models.Line.id == models.IssuedResponse.line_id)
+        .where(models.IssuedResponse.id == response_id, models.IssuedResponse.created_at >= since, models.IssuedResponse.error.is_(None))
+    ).first()
     if row is None:
         return None
     issued, line = row
-    return IssuedResponse(issued.id, line, issued.served_by, json.loads(issued.prompt), json.loads(issued.answers), issued.user, issued.created_at)
+    return IssuedResponse(
+        issued.id, line, issued.served_by, json.loads(issued.prompt), json.loads(issued.answers), issued.user, issued.created_at
+    )
 
 
 def rate(session: Session, outcomes: list[tuple[str, float | None, bool]]) -> None:
     """Note on each response (id, rating, corrected) the feedback just given on it; the latest counts."""
     if outcomes:
         table = table_of(models.IssuedResponse)
-        session.execute(update(table).where(table.c.id == bindparam("response_id")).values(rating=bindparam("new_rating"),
-                                                                                            corrected=bindparam("new_corrected")),
-                        [{"response_id": id_, "new_rating": rating, "new_corrected": corrected} for id_, rating, corrected in outcomes])
+        session.execute(
+            update(table)
+            .where(table.c.id == bindparam("response_id"))
+            .values(rating=bindparam("new_rating"), corrected=bindparam("new_corrected")),
+            [{"response_id": id_, "new_rating": rating, "new_corrected": corrected} for id_, rating, corrected in outcomes],
+        )
 
 
 class ResponseLog(BatchWriter):
@@ -136,17 +143,35 @@ class ResponseLog(BatchWriter):
         if response.served_by not in self._ids:
             line_id = line_id_of(session, response.line)
             label = response.served_by.rpartition("@")[2]
-            adapter_id = None if label == "base" else session.scalar(
-                select(models.Adapter.id).where(models.Adapter.line_id == line_id, models.Adapter.version == int(label.removeprefix("v"))))
+            adapter_id = (
+                None
+                if label == "base"
+                else session.scalar(
+                    select(models.Adapter.id).where(
+                        models.Adapter.line_id == line_id, models.Adapter.version == int(label.removeprefix("v"))
+                    )
+                )
+            )
             if label != "base" and adapter_id is None:
                 raise ValueError(f"{response.served_by} names no version of line {response.line}")
             self._ids[response.served_by] = (line_id, adapter_id)
         line_id, adapter_id = self._ids[response.served_by]
         text = prompt_text(response.prompt)
-        return {"id": response.id, "line_id": line_id, "adapter_id": adapter_id, "served_by": response.served_by, "prompt": text,
-                "prompt_hash": hashlib.sha256(text.encode("utf-8")).hexdigest(), "answers": json.dumps(response.answers, ensure_ascii=False),
-                "user": response.user, "created_at": response.created_at, "canary_id": response.canary_id, "arm": response.arm,
-                "latency_ms": response.latency_ms, "error": response.error}
+        return {
+            "id": response.id,
+            "line_id": line_id,
+            "adapter_id": adapter_id,
+            "served_by": response.served_by,
+            "prompt": text,
+            "prompt_hash": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            "answers": json.dumps(response.answers, ensure_ascii=False),
+            "user": response.user,
+            "created_at": response.created_at,
+            "canary_id": response.canary_id,
+            "arm": response.arm,
+            "latency_ms": response.latency_ms,
+            "error": response.error,
+        }
 
     def settle(self, batch: list[tuple[IssuedResponse, Future]], result: None = None, error: Exception | None = None) -> None:
         if error is not None:

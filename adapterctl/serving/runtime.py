@@ -29,11 +29,11 @@ import queue
 import threading
 import time
 import warnings
-from concurrent.futures import Future
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
-from typing import Iterator
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import select
 
@@ -74,7 +74,7 @@ class Answer:
 
     @property
     def finish_reason(self) -> str:
-        """"stop" when the model ended its answer (or met a stop string), "length" when max_tokens or the
+        """ "stop" when the model ended its answer (or met a stop string), "length" when max_tokens or the
         request deadline cut it."""
         return self.choices[0].finish_reason
 
@@ -177,7 +177,9 @@ def serving_lines(ws: Workspace, lines: list[str] | None) -> tuple[list[str], st
             raise InvalidInput("no lines to serve; create one with `adapterctl line create`")
         bases = {row.base_model.name for row in rows}
         if len(bases) > 1:
-            raise InvalidInput(f"the lines to serve sit on different base models ({', '.join(sorted(bases))}); one server serves one base model")
+            raise InvalidInput(
+                f"the lines to serve sit on different base models ({', '.join(sorted(bases))}); one server serves one base model"
+            )
         return [row.name for row in rows], rows[0].base_model.name, base_models.local_path(rows[0].base_model)
 
 
@@ -185,36 +187,49 @@ def prompt_ids(tokenizer, roles: list[str], limit: int | None, messages: list[di
     """The token ids of the rendered chat; refuses what the model cannot answer (lengths, logit_bias)."""
     max_tokens = sampling.max_tokens
     if limit is not None and max_tokens >= limit:
-        raise InvalidInput(f"max_tokens {max_tokens} does not fit the model's context of {limit} tokens "
-                           f"(prompt and answer together)", param="max_tokens")
+        raise InvalidInput(
+            f"max_tokens {max_tokens} does not fit the model's context of {limit} tokens (prompt and answer together)", param="max_tokens"
+        )
     vocabulary = len(tokenizer)
     if unknown := [token for token, _ in sampling.logit_bias if not 0 <= token < vocabulary]:
-        raise InvalidInput(f"logit_bias names token {unknown[0]}, which is not in the model's vocabulary (0 to {vocabulary - 1})",
-                           param="logit_bias")
+        raise InvalidInput(
+            f"logit_bias names token {unknown[0]}, which is not in the model's vocabulary (0 to {vocabulary - 1})", param="logit_bias"
+        )
     ids = tokenizer(chat.render(tokenizer, messages, roles), add_special_tokens=False)["input_ids"]
     if limit is not None and len(ids) + max_tokens > limit:
         raise ContextLengthExceeded(
             f"This model's maximum context length is {limit} tokens. However, you requested {len(ids) + max_tokens} tokens "
             f"({len(ids)} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
-            param="messages")
+            param="messages",
+        )
     return ids
 
 
 class Runtime:
     """Serves lines of one base model; follow the database with `refresh()` (a server calls it in a loop)."""
 
-    COUNTERS = (("swaps", "Adapters swapped in after an activation."),
-                ("failed_loads", "Adapters that failed to load (the line kept serving)."),
-                ("batches", "Batches of greedy requests generated together."),
-                ("mixed_batches", "Batches that served several adapters at once."))
+    COUNTERS = (
+        ("swaps", "Adapters swapped in after an activation."),
+        ("failed_loads", "Adapters that failed to load (the line kept serving)."),
+        ("batches", "Batches of greedy requests generated together."),
+        ("mixed_batches", "Batches that served several adapters at once."),
+    )
 
     def metric_families(self) -> list:
         """Metrics of this engine beyond the served versions and COUNTERS: none."""
         return []
 
-    def __init__(self, ws: Workspace, lines: list[str] | None = None, *, device: str = "auto", max_batch: int = 8,
-                 max_context_tokens: int | None = None, request_deadline_s: float = DEFAULT_DEADLINE_S,
-                 max_versions: int = DEFAULT_MAX_VERSIONS) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        lines: list[str] | None = None,
+        *,
+        device: str = "auto",
+        max_batch: int = 8,
+        max_context_tokens: int | None = None,
+        request_deadline_s: float = DEFAULT_DEADLINE_S,
+        max_versions: int = DEFAULT_MAX_VERSIONS,
+    ) -> None:
         self.ws = ws
         self.store = ArtifactStore(ws.settings.artifacts_dir)
         self.lines, self.base_name, base_path = serving_lines(ws, lines)
@@ -252,9 +267,12 @@ class Runtime:
             for line in self.lines:
                 activation = activations.current(session, get_line(session, line).id)
                 adapter = activation.adapter if activation else None
-                wanted[line] = (registry.version_name(adapter), adapter.id, adapter.artifact_path, adapter.sha256) if adapter else ("base", None, None, None)
-        return [swap for line, target in wanted.items() if target[0] != self._served[line].label
-                for swap in [self._swap(line, *target)]]
+                wanted[line] = (
+                    (registry.version_name(adapter), adapter.id, adapter.artifact_path, adapter.sha256)
+                    if adapter
+                    else ("base", None, None, None)
+                )
+        return [swap for line, target in wanted.items() if target[0] != self._served[line].label for swap in [self._swap(line, *target)]]
 
     def _swap(self, line: str, label: str, adapter_id: int | None, path: str | None, sha256: str | None) -> Swap:
         old = self._served[line]
@@ -456,11 +474,20 @@ class Runtime:
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
         with using(self.model, served.adapter), torch.no_grad():
-            self.model.generate(**inputs, **self._options(sampling), num_return_sequences=sampling.rows,
-                                logits_processor=processors, stopping_criteria=[tracker.criterion])
+            self.model.generate(
+                **inputs,
+                **self._options(sampling),
+                num_return_sequences=sampling.rows,
+                logits_processor=processors,
+                stopping_criteria=[tracker.criterion],
+            )
 
     def _options(self, sampling: Sampling) -> dict:
-        sampled = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0} if not sampling.greedy else {"do_sample": False}
+        sampled = (
+            {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+            if not sampling.greedy
+            else {"do_sample": False}
+        )
         return {"max_new_tokens": sampling.max_tokens, "pad_token_id": self.tokenizer.pad_token_id, "max_time": self.deadline_s, **sampled}
 
     def _batches(self) -> None:
@@ -498,8 +525,13 @@ class Runtime:
             attention = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r, _ in live], device=self.model.device)
             tracker = Tracker([choice_text(self.tokenizer, r.sampling) for r, _ in live])
             adapters = {served.adapter for _, served in live}
-            options = {"max_new_tokens": max(r.sampling.max_tokens for r, _ in live), "do_sample": False, "pad_token_id": pad,
-                       "max_time": self.deadline_s, "stopping_criteria": [tracker.criterion]}
+            options = {
+                "max_new_tokens": max(r.sampling.max_tokens for r, _ in live),
+                "do_sample": False,
+                "pad_token_id": pad,
+                "max_time": self.deadline_s,
+                "stopping_criteria": [tracker.criterion],
+            }
             if len(adapters) > 1 and isinstance(self.model, PeftModel):  # several lines (or base) in one batch
                 options["adapter_names"] = [served.adapter or "__base__" for _, served in live]
                 context: AbstractContextManager = torch.no_grad()
@@ -566,12 +598,24 @@ def parse_adapter(files: dict[str, bytes]):
     return config, weights
 
 
-SHAPE_FIELDS = ("r", "lora_alpha", "use_rslora", "use_dora", "fan_in_fan_out", "bias", "rank_pattern", "alpha_pattern",
-                "layers_to_transform", "layers_pattern", "modules_to_save")
+SHAPE_FIELDS = (
+    "r",
+    "lora_alpha",
+    "use_rslora",
+    "use_dora",
+    "fan_in_fan_out",
+    "bias",
+    "rank_pattern",
+    "alpha_pattern",
+    "layers_to_transform",
+    "layers_pattern",
+    "modules_to_save",
+)
 
 
 def same_lora(a, b) -> bool:
     """Whether an adapter with config `b` fits the modules and scaling built for config `a`."""
+
     def targets(config):
         return config.target_modules if isinstance(config.target_modules, str) else sorted(config.target_modules or [])
 
@@ -632,4 +676,6 @@ def add_adapter(model, name: str, config, weights):
 def _check_fit(result, name: str) -> None:
     missing = [k for k in result.missing_keys if name in k and "lora_" in k]
     if result.unexpected_keys or missing:
-        raise AdapterctlError(f"the adapter does not fit the base model ({len(result.unexpected_keys)} unexpected, {len(missing)} missing tensors)")
+        raise AdapterctlError(
+            f"the adapter does not fit the base model ({len(result.unexpected_keys)} unexpected, {len(missing)} missing tensors)"
+        )

@@ -34,9 +34,10 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any
 
 from fastapi import Request  # at module level: FastAPI resolves the endpoints' annotations here
 
@@ -56,8 +57,14 @@ TOKEN_CACHE_S = 5.0
 """A token is looked up again at most this long after its last lookup: a revoked token is refused within it.
 An expiry is checked at every request, so an expired token is refused from its expiry on."""
 TOKEN_CACHE_SIZE = 10_000
-SCOPE_NEEDED: dict[str, str | None] = {"/v1/chat/completions": "generate", "/v1/models": "generate", "/v1/feedback": "feedback",
-                                       "/metrics": "admin", "/healthz": None, "/openapi.json": None}
+SCOPE_NEEDED: dict[str, str | None] = {
+    "/v1/chat/completions": "generate",
+    "/v1/models": "generate",
+    "/v1/feedback": "feedback",
+    "/metrics": "admin",
+    "/healthz": None,
+    "/openapi.json": None,
+}
 """The token scope each route needs (None: public). An app with a route missing here is refused when it is built."""
 FEEDBACK_WAIT_S = 10.0
 """How long a feedback request waits for its record to be written before answering 503 (it stays queued)."""
@@ -81,10 +88,12 @@ class Metrics:
         disable_created_metrics()  # no `_created` series beside each counter: scrapers compute rates themselves
         self.registry = CollectorRegistry()
         self.requests = Counter("adapterctl_requests", "HTTP responses by route and status code.", ["path", "code"], registry=self.registry)
-        self.latency = Summary("adapterctl_request_seconds", "Time from request to the end of the response, by route.", ["path"],
-                               registry=self.registry)
-        self.pruned_responses = Counter("adapterctl_pruned_responses", "Issued responses deleted because they were older than the retention.",
-                                        registry=self.registry)
+        self.latency = Summary(
+            "adapterctl_request_seconds", "Time from request to the end of the response, by route.", ["path"], registry=self.registry
+        )
+        self.pruned_responses = Counter(
+            "adapterctl_pruned_responses", "Issued responses deleted because they were older than the retention.", registry=self.registry
+        )
         self.registry.register(_RuntimeCollector(runtime))
 
     def observe(self, path: str, status: int, seconds: float) -> None:
@@ -107,7 +116,9 @@ class _RuntimeCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        served = GaugeMetricFamily("adapterctl_active_version", "The version each line serves (1 on the served one).", labels=["line", "version"])
+        served = GaugeMetricFamily(
+            "adapterctl_active_version", "The version each line serves (1 on the served one).", labels=["line", "version"]
+        )
         for line, label in sorted(self.runtime.served().items()):
             served.add_metric([line, label.split("@")[1]], 1)
         yield served
@@ -147,8 +158,14 @@ class FeedbackWriter(BatchWriter):
 
     def write(self, session, batch) -> list[int]:
         ids = feedback.log_records(session, [(line, record) for line, record, _, _ in batch], actor=self.ws.user)
-        responses.rate(session, [(record.request_id, record.rating, record.correction is not None) for _, record, _, _ in batch
-                                 if record.rating is not None or record.correction is not None])  # a preference pair rates nothing
+        responses.rate(
+            session,
+            [
+                (record.request_id, record.rating, record.correction is not None)
+                for _, record, _, _ in batch
+                if record.rating is not None or record.correction is not None
+            ],
+        )  # a preference pair rates nothing
         return ids
 
     def settle(self, batch, result: Sequence[int] = (), error: Exception | None = None) -> None:
@@ -170,8 +187,15 @@ def follow_activations(runtime: Engine) -> Callable[[], None]:
             if swap.error:
                 log.error("%s", swap.error)
             else:
-                log.info("%s: now serving %s (was %s; verify %.0f ms, load %.0f ms, switch %.1f ms)", swap.line, swap.new,
-                         swap.old, swap.verify_s * 1000, swap.load_s * 1000, swap.switch_s * 1000)
+                log.info(
+                    "%s: now serving %s (was %s; verify %.0f ms, load %.0f ms, switch %.1f ms)",
+                    swap.line,
+                    swap.new,
+                    swap.old,
+                    swap.verify_s * 1000,
+                    swap.load_s * 1000,
+                    swap.switch_s * 1000,
+                )
 
     return follow_activations
 
@@ -221,8 +245,17 @@ def prune_responses(issued: responses.ResponseLog, metrics: Metrics) -> Callable
     return prune_responses
 
 
-def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: float = 0.5, max_body_bytes: int = MAX_BODY_BYTES,
-               canary_key_header: str | None = None, watch: bool = True, auto_complete: bool = False):
+def create_app(
+    ws: Workspace,
+    runtime: Engine,
+    *,
+    auth: bool = True,
+    poll_s: float = 0.5,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    canary_key_header: str | None = None,
+    watch: bool = True,
+    auto_complete: bool = False,
+):
     """The ASGI application: FastAPI behind a guard; its lifespan runs the follower, the response log and the feedback writer.
 
     `canary_key_header` names the header that identifies an end user when a request has no `user`;
@@ -245,8 +278,13 @@ def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: flo
     async def lifespan(app):
         state["writer"] = FeedbackWriter(ws)
         state["issued"] = responses.ResponseLog(ws)
-        steps = [follow_activations(runtime), unload_revoked(runtime), follow_canaries(router, runtime),
-                 *([watch_canaries(ws, router, auto_complete)] if watch else []), prune_responses(state["issued"], metrics)]
+        steps = [
+            follow_activations(runtime),
+            unload_revoked(runtime),
+            follow_canaries(router, runtime),
+            *([watch_canaries(ws, router, auto_complete)] if watch else []),
+            prune_responses(state["issued"], metrics),
+        ]
         state["follower"] = Follower(ws, steps, poll_s)
         yield
         state["follower"].close()  # first: it uses the response log
@@ -344,8 +382,9 @@ def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: flo
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):  # routing: unknown URLs (404), wrong methods (405)
         where = f"{request.method} {request.url.path}"
-        message, code = {404: (f"Invalid URL ({where})", "unknown_url"),
-                         405: (f"Method not allowed ({where})", "method_not_allowed")}.get(exc.status_code, (str(exc.detail), None))
+        message, code = {404: (f"Invalid URL ({where})", "unknown_url"), 405: (f"Method not allowed ({where})", "method_not_allowed")}.get(
+            exc.status_code, (str(exc.detail), None)
+        )
         return error(exc.status_code, message, code=code, headers=dict(exc.headers or {}))
 
     @app.exception_handler(OperationalError)
@@ -368,22 +407,31 @@ def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: flo
         try:
             if asked.stream:
                 stream = await run_in_threadpool(lambda: runtime.stream(issue.route.model, asked.messages, asked.sampling))
-                return StreamingResponse(_events(stream, asked, issue, created, remember), media_type="text/event-stream",
-                                         headers={"X-Adapter-Version": stream.served_by})
+                return StreamingResponse(
+                    _events(stream, asked, issue, created, remember),
+                    media_type="text/event-stream",
+                    headers={"X-Adapter-Version": stream.served_by},
+                )
             answer = await run_in_threadpool(lambda: runtime.generate(issue.route.model, asked.messages, asked.sampling))
         except Exception as exc:
             if issue.route.arm is not None:  # a routed request: its line is served, and a failure counts against its side
                 await remember(issue.failed(issue.route.model if "@" in issue.route.model else runtime.served()[line], exc), asked.store)
             raise
         await remember(issue.answered(answer.served_by, [c.text for c in answer.choices]), asked.store)
-        return JSONResponse(chat_api.completion(response_id, created, answer.served_by, answer.prompt_tokens, answer.choices),
-                            headers={"X-Adapter-Version": answer.served_by})
+        return JSONResponse(
+            chat_api.completion(response_id, created, answer.served_by, answer.prompt_tokens, answer.choices),
+            headers={"X-Adapter-Version": answer.served_by},
+        )
 
     @app.get("/v1/models")
     async def models():
         names = sorted(runtime.served()) + runtime.loaded_versions()
-        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "adapterctl",
-                                            "served_by": runtime.served().get(name, name)} for name in names]}
+        return {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "owned_by": "adapterctl", "served_by": runtime.served().get(name, name)} for name in names
+            ],
+        }
 
     @app.post("/v1/feedback")
     async def post_feedback(request: Request):
@@ -391,24 +439,41 @@ def create_app(ws: Workspace, runtime: Engine, *, auth: bool = True, poll_s: flo
         response_id = body.get("response_id")
         if not isinstance(response_id, str) or len(response_id) > responses.MAX_ID_CHARS or not response_id.isprintable():
             # looked up in the database: PostgreSQL refuses NUL in a query, and no id a server issued is longer or unprintable
-            raise InvalidInput(f"field 'response_id' is required: the id of a chat completion a server returned (at most "
-                               f"{responses.MAX_ID_CHARS} printable characters)", param="response_id")
+            raise InvalidInput(
+                f"field 'response_id' is required: the id of a chat completion a server returned (at most "
+                f"{responses.MAX_ID_CHARS} printable characters)",
+                param="response_id",
+            )
         allowed = {"rating", "correction", "chosen", "rejected", "source", "tags"}
         if unknown := sorted(set(body) - allowed - {"response_id", "choice"}):
-            raise InvalidInput(f"unknown field {unknown[0]!r}; feedback takes response_id, choice, {', '.join(sorted(allowed))}",
-                               param=unknown[0])
+            raise InvalidInput(
+                f"unknown field {unknown[0]!r}; feedback takes response_id, choice, {', '.join(sorted(allowed))}", param=unknown[0]
+            )
         choice = body.get("choice", 0)
         if isinstance(choice, bool) or not isinstance(choice, int) or choice < 0:
             raise InvalidInput("field 'choice' must be the index of one of the response's choices (0 for the first)", param="choice")
         answered = await run_in_threadpool(state["issued"].lookup, response_id)
         if answered is None:
-            raise NotFound(f"response {response_id!r} is unknown: it was not issued by a server sharing this database, or was not stored "
-                           f"(store: false), or is older than the retention ({ws.settings.responses_retention_days:g} days)", param="response_id")
+            raise NotFound(
+                f"response {response_id!r} is unknown: it was not issued by a server sharing this database, or was not stored "
+                f"(store: false), or is older than the retention ({ws.settings.responses_retention_days:g} days)",
+                param="response_id",
+            )
         if choice >= len(answered.answers):
-            raise InvalidInput(f"field 'choice' is {choice}, but response {response_id!r} has {len(answered.answers)} choice(s)", param="choice")
-        record = feedback.parse_record({**{k: body[k] for k in allowed if k in body}, "prompt": answered.prompt,
-                                        "response": answered.answers[choice], "adapter_version": answered.served_by, "request_id": response_id},
-                                       max_field_bytes=ws.settings.max_field_bytes, issued=True)
+            raise InvalidInput(
+                f"field 'choice' is {choice}, but response {response_id!r} has {len(answered.answers)} choice(s)", param="choice"
+            )
+        record = feedback.parse_record(
+            {
+                **{k: body[k] for k in allowed if k in body},
+                "prompt": answered.prompt,
+                "response": answered.answers[choice],
+                "adapter_version": answered.served_by,
+                "request_id": response_id,
+            },
+            max_field_bytes=ws.settings.max_field_bytes,
+            issued=True,
+        )
         written = state["writer"].submit(answered.line, record, (response_id, record.content_hash))
         try:  # shielded: a request that stops waiting leaves its record queued
             feedback_id = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(written)), FEEDBACK_WAIT_S)
@@ -449,9 +514,18 @@ class _Issue:
     started: float
 
     def answered(self, served_by: str, answers: list[str], error: str | None = None) -> responses.IssuedResponse:
-        return responses.IssuedResponse(self.id, self.line, served_by, self.asked.messages, answers, self.asked.user,
-                                        canary_id=self.route.canary_id, arm=self.route.arm,
-                                        latency_ms=(time.perf_counter() - self.started) * 1000, error=error)
+        return responses.IssuedResponse(
+            self.id,
+            self.line,
+            served_by,
+            self.asked.messages,
+            answers,
+            self.asked.user,
+            canary_id=self.route.canary_id,
+            arm=self.route.arm,
+            latency_ms=(time.perf_counter() - self.started) * 1000,
+            error=error,
+        )
 
     def failed(self, served_by: str, exc: Exception) -> responses.IssuedResponse | None:
         """The record of a failure that counts against a canary's side: the generation itself failed (a
@@ -478,8 +552,13 @@ async def _events(stream, asked: chat_api.ChatRequest, issue: _Issue, created: i
             yield event([chat_api.delta_choice(delta, logprobs=logprobs)])
     except Exception as exc:  # the generation failed midway: say so, never end as if the answer were whole
         log.exception("streamed generation for %s failed", stream.served_by)
-        yield "data: " + json.dumps({"error": {"message": f"generation failed: {first_line(exc)}", "type": "server_error",
-                                               "param": None, "code": None}}) + "\n\n"
+        yield (
+            "data: "
+            + json.dumps(
+                {"error": {"message": f"generation failed: {first_line(exc)}", "type": "server_error", "param": None, "code": None}}
+            )
+            + "\n\n"
+        )
         await remember(issue.failed(stream.served_by, exc), asked.store)
         return
     await remember(issue.answered(stream.served_by, [c.text for c in stream.choices]), asked.store)
@@ -488,8 +567,15 @@ async def _events(stream, asked: chat_api.ChatRequest, issue: _Issue, created: i
     yield "data: [DONE]\n\n"
 
 
-def error(status: int, message: str, kind: str = "invalid_request_error", *, code: str | None = None, param: str | None = None,
-          headers: dict[str, str] | None = None):
+def error(
+    status: int,
+    message: str,
+    kind: str = "invalid_request_error",
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+):
     """An error in OpenAI's shape: {"error": {message, type, param, code}}."""
     from fastapi.responses import JSONResponse
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 from adapterctl.errors import AdapterctlError, InvalidInput, Unavailable, first_line
@@ -62,8 +63,12 @@ class VllmServer:
 
         self.url = check_url(url)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(ADMIN_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-                                    limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        self._client = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            timeout=httpx.Timeout(ADMIN_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )
 
     def __repr__(self) -> str:
         return self.url
@@ -74,8 +79,11 @@ class VllmServer:
         if base is None:
             raise Refused(f"{self.url}/v1/models lists no base model", 200)
         length = base.get("max_model_len")
-        return Holdings(base["id"], {m["id"]: m.get("root") or "" for m in models if m.get("parent")},
-                        length if isinstance(length, int) and length > 0 else None)
+        return Holdings(
+            base["id"],
+            {m["id"]: m.get("root") or "" for m in models if m.get("parent")},
+            length if isinstance(length, int) and length > 0 else None,
+        )
 
     def load(self, name: str, path: str) -> None:
         self._call("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
@@ -89,8 +97,9 @@ class VllmServer:
         import httpx
 
         try:
-            with self._client.stream("POST", "/v1/completions", json={**body, "stream": True},
-                                     timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S)) as response:
+            with self._client.stream(
+                "POST", "/v1/completions", json={**body, "stream": True}, timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S)
+            ) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise self._failure(response, "/v1/completions")

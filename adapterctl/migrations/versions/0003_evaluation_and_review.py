@@ -61,7 +61,9 @@ def upgrade() -> None:
         sa.Column("metrics", sa.JSON(), nullable=False),
         sa.Column("seconds", sa.Float(), nullable=False),
         sa.ForeignKeyConstraint(["adapter_id"], ["adapters.id"], name=op.f("fk_eval_results_adapter_id_adapters"), ondelete="RESTRICT"),
-        sa.ForeignKeyConstraint(["evaluation_id"], ["evaluations.id"], name=op.f("fk_eval_results_evaluation_id_evaluations"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["evaluation_id"], ["evaluations.id"], name=op.f("fk_eval_results_evaluation_id_evaluations"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("evaluation_id", "role", name=op.f("pk_eval_results")),
     )
     op.create_table(

@@ -19,8 +19,9 @@ def upgrade() -> None:
     with op.batch_alter_table("activations") as batch_op:
         batch_op.add_column(sa.Column("canary_adapter_id", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("canary_share", sa.Float(), nullable=True))
-        batch_op.create_foreign_key(op.f("fk_activations_canary_adapter_id_adapters"), "adapters", ["canary_adapter_id"], ["id"],
-                                    ondelete="RESTRICT")
+        batch_op.create_foreign_key(
+            op.f("fk_activations_canary_adapter_id_adapters"), "adapters", ["canary_adapter_id"], ["id"], ondelete="RESTRICT"
+        )
     with op.batch_alter_table("issued_responses") as batch_op:
         batch_op.add_column(sa.Column("canary_id", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("arm", sa.String(8), nullable=True))

@@ -84,4 +84,12 @@ step "Every activation, append-only: who, when, why" adapterctl history support-
 step "The whole deployment on one screen, with what needs attention" adapterctl status
 step "Every change is in the hash-chained audit log" adapterctl audit log --limit 8
 step "Nobody edited or deleted an event" adapterctl audit verify
+printf '\n\033[1m== Operations: a source that floods is kept out of training; the home is checked, backed up and restored\033[0m\n'
+step "Keep a suspicious source out of training until a reviewer releases it" \
+    adapterctl feedback quarantine --source bulk-importer-3 --reason "flood of one answer"
+step "The database and the artifact store agree: hashes, leftovers of crashes, leases, the audit chain" adapterctl doctor
+step "Back up while the server serves: a database snapshot, the artifacts, a manifest of hashes" \
+    adapterctl backup .demo/backup
+step "Restore into an empty home: every file checked first" adapterctl --home .demo/restored restore .demo/backup
+step "The restored home passes the same checks" adapterctl --home .demo/restored doctor
 printf '\nDone. Explore with: ADAPTERCTL_HOME=%s .venv/bin/adapterctl --help\n' "$ADAPTERCTL_HOME"

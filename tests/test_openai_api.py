@@ -136,9 +136,10 @@ def test_param_model(api):
         answer = ask(api, model)
         assert answer.model == ("facts@base" if model == "facts" else model)  # nothing is promoted: the line serves base
     assert ask(api, "facts@v1").choices[0].message.content != ask(api, BASE).choices[0].message.content
-    with pytest.raises(openai.NotFoundError) as caught:
-        ask(api, "facts@v9")
-    assert caught.value.body["code"] == "model_not_found" and caught.value.body["param"] == "model"
+    for unknown in ("facts@v9", "facts@"):  # an empty version names nothing, not the line
+        with pytest.raises(openai.NotFoundError) as caught:
+            ask(api, unknown)
+        assert caught.value.body["code"] == "model_not_found" and caught.value.body["param"] == "model"
 
 
 def test_param_frequency_penalty(api, reference):

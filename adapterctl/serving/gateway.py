@@ -193,8 +193,8 @@ class Gateway:
         return Stream(served_by, len(ids), deltas, sampling)
 
     def _resolve(self, model: str) -> tuple[str, str]:
-        line, _, version = model.partition("@")
-        if line not in self._served:
+        line, at, version = model.partition("@")
+        if line not in self._served or (at and not version):
             raise ModelNotFound(f"model {model!r} is not served here; served: {', '.join(sorted(self._served))}", param="model")
         if not version:
             if not self._routable(line):

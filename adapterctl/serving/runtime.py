@@ -550,8 +550,8 @@ class Runtime:
         the request names (outside the model lock, so other requests go on meanwhile)."""
         import torch
 
-        line, _, version = model.partition("@")
-        if line not in self._served:
+        line, at, version = model.partition("@")
+        if line not in self._served or (at and not version):
             raise ModelNotFound(f"model {model!r} is not served here; served: {', '.join(sorted(self._served))}", param="model")
         ids = prompt_ids(self.tokenizer, self.roles, self.context_tokens, messages, sampling)
         if version and version != "base":

@@ -79,13 +79,13 @@ class ArtifactStore:
         # Data and directory entries must be on disk before the rename publishes them; otherwise a power
         # loss could leave a committed folder (which the database then references) with empty files.
         for folder in [*(p for p in staging.rglob("*") if p.is_dir()), staging]:
-            _fsync_dir(folder)
+            fsync_dir(folder)
         crash_point("artifact.sealed")
         # A target can only exist if a process died between this rename and its database commit, so no
         # row references it. rename() cannot replace a non-empty folder, hence the removal first.
         _remove_tree(target)
         os.replace(staging, target)
-        _fsync_dir(target.parent)  # make the rename itself durable
+        fsync_dir(target.parent)  # make the rename itself durable
         crash_point("artifact.renamed")
         return StoredArtifact(
             relative_path=f"{line}/{candidate_id}",
@@ -206,7 +206,7 @@ def _hash_and_fsync(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -35,7 +35,7 @@ from sqlalchemy.engine import make_url
 
 from adapterctl import __version__, audit
 from adapterctl.artifacts import MANIFEST as ARTIFACT_MANIFEST
-from adapterctl.artifacts import ArtifactStore
+from adapterctl.artifacts import ArtifactStore, fsync_dir
 from adapterctl.config import CONFIG_FILE_NAME, Settings
 from adapterctl.db import migrate
 from adapterctl.db.engine import Database, make_engine, normalize_url, sqlite_path
@@ -134,11 +134,11 @@ def create_backup(settings: Settings, directory: Path, *, progress: Progress = _
         }
         _write_synced(partial / MANIFEST, json.dumps(manifest, indent=2).encode())
         for folder in sorted({p.parent for p in partial.rglob("*")}, key=lambda p: -len(p.parts)):
-            _fsync_dir(folder)
+            fsync_dir(folder)
         if directory.is_dir():
             directory.rmdir()  # empty, checked above; a rename cannot replace a folder everywhere
         os.replace(partial, directory)
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
     except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(exc, (OSError, sqlite3.Error)):  # a full disk, a folder we may not write: one line, not a traceback
@@ -463,11 +463,11 @@ def _restore_artifacts(manifest: dict[str, Any], directory: Path, artifacts_dir:
             done += size
             progress("restoring artifacts", done, total)
         for folder in sorted({p.parent for p in staging.rglob("*")}, key=lambda p: -len(p.parts)):
-            _fsync_dir(folder)
+            fsync_dir(folder)
         if artifacts_dir.is_dir():
             artifacts_dir.rmdir()  # empty: the home was checked
         os.replace(staging, artifacts_dir)
-        _fsync_dir(artifacts_dir.parent)
+        fsync_dir(artifacts_dir.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -480,7 +480,7 @@ def _restore_sqlite(source: Path, manifest: dict[str, Any], target: Path) -> Non
         if sha256 != next(f["sha256"] for f in manifest["files"] if f["path"] == manifest["database"]):
             raise IntegrityError(f"backup file {source} changed while it was restored; nothing was restored")
         os.replace(partial, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         partial.unlink(missing_ok=True)
 
@@ -590,11 +590,3 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

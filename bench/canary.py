@@ -58,9 +58,10 @@ from adapterctl import activations, base_models, canary_watch, lines, registry
 from adapterctl.artifacts import ArtifactStore
 from adapterctl.canary import CanarySettings
 from adapterctl.config import Settings
-from adapterctl.db.models import AuditEvent, IssuedResponse, TrainingRun
+from adapterctl.db.models import AuditEvent, IssuedResponse
 from adapterctl.tiny_model import create_tiny_model
 from adapterctl.workspace import Workspace, upgrade_database
+from tests.test_runtime import approved_version  # a random real LoRA, registered and approved
 
 LINE = "line"
 ACTOR = "bench"
@@ -115,43 +116,6 @@ def open_workspace(home: Path) -> Workspace:
     return Workspace(settings)
 
 
-def random_adapter(folder: Path, model: Path, seed: int) -> Path:
-    """A real PEFT LoRA (rank 4) on the tiny model with random weights (as tests/test_runtime.py's)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    with torch.no_grad():
-        for name, parameter in peft_model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)
-    peft_model.save_pretrained(folder)
-    (folder / "README.md").unlink(missing_ok=True)
-    return folder
-
-
-def approved_version(ws: Workspace, model: Path, seed: int) -> int:
-    """Register a random adapter as the line's next version and approve it (no training, no gate)."""
-    store = ArtifactStore(ws.settings.artifacts_dir)
-    with ws.transaction() as session:
-        line = lines.get_line(session, LINE)
-        run = TrainingRun(
-            line_id=line.id, status="succeeded", started_by=ACTOR, host="bench", base_model_hash="0" * 64, params={}, dataset={}
-        )
-        session.add(run)
-        session.flush()
-        stored = store.commit(random_adapter(store.staging_dir(LINE, f"run-{run.id}"), model, seed), LINE, run.id)
-        adapter = registry.create_candidate(
-            session, run=run, artifact_path=stored.relative_path, sha256=stored.sha256, actor=ACTOR, status="pending_review"
-        )
-        adapter.version = registry.next_version(session, line.id)
-        session.flush()
-        registry.transition(session, adapter.id, "approved", actor="bench-reviewer")
-        return adapter.version
-
-
 @dataclass(frozen=True)
 class Line:
     id: int
@@ -168,8 +132,8 @@ def set_up_line(ws: Workspace, root: Path) -> Line:
     with ws.transaction() as session:
         base_models.register_base_model(session, name="tiny", source=str(model), actor=ACTOR)
         lines.create_line(session, name=LINE, base="tiny", actor=ACTOR)
-    approved_version(ws, model, seed=1)
-    approved_version(ws, model, seed=2)
+    approved_version(ws, LINE, model, seed=1)
+    approved_version(ws, LINE, model, seed=2)
     with ws.transaction() as session:
         activations.promote(session, ArtifactStore(ws.settings.artifacts_dir), line=LINE, version=1, actor=ACTOR)
         line = lines.get_line(session, LINE)

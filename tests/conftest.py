@@ -54,12 +54,13 @@ def require_backend(backend: str) -> None:
 
 
 @contextmanager
-def temporary_pg_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database; dropped afterwards even if connections remain."""
+def temporary_pg_database(template: str | None = None) -> Iterator[str]:
+    """A new PostgreSQL database, empty or a copy of `template` (a database name); dropped afterwards
+    even if connections remain."""
     name = f"adapterctl_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     try:
         yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     finally:

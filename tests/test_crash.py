@@ -10,14 +10,13 @@ import json
 import shutil
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from adapterctl import activations, base_models, leases, lines
@@ -27,7 +26,7 @@ from adapterctl.db import migrate
 from adapterctl.db.models import Adapter, AuditEvent, Lease, TrainingRun
 from adapterctl.lines import get_line
 from adapterctl.workspace import Workspace
-from tests.conftest import BACKENDS, PG_ADMIN_URL, Cli, require_backend, temporary_pg_database
+from tests.conftest import BACKENDS, Cli, require_backend, temporary_pg_database
 from tests.test_feedback_io import counts, record, write_jsonl
 from tests.test_runtime import approved_version
 from tests.test_server import Server
@@ -129,16 +128,8 @@ def _copied_database(backend: str, url: str, home: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{home / 'adapterctl.db'}"
         return
-    name = f"adapterctl_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{make_url(url).database}"')
-    try:
-        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with temporary_pg_database(template=make_url(url).database) as copy:
+        yield copy
 
 
 @pytest.fixture

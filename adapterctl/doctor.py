@@ -67,8 +67,8 @@ def repair(session: Session, store: ArtifactStore, findings: list[Finding], *, a
         action, _, target = finding.repair.partition(" ")
         if action == "remove":
             store.remove(store.root / target if target.split("/")[-1].startswith(".staging-") else target)
-        else:
-            leases.release_abandoned(session, target)
+        elif not leases.release_abandoned(session, target):
+            continue  # taken over since the check: a live holder's lease stays, and nothing was repaired
         audit.record(
             session,
             actor=actor,

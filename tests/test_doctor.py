@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from adapterctl import audit, leases
+from adapterctl import audit, doctor, leases
 from adapterctl.artifacts import ArtifactStore
 from adapterctl.db.models import AuditEvent, Lease
 from adapterctl.db.types import utcnow
@@ -105,3 +105,21 @@ def test_the_text_report_names_each_check(ws, line, cli):
     assert shown.returncode == 1
     assert f"WARN  orphans: {line}/99: no candidate names it" in shown.stdout and "--repair` fixes it" in shown.stdout
     assert "ok    audit: no problem found" in shown.stdout
+
+
+def test_a_lease_taken_over_between_the_check_and_the_repair_stays_and_no_repair_is_recorded(ws, line):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    with ws.transaction() as session:
+        leases.acquire(session, f"train:{line}", f"{socket.gethostname()}:{gone}:0badcafe")
+    store = ArtifactStore(ws.settings.artifacts_dir)
+    with ws.reading() as session:
+        [found] = [f for f in doctor.examine(session, store) if f.check == "leases"]
+    live = leases.new_holder()
+    with ws.transaction() as session:  # a new train takes the dead holder's lease over
+        session.query(Lease).delete()
+        leases.acquire(session, f"train:{line}", live)
+    with ws.transaction() as session:
+        assert doctor.repair(session, store, [found], actor="ops") == []
+    with ws.reading() as session:
+        assert session.scalar(select(Lease.holder).where(Lease.name == f"train:{line}")) == live
+        assert session.scalar(select(func.count()).where(AuditEvent.action == "doctor.repair")) == 0

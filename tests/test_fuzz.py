@@ -17,20 +17,7 @@ from adapterctl.db.models import AuditEvent, Feedback
 from adapterctl.errors import InvalidInput
 from adapterctl.feedback_io import import_feedback
 
-FIELDS = (
-    "prompt",
-    "response",
-    "rating",
-    "correction",
-    "chosen",
-    "rejected",
-    "source",
-    "tags",
-    "created_at",
-    "line",
-    "adapter_version",
-    "request_id",
-)
+FIELDS = feedback.RECORD_FIELDS  # every field a record may name
 hostile_text = st.text(st.characters(codec="utf-8", exclude_categories=()), max_size=40) | st.sampled_from(
     ["", "\x00", "a\x00b", "\u202e", "\ud7ff", "\ufeff", "🙂" * 10, "'; DROP TABLE feedback; --", "x" * 70_000, "\r\n\t", "null"]
 )
